@@ -1,0 +1,3 @@
+from ftdsl.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,88 @@
+"""Path rules shared by the linter (pure string checks) and the writers (filesystem checks).
+
+Output paths written in a pipeline must stay inside the output root. The same rules run twice:
+at lint time on the string (FTP303 warning, no filesystem access) and at write time on the
+resolved path, because the filesystem can change in between (``out/`` replaced by a symlink).
+Lessons from MLflow's CWE-22 fixes: never %-decode (``%2e%2e`` is a literal file name), treat
+``\\`` and drive letters as suspicious (they mean something else on Windows), and follow
+symlinks before deciding whether a path is inside the root.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path, PurePosixPath
+
+from ftdsl.errors import ResourceError, StageError
+
+__all__ = ["resolve_input", "check_output_path", "resolve_output"]
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def resolve_input(base_dir: str | os.PathLike[str], p: str | os.PathLike[str]) -> Path:
+    """An input path as written in the pipeline, made absolute against ``base_dir``.
+
+    Inputs may be absolute (a dataset elsewhere on disk). Symlinks are not resolved, so
+    messages keep the names the user wrote; ``~`` is not expanded (a pipeline must mean the same
+    thing for every user). A NUL byte raises StageError FTP303 instead of a raw ValueError.
+    """
+    s = os.fspath(p)
+    if "\x00" in s:
+        raise StageError("FTP303", f"input path {s!r} contains a NUL character")
+    path = Path(s)
+    if not path.is_absolute():
+        path = Path(base_dir) / path
+    return Path(os.path.abspath(path))
+
+
+def check_output_path(p: str) -> str | None:
+    """Why ``p`` is not a safe relative output path, or None when it is.
+
+    Pure string check for the linter: no filesystem access, no %-decoding. The reason reads
+    after the path, e.g. "output path `../x` contains a `..` segment".
+    """
+    if p == "":
+        return "is empty"
+    if "\x00" in p:
+        return "contains a NUL character"
+    if _DRIVE.match(p):
+        return "starts with a drive letter"
+    if "\\" in p:
+        return "contains a backslash (use `/` as the separator)"
+    if p.startswith("/"):
+        return "is absolute (write paths relative to the output folder)"
+    if ".." in PurePosixPath(p).parts:
+        return "contains a `..` segment"
+    return None
+
+
+def resolve_output(root: str | os.PathLike[str], p: str | os.PathLike[str]) -> Path:
+    """The absolute, symlink-resolved location of output ``p`` under ``root``.
+
+    Raises ResourceError FTP303 when ``p`` has a NUL, a backslash or a drive letter, or when the
+    resolved path (symlinks followed, including ``root``'s own components and any that exist
+    along ``p``) is outside ``root``. A harmless ``a/../b`` that stays inside is accepted here
+    (the linter still warns about it). Call it again right before writing: it re-reads the
+    filesystem.
+    """
+    s = os.fspath(p)
+    hint = "write outputs with a relative path inside the output folder, e.g. `\"model.onnx\"`"
+    for bad in ("\x00", "\\"):
+        if bad in s:
+            raise ResourceError("FTP303", f"output path {s!r} {check_output_path(s)}", hint=hint)
+    if _DRIVE.match(s):
+        raise ResourceError("FTP303", f"output path {s!r} starts with a drive letter", hint=hint)
+    root_r = Path(root).resolve()
+    target = (root_r / s).resolve()  # strict=False: follows the symlinks that exist
+    if not target.is_relative_to(root_r):
+        # Lexically inside but resolved outside: a symlink did it; say so, it is not obvious.
+        lexical = Path(os.path.normpath(root_r / s))
+        how = "escapes through a symlink" if lexical.is_relative_to(root_r) else "points"
+        raise ResourceError(
+            "FTP303",
+            f"output path {s!r} {how} outside the output folder {root_r} (to {target})",
+            hint=hint + "; check for symlinks in the output folder",
+        )
+    return target
