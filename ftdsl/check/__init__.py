@@ -1,0 +1,37 @@
+"""IR -> diagnostics. `RULES` is the ordered tuple of checks; each is a plain function of a context.
+
+Adding a rule: write a generator function in `ftdsl/check/rules/` that yields `Diagnostic`s,
+register its code in `ftdsl/diagnostics/codes.py`, and add it to `RULES`.
+"""
+
+from __future__ import annotations
+
+from ftdsl.check.context import CheckContext
+from ftdsl.check.rules import hygiene, metrics, order, references, safety, structure
+from ftdsl.diagnostics import Diagnostic
+from ftdsl.ir.nodes import Program
+
+RULES = (
+    structure.no_stages,
+    structure.conflicting_attributes,
+    structure.split_fractions,
+    references.reference_types,
+    references.cycles,
+    order.stage_order,
+    metrics.metrics_produced,
+    safety.trust_remote_code,
+    safety.pickle_weights,
+    safety.output_paths,
+    hygiene.unused_blocks,
+    hygiene.unused_params,
+    hygiene.export_without_verify,
+    hygiene.fp16_on_cpu,
+)
+
+
+def check(program: Program) -> tuple[list[Diagnostic], CheckContext]:
+    ctx = CheckContext.build(program)
+    out: list[Diagnostic] = []
+    for rule in RULES:
+        out.extend(rule(ctx))
+    return out, ctx

@@ -171,9 +171,9 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *, durable: bo
         with f:
             f.write(data)
             f.flush()
+            os.fchmod(f.fileno(), _file_mode())
             if durable:
                 os.fsync(f.fileno())
-            os.fchmod(f.fileno(), _file_mode())
         os.replace(tmp, path)
         tmp = None
         if durable:

@@ -1,0 +1,165 @@
+"""The pipeline as a graph: edges from references, artifact types, topological order, cycles.
+
+Pure functions over the IR; no diagnostics here except through `check.rules.graph_rules`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ftdsl.ir import schema as S
+from ftdsl.ir.nodes import BlockIR, CallV, DictIR, ListIR, Program, RefV
+
+
+@dataclass(frozen=True)
+class Edge:
+    src: str  # the referenced block
+    dst: str  # the block holding the reference
+    attr: str  # dotted path of the attribute (`recover.data`, `method.calibrate`, `models[1]`)
+    ref: RefV
+    type: S.Type | None  # the declared type at that place
+
+
+def refs_in(value, t: S.Type | None, path: str):
+    """Yield (path, RefV, declared type) for every reference inside a value."""
+    if isinstance(value, RefV):
+        yield path, value, t
+    elif isinstance(value, ListIR):
+        item_t = t.item if isinstance(t, S.ListT) else None
+        for i, x in enumerate(value.items):
+            yield from refs_in(x, item_t, f"{path}[{i}]")
+    elif isinstance(value, DictIR):
+        for k, x in value.entries:
+            sub = None
+            if isinstance(t, S.StructT):
+                f = t.get(k)
+                sub = f.type if f else None
+            elif isinstance(t, S.OneOf):
+                for o in t.options:
+                    if isinstance(o, S.StructT) and o.get(k):
+                        sub = o.get(k).type
+            elif isinstance(t, S.MapT):
+                sub = t.value
+            yield from refs_in(x, sub, f"{path}.{k}")
+    elif isinstance(value, CallV):
+        ctor = S.all_constructors().get(value.name)
+        for k, x in value.args:
+            a = ctor.arg(k) if ctor else None
+            yield from refs_in(x, a.type if a else None, f"{path}.{k}")
+
+
+def edges(program: Program) -> list[Edge]:
+    out = []
+    for name, b in program.blocks.items():
+        kind = S.KINDS[b.kind]
+        for aname, a in b.attrs.items():
+            f = kind.field(aname)
+            for path, ref, t in refs_in(a.value, f.type if f else None, aname):
+                out.append(Edge(ref.target, name, path, ref, t))
+    return out
+
+
+def declared_splits(b: BlockIR) -> tuple[str, ...]:
+    """The splits a data block provides."""
+    split = b.value("split")
+    if isinstance(split, DictIR) and b.written("split"):
+        return tuple(k for k, v in split.entries if getattr(v, "value", None) is not None)
+    files = tuple(s for s in ("train", "valid", "test") if b.written(s))
+    if files:
+        return files
+    return ("train", "valid", "test")
+
+
+def topo_order(program: Program, es: list[Edge]) -> tuple[list[str], list[list[str]]]:
+    """Stage names in a topological order (source order among equals) and the cycles found."""
+    deps: dict[str, list[str]] = {n: [] for n in program.blocks}
+    for e in es:
+        if e.src in deps and e.dst in deps and e.src not in deps[e.dst]:
+            deps[e.dst].append(e.src)
+    order: list[str] = []
+    state: dict[str, int] = {}
+    cycles: list[list[str]] = []
+    for start in program.blocks:
+        if state.get(start):
+            continue
+        # Iterative DFS (a 10,000-stage chain must not hit the recursion limit).
+        stack: list[tuple[str, int]] = [(start, 0)]
+        path: list[str] = []
+        while stack:
+            node, i = stack.pop()
+            if i == 0:
+                if state.get(node) == 2:
+                    continue
+                if state.get(node) == 1:
+                    continue
+                state[node] = 1
+                path.append(node)
+            ds = deps[node]
+            if i < len(ds):
+                stack.append((node, i + 1))
+                d = ds[i]
+                if state.get(d) == 1:
+                    cyc = path[path.index(d):] + [d]
+                    cycles.append(cyc)
+                elif not state.get(d):
+                    stack.append((d, 0))
+            else:
+                state[node] = 2
+                path.pop()
+                order.append(node)
+    return order, cycles
+
+
+def artifact_types(program: Program, order: list[str]) -> dict[str, str]:
+    """What each stage produces: Dataset, TorchModel, QuantizedTorchModel, OnnxModel, ExportedFile, Report."""
+    out: dict[str, str] = {}
+    for name in order:
+        b = program.blocks[name]
+        produces = S.KINDS[b.kind].produces
+        if produces == "input":
+            src = b.value("from")
+            produces = out.get(src.target, "TorchModel") if isinstance(src, RefV) else "TorchModel"
+            if produces == "TorchModel":
+                produces = "QuantizedTorchModel"
+        elif produces == "target":
+            src = b.value("target")
+            produces = out.get(src.target, "TorchModel") if isinstance(src, RefV) else "TorchModel"
+        elif produces == "export":
+            fmt = b.value("format")
+            produces = "OnnxModel" if isinstance(fmt, CallV) and fmt.name == "onnx" else "ExportedFile"
+        out[name] = produces
+    return out
+
+
+def model_task(program: Program, name: str, seen=None) -> str | None:
+    """Follow model-producing stages back to a `model` block and return `classify` or `regress`."""
+    seen = seen or set()
+    if name in seen or name not in program.blocks:
+        return None
+    seen.add(name)
+    b = program.blocks[name]
+    if b.kind == "model":
+        t = b.value("task")
+        return t.name if isinstance(t, CallV) else None
+    for attr in ("model", "student", "from", "target"):
+        v = b.value(attr)
+        if isinstance(v, RefV):
+            return model_task(program, v.target, seen)
+    return None
+
+
+def training_data(program: Program, name: str, seen=None) -> str | None:
+    """The data block a model-producing stage was trained on (for metric checks)."""
+    seen = seen or set()
+    if name in seen or name not in program.blocks:
+        return None
+    seen.add(name)
+    b = program.blocks[name]
+    v = b.value("data")
+    if b.kind in ("train", "distill") and isinstance(v, RefV):
+        return v.target
+    for attr in ("from", "target", "model", "student"):
+        r = b.value(attr)
+        if isinstance(r, RefV):
+            return training_data(program, r.target, seen)
+    return None

@@ -1,0 +1,79 @@
+"""FTP210 (a metric nothing produces) and FTP232 (a metric that does not fit the task)."""
+
+from __future__ import annotations
+
+from ftdsl.check.graph import declared_splits, model_task, training_data
+from ftdsl.diagnostics import make
+from ftdsl.ir.convert import did_you_mean
+from ftdsl.ir.nodes import DictIR, ListIR, Lit, RefV, Sym
+
+CLASSIFY_METRICS = ("accuracy", "f1", "precision", "recall", "loss")
+REGRESS_METRICS = ("mse", "mae", "loss")
+TASK_ONLY = {"accuracy": "classify", "f1": "classify", "precision": "classify", "recall": "classify",
+             "mse": "regress", "mae": "regress"}
+
+
+def _check_metric(ctx, text: str, span, data_name: str | None, task: str | None, where: str):
+    split, dot, metric = text.partition(".")
+    if not dot:
+        yield make("FTP210", f"`{where}` must name `SPLIT.METRIC` (like `valid.accuracy`), not `{text}`", span,
+                   label="expected SPLIT.METRIC")
+        return
+    if split not in ("train", "valid"):
+        hint = "stopping on the test split leaks it into training" if split == "test" else None
+        yield make("FTP210", f"`{where}`: metrics are produced for `train` and `valid`, not `{split}`", span,
+                   label="unknown split", hint=hint or did_you_mean(split, ["train", "valid"]))
+        return
+    known = CLASSIFY_METRICS if task == "classify" else REGRESS_METRICS if task == "regress" else \
+        CLASSIFY_METRICS + REGRESS_METRICS[:2]
+    if split == "train" and metric != "loss":
+        yield make("FTP210", f"`{where}`: only `train.loss` is tracked on the train split", span,
+                   label="not produced", hint="use `valid.{metric}` with a `valid` split")
+        return
+    if metric not in known:
+        if task and metric in TASK_ONLY:
+            yield make("FTP232", f"`{where}`: `{metric}` does not apply to a {task} model", span,
+                       label="wrong metric for the task", hint=f"{task} models produce: {', '.join(known)}")
+        else:
+            yield make("FTP210", f"`{where}`: unknown metric `{metric}`", span, label="unknown metric",
+                       hint=did_you_mean(metric, known) or f"known: {', '.join(known)}")
+        return
+    if split == "valid" and data_name and data_name in ctx.program.blocks:
+        splits = declared_splits(ctx.program.blocks[data_name])
+        if "valid" not in splits:
+            yield make("FTP210", f"`{where}` watches `{text}`, but data `{data_name}` has no `valid` split", span,
+                       label="nothing produces this metric",
+                       hint=f"add `valid` to `{data_name}.split`, or watch `train.loss`")
+
+
+def metrics_produced(ctx):
+    """FTP210/FTP232: early_stop, sweep and evaluate metrics must be produced by the pipeline."""
+    prog = ctx.program
+    for name, b in prog.blocks.items():
+        if b.kind in ("train", "distill"):
+            es = b.value("early_stop")
+            if isinstance(es, DictIR):
+                m = es.get("metric")
+                if isinstance(m, Lit) and isinstance(m.value, str):
+                    data = b.value("data")
+                    yield from _check_metric(ctx, m.value, m.span, data.target if isinstance(data, RefV) else None,
+                                             model_task(prog, name), f"{name}.early_stop.metric")
+        elif b.kind == "sweep":
+            m = b.value("metric")
+            t = b.value("target")
+            if isinstance(m, Lit) and isinstance(m.value, str) and isinstance(t, RefV):
+                yield from _check_metric(ctx, m.value, m.span, training_data(prog, t.target),
+                                         model_task(prog, t.target), f"{name}.metric")
+        elif b.kind == "evaluate":
+            ms = b.value("metrics")
+            models = b.value("models")
+            tasks = {model_task(prog, r.target) for r in (models.items if isinstance(models, ListIR) else ())
+                     if isinstance(r, RefV)} - {None}
+            if isinstance(ms, ListIR) and len(tasks) == 1:
+                task = tasks.pop()
+                for s in ms.items:
+                    if isinstance(s, Sym) and TASK_ONLY.get(s.name, task) != task:
+                        yield make("FTP232", f"`{name}.metrics`: `{s.name}` does not apply to a {task} model", s.span,
+                                   label="wrong metric for the task",
+                                   hint=f"{task} models: {', '.join(CLASSIFY_METRICS if task == 'classify' else REGRESS_METRICS)}"
+                                        ", latency, size")

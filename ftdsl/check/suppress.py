@@ -1,0 +1,76 @@
+"""`# ftdsl: ignore[FTP220]` (this line or the next) and `# ftdsl: ignore-file[FTP221]` comments.
+
+Codes or names are accepted (`ignore[unused-block]`); `-- reason` may follow. A suppression that
+silences nothing is FTP090.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ftdsl.diagnostics import Diagnostic, make
+from ftdsl.diagnostics.codes import CODES, NAMES
+from ftdsl.syntax.ast import Span
+
+_RE = re.compile(r"#\s*ftdsl:\s*(ignore|ignore-file)\[([^\]]*)\]")
+
+
+@dataclass
+class _Sup:
+    file: str
+    line: int  # the comment's line
+    col: int
+    end_col: int
+    whole_file: bool
+    codes: tuple[str, ...]
+    own_line: bool  # the comment is alone on its line: it applies to the next line
+    used: bool = False
+
+
+def _scan(file: str, text: str) -> list[_Sup]:
+    from ftdsl.syntax.parser import _find_comments
+
+    out = []
+    for start, end in _find_comments(text):
+        m = _RE.search(text, start, end)
+        if not m:
+            continue
+        line = text.count("\n", 0, start) + 1
+        line_start = text.rfind("\n", 0, start) + 1
+        codes = tuple(NAMES.get(c.strip(), c.strip()) for c in m.group(2).split(",") if c.strip())
+        out.append(_Sup(file, line, start - line_start + 1, end - line_start + 1, m.group(1) == "ignore-file", codes,
+                        text[line_start:start].strip() == ""))
+    return out
+
+
+def apply(diags: list[Diagnostic], sources: dict[str, str]) -> list[Diagnostic]:
+    sups: list[_Sup] = []
+    for f, text in sources.items():
+        if "ftdsl:" in text:
+            sups.extend(_scan(f, text))
+    if not sups:
+        return diags
+    kept: list[Diagnostic] = []
+    for d in diags:
+        hit = None
+        if d.span is not None:
+            for s in sups:
+                if s.file != d.span.file or d.code not in s.codes:
+                    continue
+                if s.whole_file or s.line == d.span.line or (s.own_line and s.line + 1 == d.span.line):
+                    hit = s
+                    break
+        if hit is not None and d.severity != "error" or (hit is not None and d.code[3] in "234"):
+            hit.used = True
+            continue
+        kept.append(d)
+    for s in sups:
+        span = Span(s.file, s.line, s.col, s.line, s.end_col)
+        unknown = [c for c in s.codes if c not in CODES]
+        for c in unknown:
+            kept.append(make("FTP090", f"unknown code `{c}` in a suppression comment", span, label="unknown code"))
+        if not s.used and not unknown:
+            kept.append(make("FTP090", f"suppression of {', '.join(s.codes) or 'nothing'} matches no diagnostic", span,
+                             label="unused suppression", hint="remove the comment"))
+    return kept

@@ -1,0 +1,153 @@
+"""The `ftdsl` command: parse flags, call the modules, render. Thin on purpose.
+
+Exit codes (SPEC §7): 0 success, 1 the pipeline has errors, 2 usage error, 3 a stage failed,
+4 a resource problem (disk full, permission, lock timeout), 70 internal error, 130/143 signals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import ftdsl
+from ftdsl.errors import FtdslError, ResourceError, StageError, UsageError
+
+EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_STAGE, EXIT_RESOURCE, EXIT_INTERNAL = 0, 1, 2, 3, 4, 70
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # exit 2 with a short message (argparse's default, without the full usage dump)
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"error: {message}\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="ftdsl", description="Declarative fine-tuning pipelines: lint, plan, run.")
+    p.add_argument("--version", action="version", version=f"ftdsl {ftdsl.__version__}")
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def common_pipeline(sp):
+        sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V",
+                        help="override a param (`lr=1e-4`) or an attribute (`finetune.epochs=1`)")
+        sp.add_argument("--cache", metavar="DIR", help="cache folder (default: pipeline's `cache`, $FTDSL_CACHE, "
+                                                       ".ftdsl/cache)")
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    sp = sub.add_parser("lint", help="static checks only (for CI)")
+    sp.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (`-` reads stdin)")
+    sp.add_argument("--format", default="text", choices=["text", "concise", "json", "github", "sarif"])
+    sp.add_argument("--strict", action="store_true", help="warnings fail the run too")
+    sp.add_argument("--select", default="", metavar="CODES", help="only these codes or prefixes (FTP2,FTP301)")
+    sp.add_argument("--ignore", default="", metavar="CODES", help="drop these codes or prefixes")
+    sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+    sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    sp = sub.add_parser("plan", help="dry run: what would run, what is cached, and why")
+    sp.add_argument("file", metavar="FILE")
+    sp.add_argument("--format", default="text", choices=["text", "json", "mermaid"])
+    sp.add_argument("--only", action="append", default=[], metavar="STAGE")
+    sp.add_argument("--force", action="append", default=[], metavar="STAGE")
+    sp.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    sp.add_argument("--verify", action="store_true", help="re-hash data files (ignore the stat memo)")
+    sp.add_argument("--detailed-exitcode", action="store_true", help="exit 2 when something would run")
+    common_pipeline(sp)
+
+    sp = sub.add_parser("run", help="run every stage, caching each one")
+    sp.add_argument("file", metavar="FILE")
+    sp.add_argument("--only", action="append", default=[], metavar="STAGE", help="run this stage and its inputs")
+    sp.add_argument("--force", action="append", default=[], metavar="STAGE", help="re-run this stage")
+    sp.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    sp.add_argument("--nproc", type=int, default=1, metavar="N", help="processes for distributed training")
+    sp.add_argument("--verify", action="store_true", help="verify every cache entry's checksums on load")
+    sp.add_argument("--force-resume", action="store_true", help="resume a checkpoint written with other settings")
+    sp.add_argument("--lock-timeout", type=float, default=600.0, metavar="S")
+    sp.add_argument("--quiet", action="store_true", help="no progress bars")
+    common_pipeline(sp)
+
+    sp = sub.add_parser("fmt", help="canonical formatting (keeps comments)")
+    sp.add_argument("paths", nargs="+", metavar="PATH")
+    sp.add_argument("--check", action="store_true", help="exit 1 if a file would change; write nothing")
+    sp.add_argument("--diff", action="store_true", help="print a unified diff instead of writing")
+    sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    sp = sub.add_parser("explain", help="the long explanation of a diagnostic code")
+    sp.add_argument("code", metavar="CODE")
+
+    sp = sub.add_parser("cache", help="inspect, check and clean the cache")
+    sp.add_argument("action", choices=["ls", "verify", "gc"])
+    sp.add_argument("--cache", metavar="DIR")
+    sp.add_argument("--older-than", type=float, metavar="DAYS", help="gc: entries older than this")
+    sp.add_argument("--keep", metavar="FILE", action="append", default=[],
+                    help="gc: keep every entry this pipeline's current plan uses")
+    sp.add_argument("--all", action="store_true", help="gc: remove every unlocked entry")
+    sp.add_argument("--dry-run", action="store_true")
+    sp.add_argument("--format", default="text", choices=["text", "json"])
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = getattr(args, "debug", False) or os.environ.get("FTDSL_DEBUG") == "1"
+    if not args.command:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        from ftdsl import commands
+
+        return getattr(commands, f"cmd_{args.command}")(args)
+    except UsageError as e:
+        _err(f"error: {e.message}" + (f"\n  = help: {e.hint}" if e.hint else ""))
+        return EXIT_USAGE
+    except ResourceError as e:
+        _err(f"error[{e.code}]: {e.message}" + (f"\n  = help: {e.hint}" if e.hint else ""))
+        return EXIT_RESOURCE
+    except StageError as e:
+        _err(f"error[{e.code}]: {e.message}" + (f"\n  = help: {e.hint}" if e.hint else ""))
+        return EXIT_STAGE
+    except FtdslError as e:
+        _err(f"error[{e.code}]: {e.message}" + (f"\n  = help: {e.hint}" if e.hint else ""))
+        return EXIT_ERRORS
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception:  # noqa: BLE001 - the last line of defence: an ICE report, never a raw traceback
+        if debug:
+            raise
+        return internal_error()
+
+
+def internal_error() -> int:
+    import platform
+    import tempfile
+    import time
+    import traceback
+
+    report = Path(tempfile.gettempdir()) / f"ftdsl-crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+    try:
+        report.write_text(f"ftdsl {ftdsl.__version__}, Python {platform.python_version()}, {platform.platform()}\n"
+                          f"argv: {sys.argv}\n\n{traceback.format_exc()}", encoding="utf-8")
+        where = str(report)
+    except OSError:
+        where = "(could not write a crash report)"
+    exc = sys.exc_info()[1]
+    _err("error: internal error: unexpected exception. this is a bug.\n"
+         f"  = note: {type(exc).__name__}: {str(exc)[:200]}\n"
+         f"  = note: ftdsl {ftdsl.__version__}, Python {platform.python_version()}\n"
+         f"  = note: crash report: {where}\n"
+         "  = note: run again with --debug for the traceback, and please report it with the crash report")
+    return EXIT_INTERNAL
+
+
+def _err(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,288 @@
+"""One function per CLI command. Each returns the exit code.
+
+`lint`, `plan`, `fmt`, `explain` never import torch; `run` imports it only when a stage runs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from ftdsl.errors import UsageError
+
+MAX_FILES = 10_000
+
+
+# --- lint ----------------------------------------------------------------------------------------
+
+def _collect_paths(paths: list[str]) -> list[str]:
+    out: list[str] = []
+    for p in paths:
+        if p == "-":
+            out.append("-")
+            continue
+        path = Path(p)
+        if path.is_dir():
+            found = sorted(x for x in path.rglob("*.ftp") if x.is_file() and ".ftdsl" not in x.parts)
+            out.extend(x.as_posix() for x in found)
+        elif path.exists():
+            out.append(p)
+        else:
+            raise UsageError("FTP001", f"no such file or folder: {p}")
+    return out[:MAX_FILES]
+
+
+def _codes_filter(select: str, ignore: str):
+    sel = [s.strip() for s in select.split(",") if s.strip()]
+    ign = [s.strip() for s in ignore.split(",") if s.strip()]
+    from ftdsl.diagnostics.codes import NAMES
+
+    sel = [NAMES.get(s, s) for s in sel]
+    ign = [NAMES.get(s, s) for s in ign]
+
+    def keep(d) -> bool:
+        if sel and not any(d.code.startswith(s) for s in sel):
+            return False
+        return not any(d.code.startswith(s) for s in ign)
+
+    return keep
+
+
+def cmd_lint(args) -> int:
+    from ftdsl.check.suppress import apply as apply_suppressions
+    from ftdsl.diagnostics.render import render
+    from ftdsl.frontend import compile_pipeline
+
+    files = _collect_paths(args.paths)
+    keep = _codes_filter(args.select, args.ignore)
+    diags, sources = [], {}
+    for f in files:
+        if f == "-":
+            data = sys.stdin.buffer.read()
+            from ftdsl.syntax.parser import decode
+
+            text, errs = decode(data, "<stdin>")
+            if text is None:
+                diags.extend(errs)
+                continue
+            c = compile_pipeline("<stdin>", args.overrides, text=text)
+        else:
+            c = compile_pipeline(f, args.overrides)
+        sources.update(c.sources)
+        diags.extend(apply_suppressions(c.diagnostics, c.sources))
+    diags = [d for d in diags if keep(d)]
+    diags.sort(key=lambda d: d.sort_key())
+    stream = sys.stderr if args.format in ("text", "concise") else sys.stdout
+    render(args.format, diags, sources, stream)
+    if args.format == "text" and not files:
+        print("no .ftp files found", file=sys.stderr)
+    errors = sum(d.severity == "error" for d in diags)
+    warnings = sum(d.severity == "warning" for d in diags)
+    return 1 if errors or (args.strict and warnings) else 0
+
+
+# --- shared by plan and run ---------------------------------------------------------------------
+
+def _compile_or_report(file: str, overrides, strict: bool = False):
+    """Compile a pipeline; print its diagnostics; return it, or None when it has errors."""
+    from ftdsl.diagnostics.render import render
+    from ftdsl.frontend import compile_pipeline
+
+    p = Path(file)
+    if not p.exists():
+        raise UsageError("FTP001", f"no such file: {file}")
+    if p.is_dir():
+        raise UsageError("FTP001", f"{file} is a folder; give one pipeline file")
+    c = compile_pipeline(file, overrides)
+    if c.diagnostics:
+        render("text", c.diagnostics, c.sources, sys.stderr)
+    if not c.ok:
+        return None
+    return c
+
+
+def _cache_for(compiled, override: str | None, lock_timeout: float = 600.0):
+    from ftdsl.plan import cache_root
+    from ftdsl.runtime.cache import Cache
+
+    return Cache(cache_root(compiled, override), lock_timeout=lock_timeout)
+
+
+# --- plan ---------------------------------------------------------------------------------------
+
+def cmd_plan(args) -> int:
+    from ftdsl.plan import make_plan
+    from ftdsl.plan_render import render_plan
+
+    c = _compile_or_report(args.file, args.overrides)
+    if c is None:
+        return 1
+    _check_stage_names(c, args.only + args.force)
+    cache = _cache_for(c, args.cache)
+    plan = make_plan(c, cache, force=set(args.force), only=set(args.only) or None, device=args.device,
+                     verify=args.verify)
+    render_plan(plan, args.format, sys.stdout)
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        from ftdsl.plan_render import plan_markdown
+
+        try:
+            with open(summary, "a", encoding="utf-8") as fh:
+                fh.write(plan_markdown(plan))
+        except OSError:
+            pass
+    if args.detailed_exitcode and any(s.will_run for s in plan.stages):
+        return 2
+    return 0
+
+
+def _check_stage_names(c, names) -> None:
+    from ftdsl.ir.convert import did_you_mean
+
+    for n in names:
+        if n not in c.program.blocks:
+            hint = did_you_mean(n, c.program.blocks) or "stages: " + ", ".join(c.program.blocks)
+            raise UsageError("FTP212", f"no stage named `{n}`", hint=hint)
+
+
+# --- run ----------------------------------------------------------------------------------------
+
+def cmd_run(args) -> int:
+    from ftdsl.plan import make_plan
+    from ftdsl.runtime.executor import execute
+
+    c = _compile_or_report(args.file, args.overrides)
+    if c is None:
+        return 1
+    _check_stage_names(c, args.only + args.force)
+    cache = _cache_for(c, args.cache, args.lock_timeout)
+    plan = make_plan(c, cache, force=set(args.force), only=set(args.only) or None, device=args.device,
+                     verify=args.verify)
+    return execute(plan, cache, verify=args.verify, force_resume=args.force_resume, quiet=args.quiet,
+                   nproc=args.nproc)
+
+
+# --- fmt ----------------------------------------------------------------------------------------
+
+def cmd_fmt(args) -> int:
+    import difflib
+
+    from ftdsl.diagnostics.render import render
+    from ftdsl.runtime.atomic import write_text_atomic
+    from ftdsl.syntax.format import format_source
+    from ftdsl.syntax.parser import read_source
+
+    files = _collect_paths(args.paths)
+    changed, failed = [], False
+    for f in files:
+        if f == "-":
+            raise UsageError("FTP001", "fmt does not read stdin; give files or folders")
+        text, errs = read_source(f, f)
+        if text is None:
+            render("text", errs, {}, sys.stderr)
+            failed = True
+            continue
+        raw = Path(f).read_bytes().decode("utf-8")
+        out, errs = format_source(text, f)
+        if out is None:
+            render("text", errs, {f: text}, sys.stderr)
+            failed = True
+            continue
+        if out == raw:
+            continue
+        changed.append(f)
+        if args.diff:
+            sys.stdout.writelines(difflib.unified_diff(raw.splitlines(True), out.splitlines(True), f"a/{f}", f"b/{f}"))
+        elif args.check:
+            print(f"would reformat {f}", file=sys.stderr)
+        else:
+            write_text_atomic(Path(f), out)
+            print(f"reformatted {f}", file=sys.stderr)
+    n = len(files)
+    if args.check or args.diff:
+        print(f"{len(changed)} file{'s' if len(changed) != 1 else ''} would be reformatted, "
+              f"{n - len(changed)} already formatted", file=sys.stderr)
+        return 1 if changed or failed else 0
+    print(f"{len(changed)} file{'s' if len(changed) != 1 else ''} reformatted, {n - len(changed)} unchanged",
+          file=sys.stderr)
+    return 1 if failed else 0
+
+
+# --- explain ------------------------------------------------------------------------------------
+
+def cmd_explain(args) -> int:
+    from ftdsl.diagnostics.codes import CODES, NAMES
+    from ftdsl.explain import explain_text
+
+    code = args.code.strip()
+    code = NAMES.get(code, code.upper())
+    if code not in CODES:
+        from ftdsl.ir.convert import did_you_mean
+
+        raise UsageError("FTP001", f"unknown diagnostic code `{args.code}`",
+                         hint=did_you_mean(code, list(CODES) + list(NAMES)) or "codes look like FTP201")
+    sys.stdout.write(explain_text(CODES[code]))
+    return 0
+
+
+# --- cache --------------------------------------------------------------------------------------
+
+def cmd_cache(args) -> int:
+    import json
+
+    from ftdsl.runtime.cache import Cache
+
+    root = Path(args.cache or os.environ.get("FTDSL_CACHE") or Path(".ftdsl") / "cache")
+    cache = Cache(root)
+    if args.action == "ls":
+        rows = cache.ls()
+        if args.format == "json":
+            json.dump({"cache": str(root), "entries": rows}, sys.stdout, indent=2, default=str)
+            sys.stdout.write("\n")
+            return 0
+        total = 0
+        for r in rows:
+            meta = r.get("meta") or {}
+            total += r.get("size", 0)
+            print(f"{r['key'][:12]}  {_size(r.get('size', 0)):>9}  {str(r.get('created', ''))[:19]:19}  "
+                  f"{meta.get('kind', '?')}.{meta.get('stage', '?')}  {meta.get('pipeline', '')}")
+        print(f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'}, {_size(total)} in {root}", file=sys.stderr)
+        return 0
+    if args.action == "verify":
+        results = cache.verify_all()
+        bad = [(k, p) for k, p in results if p]
+        for k, p in bad:
+            print(f"corrupt {k[:12]}: {p} (moved to quarantine)")
+        print(f"{len(results)} entries checked, {len(bad)} corrupt", file=sys.stderr)
+        return 1 if bad else 0
+    # gc
+    keep: set[str] | None = None
+    if args.keep:
+        from ftdsl.plan import make_plan
+
+        keep = set()
+        for f in args.keep:
+            c = _compile_or_report(f, [])
+            if c is None:
+                return 1
+            keep |= {s.key for s in make_plan(c, cache).stages}
+    older = args.older_than * 86400 if args.older_than is not None else None
+    if keep is None and older is None and not args.all:
+        raise UsageError("FTP001", "cache gc needs a scope", hint="--keep PIPELINE.ftp, --older-than DAYS or --all")
+    if args.all and keep is None:
+        keep = set()
+    removed = cache.gc(keep=keep, older_than_s=older, dry_run=args.dry_run)
+    for k in removed:
+        print(f"{'would remove' if args.dry_run else 'removed'} {k[:12]}")
+    print(f"{len(removed)} entr{'y' if len(removed) == 1 else 'ies'} {'to remove' if args.dry_run else 'removed'}",
+          file=sys.stderr)
+    return 0
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"

@@ -1,0 +1,54 @@
+"""The front end in one call: read, parse, resolve, check. Never imports torch.
+
+`compile_pipeline(path, overrides)` returns a `Compiled` with the program (None when it could not
+be built), every diagnostic sorted by location, the sources read (for snippets) and the graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ftdsl.check import check
+from ftdsl.check.context import CheckContext
+from ftdsl.diagnostics import Diagnostic
+from ftdsl.ir.nodes import Program
+from ftdsl.ir.resolve import resolve
+
+
+@dataclass
+class Compiled:
+    program: Program | None
+    diagnostics: list[Diagnostic]
+    sources: dict[str, str] = field(default_factory=dict)
+    graph: CheckContext | None = None
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.severity == "error"]
+
+    @property
+    def ok(self) -> bool:
+        return self.program is not None and not self.errors
+
+
+def compile_pipeline(path: str | Path, overrides=(), text: str | None = None) -> Compiled:
+    r = resolve(path, overrides, text=text)
+    diags = list(r.diagnostics)
+    ctx = None
+    if r.program is not None:
+        more, ctx = check(r.program)
+        diags.extend(more)
+    diags = _dedupe(diags)
+    diags.sort(key=lambda d: d.sort_key())
+    return Compiled(r.program, diags, r.sources, ctx)
+
+
+def _dedupe(diags):
+    seen, out = set(), []
+    for d in diags:
+        k = (d.code, d.message, d.span)
+        if k not in seen:
+            seen.add(k)
+            out.append(d)
+    return out

@@ -1,0 +1,376 @@
+"""AST values -> typed IR values, checked against the schema (types, ranges, constructor arguments).
+
+Bare names are resolved by what the attribute expects: an enum symbol (`mode = max`), then a param
+(`lr = lr`), then a constructor named without parentheses (`schedule = constant`), then a block
+reference (`model = base`, `data = reviews.test`). Problems become diagnostics; conversion goes on
+with the next value so that one run reports everything.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+from ftdsl.diagnostics import Diagnostic, Label, make
+from ftdsl.ir import schema as S
+from ftdsl.ir.nodes import CallV, DictIR, ListIR, Lit, RefV, Sym, Value
+from ftdsl.syntax import ast as A
+
+
+@dataclass
+class Scope:
+    """What names mean while converting: params (AST values, not yet typed) and block names."""
+
+    params: dict  # name -> A.Value
+    blocks: dict  # name -> kind
+    diags: list = field(default_factory=list)
+    param_uses: dict = field(default_factory=dict)
+    _expanding: tuple = ()  # params being expanded (a param cannot refer to itself)
+
+
+def did_you_mean(word: str, options) -> str | None:
+    m = difflib.get_close_matches(word, sorted(set(options)), n=3, cutoff=0.6)
+    if not m:
+        return None
+    return "did you mean " + " or ".join(f"`{x}`" for x in m) + "?"
+
+
+def _shape(v: A.Value) -> str:
+    return {A.Number: "a number", A.String: "a string", A.Bool: "a boolean", A.Null: "`null`",
+            A.Ref: "a name", A.ListV: "a list", A.DictV: "a dict", A.Call: "a constructor call"}[type(v)]
+
+
+def _accepts(t: S.Type, kind: type) -> bool:
+    if isinstance(t, S.OneOf):
+        return any(_accepts(o, kind) for o in t.options)
+    return isinstance(t, kind)
+
+
+def default_value(f: S.Field) -> Value:
+    """The IR value of a field's declared default."""
+    return _default_for(f.type, f.default)
+
+
+def _default_for(t: S.Type, d) -> Value:
+    if d is None or d is S.REQUIRED:
+        return Lit(None, None)
+    if isinstance(t, S.OneOf):
+        for o in t.options:
+            if isinstance(o, S.Enum) and d in o.choices:
+                return Sym(d, None)
+        for o in t.options:
+            if isinstance(o, S.CtorT) and isinstance(d, str):
+                return _default_for(o, d)
+        return Lit(d, None)
+    if isinstance(t, S.CtorT) and isinstance(d, str):
+        ctor = S.CONSTRUCTORS[t.family][d]
+        return CallV(d, tuple((a.name, default_value(a)) for a in ctor.args), None, frozenset())
+    if isinstance(t, S.Enum):
+        return Sym(d, None)
+    if isinstance(t, S.ListT) and isinstance(d, list):
+        return ListIR(tuple(_default_for(t.item, x) for x in d), None)
+    if isinstance(t, S.Float) and isinstance(d, int) and not isinstance(d, bool):
+        return Lit(float(d), None)
+    return Lit(d, None)
+
+
+class Converter:
+    def __init__(self, scope: Scope):
+        self.scope = scope
+
+    def err(self, code: str, message: str, span, **kw) -> None:
+        self.scope.diags.append(make(code, message, span, **kw))
+
+    # entry point ---------------------------------------------------------------------------
+    def convert(self, v: A.Value, t: S.Type, what: str) -> Value | None:
+        """Convert `v` to type `t`; `what` names the attribute in messages (`train.batch`)."""
+        if isinstance(v, A.Null):
+            return Lit(None, v.span)
+        if isinstance(v, A.Ref):
+            return self._ref(v, t, what)
+        if isinstance(t, S.OneOf):
+            return self._one_of(v, t, what)
+        if isinstance(t, (S.Int, S.Float)):
+            return self._number(v, t, what)
+        if isinstance(t, (S.Str, S.PathT)):
+            if isinstance(v, A.String):
+                return Lit(v.value, v.span)
+            return self._mismatch(v, t, what)
+        if isinstance(t, S.Bool):
+            if isinstance(v, A.Bool):
+                return Lit(v.value, v.span)
+            return self._mismatch(v, t, what)
+        if isinstance(t, S.Enum):
+            if isinstance(v, A.String) and v.value in t.choices:
+                return Sym(v.value, v.span)
+            if isinstance(v, A.String):
+                self.err("FTP203", f"`{what}` must be {t.describe()}, not \"{v.value}\"", v.span,
+                         label="not a choice", hint=did_you_mean(v.value, t.choices))
+                return None
+            return self._mismatch(v, t, what)
+        if isinstance(t, S.CtorT):
+            if isinstance(v, A.Call):
+                return self._call(v, t, what)
+            return self._mismatch(v, t, what)
+        if isinstance(t, S.RefT):
+            return self._mismatch(v, t, what)
+        if isinstance(t, S.ListT):
+            if not isinstance(v, A.ListV):
+                return self._mismatch(v, t, what)
+            items = []
+            for i, item in enumerate(v.items):
+                c = self.convert(item, t.item, f"{what}[{i}]")
+                if c is not None:
+                    items.append(c)
+            if len(v.items) < t.min_len:
+                self.err("FTP203", f"`{what}` needs at least {t.min_len} item{'s' if t.min_len > 1 else ''}",
+                         v.span, label="empty list")
+            return ListIR(tuple(items), v.span)
+        if isinstance(t, S.StructT):
+            if not isinstance(v, A.DictV):
+                return self._mismatch(v, t, what)
+            return self._struct(v, t, what)
+        if isinstance(t, S.MapT):
+            if not isinstance(v, A.DictV):
+                return self._mismatch(v, t, what)
+            seen: dict[str, A.Span] = {}
+            entries = []
+            for e in v.entries:
+                if e.key in seen:
+                    self.err("FTP206", f"key `{e.key}` appears twice in `{what}`", e.key_span, label="duplicate key",
+                             secondary=(Label(seen[e.key], "first here"),))
+                    continue
+                seen[e.key] = e.key_span
+                c = self.convert(e.value, t.value, f"{what}.{e.key}")
+                if c is not None:
+                    entries.append((e.key, c))
+            return DictIR(tuple(entries), v.span, tuple(seen.values()))
+        return self._mismatch(v, t, what)  # pragma: no cover - every Type is handled above
+
+    # pieces --------------------------------------------------------------------------------
+    def _mismatch(self, v: A.Value, t: S.Type, what: str) -> None:
+        self.err("FTP202", f"`{what}` expects {t.describe()}, found {_shape(v)}", v.span,
+                 label=f"expected {_short(t)}")
+        return None
+
+    def _number(self, v: A.Value, t, what: str):
+        if not isinstance(v, A.Number):
+            if isinstance(v, A.String):
+                try:
+                    float(v.value)
+                    hint = f"remove the quotes: {v.value}"
+                except ValueError:
+                    hint = None
+                self.err("FTP202", f"`{what}` expects {t.describe()}, found a string", v.span,
+                         label=f"expected {_short(t)}", hint=hint)
+                return None
+            return self._mismatch(v, t, what)
+        x = v.value
+        if isinstance(t, S.Int):
+            if isinstance(x, float):
+                self.err("FTP202", f"`{what}` expects an integer, found `{v.text}`", v.span, label="not an integer")
+                return None
+            if (t.min is not None and x < t.min) or (t.max is not None and x > t.max):
+                self.err("FTP203", f"`{what}` must be {t.describe().removeprefix('an integer ')}, found {v.text}",
+                         v.span, label="out of range")
+                return None
+            return Lit(x, v.span)
+        xf = float(x)
+        bad = ((t.min is not None and (xf < t.min or (t.min_open and xf == t.min)))
+               or (t.max is not None and (xf > t.max or (t.max_open and xf == t.max))))
+        if bad:
+            self.err("FTP203", f"`{what}` must be {t.describe().removeprefix('a number ')}, found {v.text}", v.span,
+                     label="out of range")
+            return None
+        return Lit(xf, v.span)
+
+    def _one_of(self, v: A.Value, t: S.OneOf, what: str):
+        # Pick the option whose shape matches the value, so its specific errors are reported.
+        order = sorted(t.options, key=lambda o: 0 if _matches_shape(v, o) else 1)
+        for o in order:
+            if _matches_shape(v, o):
+                return self.convert(v, o, what)
+        return self._mismatch(v, t, what)
+
+    def _ref(self, v: A.Ref, t: S.Type, what: str):
+        name = v.parts[0]
+        scope = self.scope
+        if len(v.parts) == 1:
+            for e in _options(t, S.Enum):
+                if name in e.choices:
+                    return Sym(name, v.span)
+            if name in scope.params:
+                if name in scope._expanding:
+                    self.err("FTP205", f"param `{name}` refers to itself", v.span, label="cycle")
+                    return None
+                scope.param_uses[name] = scope.param_uses.get(name, 0) + 1
+                scope._expanding = scope._expanding + (name,)
+                try:
+                    return self.convert(scope.params[name], t, what)
+                finally:
+                    scope._expanding = scope._expanding[:-1]
+            for c in _options(t, S.CtorT):
+                ctor = S.CONSTRUCTORS.get(c.family, {}).get(name)
+                if ctor is not None:
+                    return self._call(A.Call(name, v.span, (), (), v.span), c, what)
+        refs = _options(t, S.RefT)
+        if refs and name in scope.blocks:
+            if len(v.parts) > 2:
+                self.err("FTP204", f"`{v.dotted}` is not a block or a split", v.span, label="too many parts",
+                         hint=f"write `{name}` or `{name}.SPLIT`")
+                return None
+            return RefV(name, v.parts[1] if len(v.parts) == 2 else None, v.span)
+        # Nothing matched: explain with the names that would have been valid here.
+        options: list[str] = []
+        for e in _options(t, S.Enum):
+            options += list(e.choices)
+        for c in _options(t, S.CtorT):
+            options += list(S.CONSTRUCTORS.get(c.family, {}))
+        if refs:
+            options += list(scope.blocks)
+        options += list(scope.params)
+        if name in scope.blocks and len(v.parts) == 1:
+            self.err("FTP202", f"`{what}` expects {t.describe()}, found a reference to block `{name}`", v.span,
+                     label=f"expected {_short(t)}")
+            return None
+        expected = t.describe()
+        self.err("FTP204", f"undefined name `{v.dotted}` in `{what}`", v.span, label="not defined",
+                 hint=did_you_mean(name, options) or f"`{what}` expects {expected}")
+        return None
+
+    def _call(self, v: A.Call, t: S.CtorT, what: str):
+        family = S.CONSTRUCTORS.get(t.family, {})
+        ctor = family.get(v.name)
+        if ctor is None:
+            other = S.all_constructors().get(v.name)
+            if other is not None:
+                self.err("FTP202", f"`{v.name}(...)` is a {other.family.replace('_', ' ')}, but `{what}` expects "
+                                   f"{t.describe()}", v.name_span, label="wrong kind of constructor")
+            else:
+                self.err("FTP215", f"unknown {t.family.replace('_', ' ')} `{v.name}` in `{what}`", v.name_span,
+                         label="unknown constructor", hint=did_you_mean(v.name, family) or
+                         "known: " + ", ".join(family))
+            return None
+        args: dict[str, Value] = {}
+        spans: dict[str, A.Span] = {}
+        written = set()
+        for i, a in enumerate(v.args):
+            if i >= len(ctor.args):
+                self.err("FTP201", f"`{v.name}(...)` takes at most {len(ctor.args)} positional argument"
+                                   f"{'s' if len(ctor.args) != 1 else ''}", a.span, label="extra argument")
+                continue
+            spec = ctor.args[i]
+            c = self.convert(a, spec.type, f"{what}.{spec.name}")
+            spans[spec.name] = a.span
+            written.add(spec.name)
+            if c is not None:
+                args[spec.name] = c
+        for kw in v.kwargs:
+            spec = ctor.arg(kw.name)
+            if spec is None:
+                self.err("FTP201", f"`{v.name}(...)` has no argument `{kw.name}`", kw.name_span,
+                         label="unknown argument", hint=did_you_mean(kw.name, [a.name for a in ctor.args]),
+                         notes=(f"arguments of `{v.name}`: " + (", ".join(a.name for a in ctor.args) or "none"),))
+                continue
+            if kw.name in spans:
+                self.err("FTP206", f"argument `{kw.name}` of `{v.name}(...)` is given twice", kw.name_span,
+                         label="given again", secondary=(Label(spans[kw.name], "first here"),))
+                continue
+            spans[kw.name] = kw.name_span
+            written.add(kw.name)
+            c = self.convert(kw.value, spec.type, f"{what}.{kw.name}")
+            if c is not None:
+                args[kw.name] = c
+        out = []
+        for spec in ctor.args:
+            if spec.name in args:
+                out.append((spec.name, args[spec.name]))
+            elif spec.name in written:
+                continue  # it was written but invalid: already reported
+            elif spec.required:
+                self.err("FTP208", f"`{v.name}(...)` needs argument `{spec.name}`", v.span,
+                         label=f"missing `{spec.name}`", hint=f"`{spec.name}`: {spec.doc or spec.type.describe()}")
+            else:
+                out.append((spec.name, default_value(spec)))
+        return CallV(v.name, tuple(out), v.span, frozenset(written))
+
+    def _struct(self, v: A.DictV, t: S.StructT, what: str):
+        seen: dict[str, A.Span] = {}
+        got: dict[str, Value] = {}
+        for e in v.entries:
+            spec = t.get(e.key)
+            if spec is None:
+                self.err("FTP201", f"`{what}` has no key `{e.key}`", e.key_span, label="unknown key",
+                         hint=did_you_mean(e.key, [f.name for f in t.fields]),
+                         notes=("valid keys: " + ", ".join(f.name for f in t.fields),))
+                continue
+            if e.key in seen:
+                self.err("FTP206", f"key `{e.key}` appears twice in `{what}`", e.key_span, label="duplicate key",
+                         secondary=(Label(seen[e.key], "first here"),))
+                continue
+            seen[e.key] = e.key_span
+            c = self.convert(e.value, spec.type, f"{what}.{e.key}")
+            if c is not None:
+                got[e.key] = c
+        entries = []
+        for spec in t.fields:
+            if spec.name in got:
+                entries.append((spec.name, got[spec.name]))
+            elif spec.name in seen:
+                continue
+            elif spec.required:
+                self.err("FTP208", f"`{what}` needs key `{spec.name}`", v.span, label=f"missing `{spec.name}`")
+            else:
+                entries.append((spec.name, default_value(spec)))
+        return DictIR(tuple(entries), v.span, tuple(seen.get(k) for k, _ in entries))
+
+
+def _options(t: S.Type, kind: type) -> list:
+    if isinstance(t, S.OneOf):
+        return [o for o in t.options if isinstance(o, kind)]
+    if isinstance(t, S.ListT):
+        return []
+    return [t] if isinstance(t, kind) else []
+
+
+def _matches_shape(v: A.Value, t: S.Type) -> bool:
+    if isinstance(v, A.Number):
+        return isinstance(t, (S.Int, S.Float))
+    if isinstance(v, A.String):
+        return isinstance(t, (S.Str, S.PathT)) or (isinstance(t, S.Enum) and v.value in t.choices)
+    if isinstance(v, A.Bool):
+        return isinstance(t, S.Bool)
+    if isinstance(v, A.ListV):
+        return isinstance(t, S.ListT)
+    if isinstance(v, A.DictV):
+        return isinstance(t, (S.StructT, S.MapT))
+    if isinstance(v, A.Call):
+        return isinstance(t, S.CtorT)
+    return False
+
+
+def _short(t: S.Type) -> str:
+    if isinstance(t, S.Int):
+        return "an integer"
+    if isinstance(t, S.Float):
+        return "a number"
+    if isinstance(t, (S.Str, S.PathT)):
+        return "a string"
+    if isinstance(t, S.Bool):
+        return "true or false"
+    if isinstance(t, S.Enum):
+        return "a symbol"
+    if isinstance(t, S.CtorT):
+        return f"a {t.family.replace('_', ' ')}"
+    if isinstance(t, S.RefT):
+        return "a reference"
+    if isinstance(t, S.ListT):
+        return "a list"
+    if isinstance(t, (S.StructT, S.MapT)):
+        return "a dict"
+    if isinstance(t, S.OneOf):
+        return " or ".join(_short(o) for o in t.options)
+    return "a value"
+
+
+__all__ = ["Converter", "Scope", "default_value", "did_you_mean", "Diagnostic"]

@@ -1,0 +1,180 @@
+"""The typed IR: immutable values checked against the schema, and one pydantic model per block kind.
+
+Values are small frozen dataclasses (a 10,000-line pipeline builds tens of thousands of them, so
+they skip validation); blocks and the program are frozen pydantic models. Every node keeps the
+span of the source that produced it, so a later error can point at the line that caused it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict
+
+from ftdsl.syntax.ast import Span
+
+
+@dataclass(frozen=True, slots=True)
+class Lit:
+    """A literal: number, string, bool or null."""
+
+    value: Any
+    span: Span | None
+
+
+@dataclass(frozen=True, slots=True)
+class Sym:
+    """An enum symbol such as `auto` or `max`."""
+
+    name: str
+    span: Span | None
+
+
+@dataclass(frozen=True, slots=True)
+class CallV:
+    """A constructor call with every argument present (defaults filled in)."""
+
+    name: str
+    args: tuple[tuple[str, "Value"], ...]
+    span: Span | None
+    written: frozenset[str] = frozenset()
+
+    def get(self, name: str, default=None):
+        for k, v in self.args:
+            if k == name:
+                return v
+        return default
+
+
+@dataclass(frozen=True, slots=True)
+class RefV:
+    """A reference to a block (`base`) or to a split of a data block (`reviews.test`)."""
+
+    target: str
+    split: str | None
+    span: Span | None
+
+
+@dataclass(frozen=True, slots=True)
+class ListIR:
+    items: tuple["Value", ...]
+    span: Span | None
+
+
+@dataclass(frozen=True, slots=True)
+class DictIR:
+    entries: tuple[tuple[str, "Value"], ...]
+    span: Span | None
+    key_spans: tuple[Span | None, ...] = ()
+
+    def get(self, name: str, default=None):
+        for k, v in self.entries:
+            if k == name:
+                return v
+        return default
+
+
+Value = Union[Lit, Sym, CallV, RefV, ListIR, DictIR]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+
+class AttrIR(_Frozen):
+    name: str
+    value: Any  # Value
+    span: Span | None = None  # the whole `name = value`
+    name_span: Span | None = None
+    written: bool = True  # False: filled from the schema default
+
+
+class BlockIR(_Frozen):
+    kind: str
+    name: str
+    span: Span | None = None
+    name_span: Span | None = None
+    kind_span: Span | None = None
+    attrs: dict[str, AttrIR] = {}
+
+    def value(self, name: str):
+        a = self.attrs.get(name)
+        return a.value if a else None
+
+    def written(self, name: str) -> bool:
+        a = self.attrs.get(name)
+        return bool(a and a.written)
+
+
+class PipelineBlock(BlockIR):
+    kind: Literal["pipeline"] = "pipeline"
+
+
+class DataBlock(BlockIR):
+    kind: Literal["data"] = "data"
+
+
+class ModelBlock(BlockIR):
+    kind: Literal["model"] = "model"
+
+
+class TrainBlock(BlockIR):
+    kind: Literal["train"] = "train"
+
+
+class DistillBlock(BlockIR):
+    kind: Literal["distill"] = "distill"
+
+
+class PruneBlock(BlockIR):
+    kind: Literal["prune"] = "prune"
+
+
+class QuantizeBlock(BlockIR):
+    kind: Literal["quantize"] = "quantize"
+
+
+class ExportBlock(BlockIR):
+    kind: Literal["export"] = "export"
+
+
+class EvaluateBlock(BlockIR):
+    kind: Literal["evaluate"] = "evaluate"
+
+
+class SweepBlock(BlockIR):
+    kind: Literal["sweep"] = "sweep"
+
+
+BLOCK_MODELS: dict[str, type[BlockIR]] = {
+    "pipeline": PipelineBlock, "data": DataBlock, "model": ModelBlock, "train": TrainBlock,
+    "distill": DistillBlock, "prune": PruneBlock, "quantize": QuantizeBlock, "export": ExportBlock,
+    "evaluate": EvaluateBlock, "sweep": SweepBlock,
+}
+
+
+class ParamIR(_Frozen):
+    name: str
+    value: Any  # Value (after --set)
+    span: Span | None = None
+    name_span: Span | None = None
+    overridden: bool = False
+
+
+class Program(_Frozen):
+    """A whole resolved pipeline: the root file plus everything it `use`s."""
+
+    path: str  # the root file as the user named it
+    root_dir: str  # absolute folder of the root file: paths in the pipeline are relative to it
+    pipeline: PipelineBlock | None = None
+    params: dict[str, ParamIR] = {}
+    blocks: dict[str, BlockIR] = {}  # stage blocks in source order
+    files: tuple[str, ...] = ()  # every file read (root first)
+    param_uses: dict[str, int] = {}  # how many references each param has
+
+    def setting(self, name: str, default=None):
+        if self.pipeline is None or name not in self.pipeline.attrs:
+            return default
+        v = self.pipeline.attrs[name].value
+        return v.value if isinstance(v, Lit) else (v.name if isinstance(v, Sym) else default)

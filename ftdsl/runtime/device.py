@@ -1,0 +1,73 @@
+"""Which device and which numeric precision a stage runs with, and why.
+
+``precision = auto`` picks what the hardware runs fast (stack.md §4): bf16 on CUDA devices that
+support it, fp16 with gradient scaling on older CUDA devices, bf16 on CPUs with native bf16
+instructions (AVX512-BF16 or AMX), fp32 otherwise (emulated bf16 on CPU is slower than fp32).
+"""
+
+from __future__ import annotations
+
+from ftdsl.errors import StageError
+
+__all__ = ["resolve_device", "resolve_precision", "cpu_bf16_reason"]
+
+_DEVICES = ("auto", "cpu", "cuda")
+_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; ``"cuda"`` without a GPU is
+    a StageError (FTP530) rather than a crash deep inside torch."""
+    import torch
+
+    if device not in _DEVICES:
+        raise StageError("FTP530", f"unknown device `{device}`", hint="use auto, cpu or cuda")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise StageError(
+            "FTP530",
+            "device `cuda` was requested but no CUDA device is available "
+            f"(torch {torch.__version__})",
+            hint="use `device = auto` or `--device cpu`",
+        )
+    return device
+
+
+def cpu_bf16_reason() -> str | None:
+    """Why this CPU runs bf16 natively (e.g. ``"CPU has AVX512-BF16"``), or None if it does not."""
+    import torch
+
+    try:
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return None
+    except (AttributeError, RuntimeError):
+        return None
+    probes = (("_is_amx_tile_supported", "AMX"), ("_is_avx512_bf16_supported", "AVX512-BF16"))
+    for probe, name in probes:
+        fn = getattr(torch.cpu, probe, None)
+        try:
+            if fn is not None and fn():
+                return f"CPU has {name}"
+        except RuntimeError:  # pragma: no cover - defensive: probe unavailable in this build
+            continue
+    return None
+
+
+def resolve_precision(precision: str, device: str) -> tuple[str, str]:
+    """The concrete precision (``"fp32"|"bf16"|"fp16"``) for ``precision`` on ``device``, and a
+    human reason, e.g. ``("bf16", "bf16: CPU has AVX512-BF16")``."""
+    import torch
+
+    if precision not in _PRECISIONS:
+        raise StageError("FTP530", f"unknown precision `{precision}`", hint="use auto, fp32, bf16 or fp16")
+    if precision != "auto":
+        return precision, f"{precision}: requested"
+    if device == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16", "bf16: the GPU supports bfloat16"
+        return "fp16", "fp16: the GPU has no bfloat16 support (gradients are scaled)"
+    reason = cpu_bf16_reason()
+    if reason is not None:
+        return "bf16", f"bf16: {reason}"
+    return "fp32", "fp32: this CPU has no native bf16 (AVX512-BF16 or AMX)"

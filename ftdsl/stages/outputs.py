@@ -1,0 +1,175 @@
+"""What a user looks at under ``out/<stage>/``: metrics.jsonl, metrics.json, TensorBoard events
+and curves.png.
+
+``metrics.jsonl`` has one JSON object per logged train step or evaluation
+(``{"step": 10, "split": "train", "loss": 0.52, "lr": 0.001, ...}``). It is appended while
+training runs and rewritten atomically from the checkpointed history on resume, so a resumed
+run's file has no duplicate or lost lines. ``metrics.json`` (final metrics) and ``curves.png``
+are written atomically at the end.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+try:
+    from ftdsl.runtime.atomic import write_bytes_atomic, write_json_atomic
+except ImportError:  # pragma: no cover - the shared helper is missing: local equivalent
+    import tempfile
+
+    def write_bytes_atomic(path, data: bytes, *, durable: bool = True) -> None:  # type: ignore[misc]
+        path = Path(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                if durable:
+                    os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def write_json_atomic(path, obj, *, durable: bool = True) -> None:  # type: ignore[misc]
+        text = json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
+        write_bytes_atomic(path, text.encode("utf-8"), durable=durable)
+
+
+__all__ = ["MetricsWriter", "plot_curves", "json_safe"]
+
+
+def json_safe(x: Any) -> Any:
+    """Plain JSON values: numpy/torch scalars to Python numbers, NaN/Inf to None."""
+    if isinstance(x, dict):
+        return {str(k): json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if hasattr(x, "item") and callable(x.item) and not isinstance(x, (str, bytes)):
+        try:
+            x = x.item()
+        except (ValueError, RuntimeError):
+            return str(x)
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+class MetricsWriter:
+    """Writes the training curve and final metrics of one stage under ``out_dir``."""
+
+    def __init__(self, out_dir: str | os.PathLike[str], *, tensorboard: bool = True):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.jsonl_path = self.out_dir / "metrics.jsonl"
+        self.json_path = self.out_dir / "metrics.json"
+        self.png_path = self.out_dir / "curves.png"
+        self.tb_dir = self.out_dir / "tensorboard"
+        self.records: list[dict[str, Any]] = []
+        self._tensorboard = tensorboard
+        self._tb = None
+        self._purge_step: int | None = None
+        self._jsonl = None
+
+    # -- the curve -------------------------------------------------------------------------
+
+    def reset(self, history: list[dict[str, Any]] | None = None, *, resume_step: int | None = None) -> None:
+        """Start the curve over from ``history`` (the records a checkpoint kept).
+
+        ``resume_step``: TensorBoard events after it (from the killed run) are purged.
+        """
+        self.close()
+        self.records = [dict(r) for r in (history or [])]
+        text = "".join(json.dumps(json_safe(r), sort_keys=True) + "\n" for r in self.records)
+        write_bytes_atomic(self.jsonl_path, text.encode("utf-8"), durable=False)
+        self._purge_step = None if resume_step is None else resume_step + 1
+
+    def log(self, step: int, split: str = "train", **metrics: Any) -> dict[str, Any]:
+        """Append one record (and its TensorBoard scalars); returns the record."""
+        rec = {"step": int(step), "split": split, **json_safe(metrics)}
+        self.records.append(rec)
+        if self._jsonl is None:
+            self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
+        self._jsonl.write(json.dumps(rec, sort_keys=True) + "\n")
+        self._jsonl.flush()
+        tb = self._writer()
+        if tb is not None:
+            for k, v in rec.items():
+                if k not in ("step", "split", "epoch") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    tb.add_scalar(f"{split}/{k}", v, int(step))
+        return rec
+
+    def _writer(self):
+        if not self._tensorboard:
+            return None
+        if self._tb is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            kwargs = {"purge_step": self._purge_step} if self._purge_step is not None else {}
+            self._tb = SummaryWriter(str(self.tb_dir), **kwargs)
+        return self._tb
+
+    # -- the end ---------------------------------------------------------------------------
+
+    def finalize(self, metrics: dict[str, Any], *, plot: bool = True) -> None:
+        """Write metrics.json and curves.png (both atomically) and close the event file."""
+        write_json_atomic(self.json_path, json_safe(metrics))
+        if plot and self.records:
+            write_bytes_atomic(self.png_path, plot_curves(self.records))
+        self.close()
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+        if self._tb is not None:
+            self._tb.flush()
+            self._tb.close()
+            self._tb = None
+
+
+def plot_curves(records: list[dict[str, Any]]) -> bytes:
+    """PNG bytes: losses vs step (train and every eval split), and eval accuracy/F1 (or MSE/MAE)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    def series(split: str, key: str):
+        pts = [(r["step"], r[key]) for r in records if r.get("split") == split and isinstance(r.get(key), (int, float))]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    splits = sorted({r.get("split") for r in records if r.get("split") not in (None, "train")})
+    quality_keys = [k for k in ("accuracy", "f1", "mse", "mae") if any(k in r for r in records if r.get("split") != "train")]
+    ncols = 2 if quality_keys else 1
+    fig = Figure(figsize=(6 * ncols, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, ncols, 1)
+    xs, ys = series("train", "loss")
+    if xs:
+        ax.plot(xs, ys, label="train loss", linewidth=1)
+    for s in splits:
+        xs, ys = series(s, "loss")
+        if xs:
+            ax.plot(xs, ys, marker="o", label=f"{s} loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if quality_keys:
+        ax2 = fig.add_subplot(1, ncols, 2)
+        for s in splits:
+            for k in quality_keys:
+                xs, ys = series(s, k)
+                if xs:
+                    ax2.plot(xs, ys, marker="o", label=f"{s} {k}")
+        ax2.set_xlabel("step")
+        ax2.grid(alpha=0.3)
+        ax2.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
