@@ -40,6 +40,7 @@ class PlannedStage:
     reasons: list[str] = field(default_factory=list)
     changes: list[tuple[str, object, object]] = field(default_factory=list)
     estimate: dict = field(default_factory=dict)
+    written: tuple[str, ...] = ()  # attributes written in the file (the rest are defaults)
 
     @property
     def address(self) -> str:
@@ -59,6 +60,7 @@ class Plan:
     device: str
     cache_dir: Path
     out_dir: Path
+    pipeline_abs: str = ""
 
     def by_name(self) -> dict[str, PlannedStage]:
         return {s.name: s for s in self.stages}
@@ -186,6 +188,7 @@ def make_plan(compiled: Compiled, cache=None, *, force: set[str] = frozenset(), 
             deps[e.dst].append(e.src)
         inputs[e.dst][e.attr] = e.src
     wanted = _closure(only, deps) if only else None
+    pipeline_abs = str(Path(prog.path).resolve())
     stages: list[PlannedStage] = []
     keys: dict[str, str] = {}
     by_name: dict[str, PlannedStage] = {}
@@ -202,14 +205,16 @@ def make_plan(compiled: Compiled, cache=None, *, force: set[str] = frozenset(), 
                    "files": files, "versions": {k: versions[k] for k in sorted(versions)}, "env": env}
         key = hash_key(payload)
         keys[name] = key
-        st = PlannedStage(name, b.kind, key, cfg, dict(inputs[name]), list(deps[name]), payload)
-        _decide(st, prog.path, cache, force, by_name, verify)
+        st = PlannedStage(name, b.kind, key, cfg, dict(inputs[name]), list(deps[name]), payload,
+                          written=tuple(a for a, v in b.attrs.items() if v.written))
+        _decide(st, pipeline_abs, cache, force, by_name, verify)
         st.estimate = _estimate(b.kind, cfg)
         stages.append(st)
         by_name[name] = st
     if cache is not None:
         cache.save_memo()
-    return Plan(prog.path, root, stages, seed, dev, cache.root if cache is not None else Path(), out_root(compiled))
+    return Plan(prog.path, root, stages, seed, dev, cache.root if cache is not None else Path(), out_root(compiled),
+                pipeline_abs)
 
 
 def _closure(only: set[str], deps) -> set[str]:
@@ -236,14 +241,12 @@ def _decide(st: PlannedStage, pipeline: str, cache, force, by_name, verify: bool
         st.status = "cached"
         return
     prev = cache.last_run(pipeline, st.name) if cache is not None else None
+    if prev is None:
+        st.status, st.reasons = "new", ["new"]
+        return
     if upstream:
         st.status = "upstream"
-        st.reasons = [f"upstream {by_name[d].address} " + ("changed" if by_name[d].status != "new" or prev else
-                                                            "is new") for d in upstream]
-    if prev is None:
-        if not upstream:
-            st.status, st.reasons = "new", ["new"]
-        return
+        st.reasons = [f"upstream {by_name[d].name} changed" for d in upstream]
     old_attrs = flatten(prev.get("attrs", {}).get("attrs", prev.get("attrs", {})))
     new_attrs = flatten(st.payload["attrs"])
     st.changes = [(k, old_attrs.get(k, "(unset)"), new_attrs.get(k, "(unset)"))

@@ -1,0 +1,290 @@
+"""Run a plan: stages in topological order, cached ones loaded (lazily) instead of run.
+
+A stage that fails skips everything downstream of it; independent stages still run. The
+summary table says what ran, what was cached, what failed and why. torch is imported only by
+the stage modules, and only when a stage actually runs or an artifact must be loaded, so a fully
+cached run never imports it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ftdsl.errors import FtdslError, ResourceError, StageError
+from ftdsl.plan import Plan, PlannedStage
+from ftdsl.runtime.progress import Console, StageReporter
+from ftdsl.stages import ARTIFACTS, STAGES, load_object
+from ftdsl.stages.base import StageContext
+
+# what each kind produces, for loading it from the cache
+ARTIFACT_OF = {"data": "Dataset", "model": "TorchModel", "train": "TorchModel", "distill": "TorchModel",
+               "prune": "TorchModel", "evaluate": "Report"}
+
+
+@dataclass
+class StageResult:
+    name: str
+    kind: str
+    status: str  # cached | ran | failed | skipped
+    seconds: float = 0.0
+    metrics: dict = field(default_factory=dict)
+    note: str = ""
+
+
+class _Interrupted(Exception):
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def execute(plan: Plan, cache, *, verify: bool = False, force_resume: bool = False, quiet: bool = False,
+            nproc: int = 1, console: Console | None = None) -> int:
+    """Run `plan` with `cache`; returns the exit code (0, 3 stage failed, 4 resource, 70 bug, 130/143)."""
+    console = console or Console(quiet=quiet)
+    cache.check_writable()
+    cache.clean_stale_temps(0)
+    cache.on_warning = lambda code, message: console.error(f"warning[{code}]: {message}")
+    if nproc != 1:
+        console.error("warning: --nproc: distributed training is not supported by this engine yet; "
+                      "running in one process")
+    ex = _Executor(plan, cache, console, verify, force_resume)
+    code = ex.run()
+    ex.summary()
+    return code
+
+
+class _Executor:
+    def __init__(self, plan: Plan, cache, console: Console, verify: bool, force_resume: bool):
+        self.plan, self.cache, self.console = plan, cache, console
+        self.verify, self.force_resume = verify, force_resume
+        self.results: dict[str, StageResult] = {}
+        self.loaded: dict[str, object] = {}
+        self.entries: dict[str, Path] = {}
+        self.internal_error = False
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self) -> int:
+        by_name = self.plan.by_name()
+        for st in self.plan.stages:
+            bad = [d for d in st.deps if d in self.results and self.results[d].status in ("failed", "skipped")]
+            if bad:
+                self.results[st.name] = StageResult(st.name, st.kind, "skipped", note=f"upstream `{bad[0]}` "
+                                                    f"{self.results[bad[0]].status}")
+                continue
+            if st.status == "cached":
+                entry = self.cache.lookup(st.key, verify=self.verify, label=st.name)
+                if entry is not None:
+                    self.entries[st.name] = entry
+                    meta = _meta(entry)
+                    self._sync_outputs(st, entry)
+                    self.results[st.name] = StageResult(st.name, st.kind, "cached", 0.0, meta.get("metrics", {}))
+                    continue
+                # corrupt or evicted since planning: compute it again below
+            try:
+                self._run_stage(st, by_name)
+            except ResourceError as e:
+                self._fail(st, e)
+                return 4
+            except _Interrupted as e:
+                self.results[st.name] = StageResult(st.name, st.kind, "failed", note="interrupted; checkpoint kept")
+                self.console.error(f"{st.name}: interrupted; the last checkpoint is kept and the next `ftdsl run` "
+                                   "resumes from it")
+                return 128 + e.signum
+            except KeyboardInterrupt as e:  # Ctrl-C, or the train stage's StageInterrupted (SIGTERM/SIGINT)
+                self.results[st.name] = StageResult(st.name, st.kind, "failed", note="interrupted; checkpoint kept")
+                self.console.error(f"{st.name}: interrupted; the next `ftdsl run` resumes from the last checkpoint")
+                return 128 + int(getattr(e, "signum", signal.SIGINT))
+            except FtdslError as e:
+                self._fail(st, e)
+            except Exception as e:  # noqa: BLE001 - a bug in a stage: report it, keep going
+                self._internal(st, e)
+        failed = [r for r in self.results.values() if r.status == "failed"]
+        if self.internal_error:
+            return 70
+        return 3 if failed else 0
+
+    def _run_stage(self, st: PlannedStage, by_name) -> None:
+        if st.kind not in STAGES:
+            raise StageError("FTP530", f"stage `{st.name}`: `{st.kind}` stages cannot run in this version of ftdsl "
+                                       "(the checker knows the kind; its engine is not written yet)",
+                             hint="remove the stage or run the others with `--only`")
+        inputs = {attr: self._artifact(src, by_name) for attr, src in st.inputs.items()}
+        fn = load_object(STAGES[st.kind])
+        reporter = StageReporter(self.console, st.name)
+        meta = {"stage": st.name, "kind": st.kind, "pipeline": self.plan.pipeline, "metrics": {}}
+        result: dict = {}
+
+        def compute(tmp: Path) -> None:
+            ctx = StageContext(name=st.name, kind=st.kind, pipeline_dir=self.plan.root_dir, out_dir=tmp / "out",
+                               work_dir=self.cache.work_dir(st.key), seed=self.plan.seed, device=self.plan.device,
+                               reporter=reporter, verify=self.verify, key=st.key, force_resume=self.force_resume)
+            ctx.out_dir.mkdir(parents=True, exist_ok=True)
+            with _signals_as_exceptions():
+                artifact = fn(inputs, st.config, ctx)
+            (tmp / "artifact").mkdir()
+            artifact.save(tmp / "artifact")
+            metrics = getattr(artifact, "metrics", None) or {}
+            meta["metrics"] = _jsonable(metrics)
+            result["artifact"] = artifact
+
+        t0 = time.perf_counter()
+        try:
+            entry, computed = self.cache.get_or_compute(st.key, compute, meta, label=st.name, verify=self.verify)
+        finally:
+            reporter.finish()
+        secs = time.perf_counter() - t0
+        self.entries[st.name] = entry
+        if "artifact" in result:
+            self.loaded[st.name] = result["artifact"]
+        self.cache.record_run(self.plan.pipeline_abs, st.name, st.key, st.payload, st.inputs)
+        self._sync_outputs(st, entry)
+        note = "" if computed else "computed by another run"
+        self.results[st.name] = StageResult(st.name, st.kind, "ran" if computed else "cached", secs,
+                                            _meta(entry).get("metrics", {}), note)
+
+    def _artifact(self, name: str, by_name):
+        if name in self.loaded:
+            return self.loaded[name]
+        st = by_name[name]
+        entry = self.entries.get(name) or self.cache.lookup(st.key, verify=self.verify, label=name)
+        if entry is None:  # pragma: no cover - upstream results always precede their users
+            raise StageError("FTP503", f"the cache entry of `{name}` disappeared while running")
+        cls = load_object(ARTIFACTS[ARTIFACT_OF[st.kind]])
+        obj = cls.load(entry / "artifact")
+        self.loaded[name] = obj
+        return obj
+
+    # -- outputs ------------------------------------------------------------------------------
+    def _sync_outputs(self, st: PlannedStage, entry: Path) -> None:
+        """Copy the entry's user-facing files (metrics, plots, exports) to `out/<stage>/`."""
+        src = entry / "out"
+        if not src.is_dir():
+            return
+        from ftdsl.paths import resolve_output
+
+        dest = resolve_output(self.plan.root_dir, self.plan.out_dir / st.name)
+        marker = dest / ".ftdsl-key"
+        try:
+            if marker.read_text().strip() == st.key:
+                return
+        except OSError:
+            pass
+        tmp = dest.parent / f".{st.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(src, tmp)
+        for p in tmp.rglob("*"):
+            if p.is_file():
+                os.chmod(p, 0o644)
+        (tmp / ".ftdsl-key").write_text(st.key + "\n")
+        old = dest.parent / f".{st.name}.old-{os.getpid()}"
+        if dest.exists():
+            os.rename(dest, old)
+        os.rename(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+
+    # -- failures -----------------------------------------------------------------------------
+    def _fail(self, st: PlannedStage, e: FtdslError) -> None:
+        kept = ""
+        work = self.cache.work_root / st.key / "checkpoints"
+        if work.is_dir() and any(work.iterdir()):
+            kept = f"; checkpoints kept in {work}"
+        self.results[st.name] = StageResult(st.name, st.kind, "failed", note=f"{e.code}{kept}")
+        self.console.error(f"error[{e.code}]: stage `{st.name}` failed: {e.message}"
+                           + (f"\n  = help: {e.hint}" if e.hint else "")
+                           + (f"\n  = note: {kept[2:]}" if kept else ""))
+
+    def _internal(self, st: PlannedStage, e: Exception) -> None:
+        import tempfile
+
+        self.internal_error = True
+        report = Path(tempfile.gettempdir()) / f"ftdsl-crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+        try:
+            report.write_text(f"stage {st.name} ({st.kind})\n\n{traceback.format_exc()}", encoding="utf-8")
+        except OSError:
+            report = Path("(could not write a crash report)")
+        if os.environ.get("FTDSL_DEBUG") == "1":
+            traceback.print_exc()
+        self.results[st.name] = StageResult(st.name, st.kind, "failed", note="internal error")
+        self.console.error(f"error: internal error in stage `{st.name}`: unexpected exception. this is a bug.\n"
+                           f"  = note: {type(e).__name__}: {str(e)[:300]}\n"
+                           f"  = note: crash report: {report}\n"
+                           "  = note: run with --debug (or FTDSL_DEBUG=1) for the traceback")
+
+    # -- summary ------------------------------------------------------------------------------
+    def summary(self) -> None:
+        if self.console.quiet:
+            return
+        from rich.table import Table
+
+        t = Table(title=f"ftdsl run {self.plan.pipeline}", title_justify="left", show_edge=False)
+        for col in ("stage", "kind", "status", "time", "metrics"):
+            t.add_column(col, justify="right" if col == "time" else "left")
+        style = {"ran": "green", "cached": "cyan", "failed": "bold red", "skipped": "yellow"}
+        for st in self.plan.stages:
+            r = self.results.get(st.name)
+            if r is None:
+                continue
+            metrics = "  ".join(f"{k} {_short(v)}" for k, v in list(r.metrics.items())[:4])
+            status = r.status + (f" ({r.note})" if r.note else "")
+            t.add_row(st.name, st.kind, f"[{style[r.status]}]{status}[/]", f"{r.seconds:.1f}s" if r.status == "ran"
+                      else "-", metrics)
+        self.console.rich.print(t)
+
+
+def _short(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _meta(entry: Path) -> dict:
+    import json
+
+    try:
+        return json.loads((entry / "manifest.json").read_text()).get("meta", {})
+    except (OSError, ValueError):
+        return {}
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    try:
+        f = float(obj)
+        return f if f == f and f not in (float("inf"), float("-inf")) else None
+    except (TypeError, ValueError):
+        return str(obj)
+
+
+class _signals_as_exceptions:
+    """SIGTERM becomes an exception inside a stage, so training can checkpoint and stop cleanly."""
+
+    def __enter__(self):
+        self._old = None
+        if sys.platform != "win32":
+            try:
+                self._old = signal.signal(signal.SIGTERM, self._handler)
+            except ValueError:  # not the main thread
+                self._old = None
+        return self
+
+    @staticmethod
+    def _handler(signum, frame):
+        raise _Interrupted(signum)
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+        return False
