@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--force-resume", action="store_true", help="resume a checkpoint written with other settings")
     sp.add_argument("--lock-timeout", type=float, default=600.0, metavar="S")
     sp.add_argument("--quiet", action="store_true", help="no progress bars")
+    sp.add_argument("--summary-json", metavar="PATH", help="write what ran, was cached, failed (and metrics) as JSON")
     common_pipeline(sp)
 
     sp = sub.add_parser("fmt", help="canonical formatting (keeps comments)")

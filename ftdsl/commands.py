@@ -160,7 +160,7 @@ def cmd_run(args) -> int:
     plan = make_plan(c, cache, force=set(args.force), only=set(args.only) or None, device=args.device,
                      verify=args.verify)
     return execute(plan, cache, verify=args.verify, force_resume=args.force_resume, quiet=args.quiet,
-                   nproc=args.nproc)
+                   nproc=args.nproc, summary_json=args.summary_json)
 
 
 # --- fmt ----------------------------------------------------------------------------------------

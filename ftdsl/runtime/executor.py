@@ -45,7 +45,7 @@ class _Interrupted(Exception):
 
 
 def execute(plan: Plan, cache, *, verify: bool = False, force_resume: bool = False, quiet: bool = False,
-            nproc: int = 1, console: Console | None = None) -> int:
+            nproc: int = 1, console: Console | None = None, summary_json: str | None = None) -> int:
     """Run `plan` with `cache`; returns the exit code (0, 3 stage failed, 4 resource, 70 bug, 130/143)."""
     console = console or Console(quiet=quiet)
     cache.check_writable()
@@ -57,6 +57,13 @@ def execute(plan: Plan, cache, *, verify: bool = False, force_resume: bool = Fal
     ex = _Executor(plan, cache, console, verify, force_resume)
     code = ex.run()
     ex.summary()
+    if summary_json:
+        from ftdsl.runtime.atomic import write_json_atomic
+
+        write_json_atomic(Path(summary_json), {
+            "format_version": "1.0", "pipeline": plan.pipeline, "exit_code": code,
+            "stages": [{"name": r.name, "kind": r.kind, "status": r.status, "seconds": round(r.seconds, 3),
+                        "metrics": r.metrics, "note": r.note} for r in ex.results.values()]})
     return code
 
 
@@ -119,7 +126,6 @@ class _Executor:
         fn = load_object(STAGES[st.kind])
         reporter = StageReporter(self.console, st.name)
         meta = {"stage": st.name, "kind": st.kind, "pipeline": self.plan.pipeline, "metrics": {}}
-        result: dict = {}
 
         def compute(tmp: Path) -> None:
             ctx = StageContext(name=st.name, kind=st.kind, pipeline_dir=self.plan.root_dir, out_dir=tmp / "out",
@@ -132,8 +138,9 @@ class _Executor:
             artifact.save(tmp / "artifact")
             metrics = getattr(artifact, "metrics", None) or {}
             meta["metrics"] = _jsonable(metrics)
-            result["artifact"] = artifact
 
+        if st.status == "forced":
+            self.cache.remove(st.key)  # --force: drop the entry so it is computed again
         t0 = time.perf_counter()
         try:
             entry, computed = self.cache.get_or_compute(st.key, compute, meta, label=st.name, verify=self.verify)
@@ -141,8 +148,8 @@ class _Executor:
             reporter.finish()
         secs = time.perf_counter() - t0
         self.entries[st.name] = entry
-        if "artifact" in result:
-            self.loaded[st.name] = result["artifact"]
+        # Downstream stages load the artifact from the entry, as they would on a cache hit, so a
+        # computed and a cached upstream are indistinguishable (and resume hashes agree).
         self.cache.record_run(self.plan.pipeline_abs, st.name, st.key, st.payload, st.inputs)
         self._sync_outputs(st, entry)
         note = "" if computed else "computed by another run"
@@ -232,11 +239,21 @@ class _Executor:
             r = self.results.get(st.name)
             if r is None:
                 continue
-            metrics = "  ".join(f"{k} {_short(v)}" for k, v in list(r.metrics.items())[:4])
+            metrics = "  ".join(f"{k} {_short(v)}" for k, v in _headline(r.metrics))
             status = r.status + (f" ({r.note})" if r.note else "")
             t.add_row(st.name, st.kind, f"[{style[r.status]}]{status}[/]", f"{r.seconds:.1f}s" if r.status == "ran"
                       else "-", metrics)
         self.console.rich.print(t)
+
+
+_HEADLINE = ("test.accuracy", "test.f1", "valid.accuracy", "valid.f1", "test.mse", "valid.mse", "valid.loss",
+             "train.loss", "accuracy", "f1", "mse", "samples_per_s")
+
+
+def _headline(metrics: dict) -> list:
+    """The few metrics worth a column in the summary table."""
+    out = [(k, metrics[k]) for k in _HEADLINE if k in metrics]
+    return out[:3]
 
 
 def _short(v) -> str:
