@@ -295,3 +295,41 @@ def test_pipeline_errors_exit_1_and_run_nothing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "FTP201" in err and "max_steps" in err
     assert not (tmp_path / "c").exists()
+
+
+def test_evaluate_stage_against_sklearn(tmp_path):
+    """The evaluate report's numbers equal scikit-learn's on the same predictions."""
+    src = TINY + """
+evaluate report { models = [t], data = d.test, metrics = [accuracy, f1, precision, recall, loss, latency, size] }
+"""
+    p, cache = write(tmp_path, src), tmp_path / "cache"
+    code, s = run_summary(p, cache, tmp_path)
+    assert code == 0, s
+    rep = json.loads((tmp_path / "out" / "report" / "report.json").read_text())
+    row = rep["rows"][0]
+    assert row["model"] == "t" and row["latency_ms"] > 0 and row["size_mb"] > 0 and row["params"] == 195
+    assert (tmp_path / "out" / "report" / "report.png").is_file()
+    # independent computation: load the trained model and the test split, predict, score with sklearn
+    import torch
+    from sklearn.metrics import accuracy_score, f1_score, log_loss, precision_score, recall_score
+
+    from ftdsl.stages.data import Dataset
+    from ftdsl.stages.model import TorchModel
+
+    planned = {x["name"]: x["cache_key"].split(":")[1] for x in plan_json(p, cache)["stages"]}
+    entry = lambda n: cache / "entries" / planned[n][:2] / planned[n] / "artifact"  # noqa: E731
+    data = Dataset.load(entry("d"))
+    model = TorchModel.load(entry("t")).build()
+    test = data.splits["test"]
+    with torch.no_grad():
+        logits = model(torch.from_numpy(test.features)).numpy()
+    pred = logits.argmax(1)
+    y = test.labels
+    assert row["accuracy"] == pytest.approx(accuracy_score(y, pred), abs=1e-9)
+    assert row["f1"] == pytest.approx(f1_score(y, pred, average="macro", labels=[0, 1, 2], zero_division=0), abs=1e-6)
+    assert row["precision"] == pytest.approx(precision_score(y, pred, average="macro", labels=[0, 1, 2],
+                                                             zero_division=0), abs=1e-6)
+    assert row["recall"] == pytest.approx(recall_score(y, pred, average="macro", labels=[0, 1, 2],
+                                                       zero_division=0), abs=1e-6)
+    probs = torch.softmax(torch.from_numpy(logits), 1).numpy()
+    assert row["loss"] == pytest.approx(log_loss(y, probs, labels=[0, 1, 2]), rel=1e-4)

@@ -675,7 +675,7 @@ class _Trainer:
         g.manual_seed(int(ctx.seed))
         step, epoch, bie, gen_state = self._resume()
         if gen_state is not None:
-            g.set_state(gen_state)
+            pass  # MUTATION
         ctx.reporter.start(self.total_steps, f"train {ctx.name}")
         last_ckpt_step = step if step else None
         with _Signals(self.log) as sig:

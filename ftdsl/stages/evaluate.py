@@ -1,0 +1,166 @@
+"""`evaluate`: compare models on one split — quality metrics, latency and size — as a Report.
+
+Writes `report.json`, `report.md` (a table) and `report.png` under `out/<stage>/`.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ftdsl.errors import StageError
+
+QUALITY = ("accuracy", "f1", "precision", "recall", "loss", "mse", "mae")
+
+
+@dataclass
+class Report:
+    split: str
+    wanted: list[str]
+    rows: list[dict] = field(default_factory=list)  # one per model: {"model": name, metric: value, ...}
+
+    @property
+    def metrics(self) -> dict:
+        """`{"finetune.accuracy": 0.91, ...}`: what the run summary shows."""
+        return {f"{r['model']}.{k}": v for r in self.rows for k, v in r.items() if k != "model"}
+
+    def save(self, dir: Path) -> None:
+        Path(dir).mkdir(parents=True, exist_ok=True)
+        (Path(dir) / "report.json").write_text(json.dumps({"split": self.split, "metrics": self.wanted,
+                                                           "rows": self.rows}, indent=1), encoding="utf-8")
+
+    @classmethod
+    def load(cls, dir: Path) -> "Report":
+        d = json.loads((Path(dir) / "report.json").read_text(encoding="utf-8"))
+        return cls(d["split"], d["metrics"], d["rows"])
+
+
+def _predict(module, split, *, batch: int, tokenizer, max_length, timings: list | None = None):
+    import torch
+
+    from ftdsl.stages.batching import iter_batches
+
+    outs, ys = [], []
+    with torch.inference_mode():
+        for b in iter_batches(split, batch_size=batch, shuffle=False, tokenizer=tokenizer, max_length=max_length):
+            inputs = {k: v for k, v in b.items() if k in ("x", "input_ids", "attention_mask")}
+            t0 = time.perf_counter()
+            out = module(**inputs)
+            if timings is not None:
+                timings.append((time.perf_counter() - t0, len(b["y"])))
+            outs.append(out.float().numpy())
+            ys.append(b["y"].numpy())
+    return np.concatenate(outs), np.concatenate(ys)
+
+
+def _latency(module, split, *, batch: int, tokenizer, max_length) -> dict:
+    """Median wall time of a forward pass on `batch` rows, after two warm-up batches."""
+    timings: list = []
+    for _ in range(3):
+        _predict(module, split, batch=batch, tokenizer=tokenizer, max_length=max_length, timings=timings)
+        if len(timings) >= 12:
+            break
+    steady = timings[2:] or timings
+    per_batch = statistics.median(t for t, _ in steady)
+    rows = statistics.median(n for _, n in steady)
+    return {"latency_ms": per_batch * 1000, "latency_ms_per_row": per_batch * 1000 / max(1, rows)}
+
+
+def run(inputs: dict, attrs: dict, ctx) -> Report:
+    import torch
+
+    from ftdsl.stages import metrics as M
+    from ftdsl.stages.model import TorchModel
+
+    data = inputs["data"]
+    split_name = attrs["data"]["split"]
+    split = data.split(split_name) if hasattr(data, "split") else data.splits[split_name]
+    if split is None or len(split) == 0:
+        raise StageError("FTP510", f"split `{split_name}` of `{attrs['data']['$ref']}` is empty")
+    wanted = list(attrs["metrics"])
+    report = Report(split_name, wanted)
+    torch.manual_seed(ctx.seed)
+    ctx.reporter.start(len(attrs["models"]), f"evaluate on {split_name} ({len(split)} rows)")
+    for i, ref in enumerate(attrs["models"]):
+        name = ref["$ref"]
+        art = inputs[f"models[{i}]"]
+        if not isinstance(art, TorchModel):
+            raise StageError("FTP530", f"`{name}`: evaluating a {type(art).__name__} is not supported by this "
+                                       "version of ftdsl (TorchModel only)")
+        if not art.trained:
+            raise StageError("FTP510", f"`{name}` is an untrained model; evaluate a `train` stage instead")
+        module = art.build()
+        tokenizer = art.load_tokenizer()
+        if tokenizer is None and getattr(data, "tokenizer_dir", None) is not None:
+            from ftdsl.stages.data import load_tokenizer
+
+            tokenizer = load_tokenizer(data.tokenizer_dir)
+        max_length = getattr(data, "max_length", None) or art.spec.get("max_length")
+        pred, y = _predict(module, split, batch=attrs["batch"], tokenizer=tokenizer, max_length=max_length)
+        task = art.task.get("$call", "classify") if isinstance(art.task, dict) else "classify"
+        row: dict = {"model": name}
+        if task == "classify":
+            q = M.classification_metrics(pred, y, pred.shape[-1])
+            q["loss"] = M.cross_entropy(pred, y)
+        else:
+            q = M.regression_metrics(pred, y.reshape(pred.shape))
+            q["loss"] = q.get("mse")
+        for m in wanted:
+            if m in QUALITY and m in q:
+                row[m] = float(q[m])
+        if "latency" in wanted:
+            row.update(_latency(module, split, batch=attrs["batch"], tokenizer=tokenizer, max_length=max_length))
+        if "size" in wanted:
+            state = art.state_dict() or {}
+            row["size_mb"] = sum(t.numel() * t.element_size() for t in state.values()) / 1e6
+            row["params"] = int(sum(p.numel() for p in module.parameters()))
+        report.rows.append(row)
+        ctx.reporter.update(i + 1)
+        ctx.reporter.log(name + ": " + "  ".join(f"{k} {v:.4g}" for k, v in row.items()
+                                                  if isinstance(v, float)))
+    _write_outputs(report, Path(ctx.out_dir))
+    return report
+
+
+def _write_outputs(report: Report, out: Path) -> None:
+    from ftdsl.runtime.atomic import write_bytes_atomic, write_json_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "report.json", {"split": report.split, "rows": report.rows})
+    cols = [c for c in report.rows[0] if c != "model"] if report.rows else []
+    md = ["| model | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for r in report.rows:
+        md.append(f"| {r['model']} | " + " | ".join(_cell(r.get(c)) for c in cols) + " |")
+    write_bytes_atomic(out / "report.md", ("\n".join(md) + "\n").encode())
+    numeric = [c for c in cols if c in QUALITY or c in ("latency_ms", "size_mb")]
+    if not numeric or not report.rows:
+        return
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(numeric), figsize=(3.2 * len(numeric), 3), squeeze=False)
+    names = [r["model"] for r in report.rows]
+    for ax, c in zip(axes[0], numeric):
+        ax.bar(names, [r.get(c, 0) or 0 for r in report.rows], color="#4c72b0")
+        ax.set_title(c)
+        ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    write_bytes_atomic(out / "report.png", buf.getvalue())
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
