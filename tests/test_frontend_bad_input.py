@@ -233,7 +233,7 @@ def test_one_megabyte_single_line_finishes_in_bounded_time(cli, tmp_path):
     assert time.perf_counter() - t < 5.0
     assert rc == 0
     assert codes(err) == ["FTP220"]  # `e` is unused; nothing else
-    assert len(err) < 10_000  # the huge line is not echoed in full... or at least not twice
+    assert len(err) < 1_100_000  # the huge line is shown at most once
 
 
 def test_one_megabyte_unterminated_string_is_ftp104_in_bounded_time(cli, tmp_path):
@@ -478,7 +478,7 @@ def test_a_syntax_error_is_not_followed_by_a_no_stages_warning(tmp_path):
 def test_many_files_one_bad_exit_1_and_only_the_bad_one_is_reported(cli, tmp_path):
     for i in range(5):
         write(tmp_path, VALID, f"ok{i}.ftp")
-    write(tmp_path, VALID.replace("epochs = 3", "epoch = 3"), "bad.ftp")
+    write(tmp_path, VALID.replace('text = "sentence"', 'txt = "sentence"'), "bad.ftp")
     rc, _, err = cli("lint", ".")
     assert rc == 1
     assert codes(err) == ["FTP201"]
@@ -488,10 +488,11 @@ def test_many_files_one_bad_exit_1_and_only_the_bad_one_is_reported(cli, tmp_pat
 def test_several_paths_mixing_files_and_folders(cli, tmp_path):
     write(tmp_path, VALID, "a/one.ftp")
     write(tmp_path, VALID, "a/b/two.ftp")
-    write(tmp_path, "trian x { }\n", "three.ftp")
+    write(tmp_path, VALID + "trian x { }\n", "three.ftp")
     rc, _, err = cli("lint", "a", "three.ftp")
     assert rc == 1
     assert codes(err) == ["FTP200"]
+    assert "three.ftp:32:1" in err
 
 
 # --- B17: usage errors, stdin ------------------------------------------------------------------------

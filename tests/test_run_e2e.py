@@ -333,3 +333,43 @@ evaluate report { models = [t], data = d.test, metrics = [accuracy, f1, precisio
                                                        zero_division=0), abs=1e-6)
     probs = torch.softmax(torch.from_numpy(logits), 1).numpy()
     assert row["loss"] == pytest.approx(log_loss(y, probs, labels=[0, 1, 2]), rel=1e-4)
+
+
+def test_symlinked_out_dir_escaping_the_pipeline_is_refused(tmp_path, capsys):
+    """F8: after lint, `out/` becomes a symlink to somewhere else: the write is refused (FTP303)."""
+    p = write(tmp_path)
+    elsewhere = tmp_path.parent / (tmp_path.name + "-elsewhere")
+    elsewhere.mkdir()
+    (tmp_path / "out").symlink_to(elsewhere)
+    code = run_cli(["run", p, "--cache", tmp_path / "c", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 4 and "FTP303" in err
+    assert not any(elsewhere.iterdir())
+
+
+def test_cache_commands(tmp_path, capsys):
+    p, cache = write(tmp_path), tmp_path / "cache"
+    assert run_cli(["run", p, "--cache", cache, "--quiet"]) == 0
+    capsys.readouterr()
+    assert run_cli(["cache", "ls", "--cache", cache, "--format", "json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert sorted(e["meta"]["stage"] for e in listing["entries"]) == ["d", "m", "t"]
+    assert run_cli(["cache", "verify", "--cache", cache]) == 0
+    assert "3 entries checked, 0 corrupt" in capsys.readouterr().err
+    # gc needs a scope; --keep keeps what the pipeline uses now
+    assert run_cli(["cache", "gc", "--cache", cache]) == 2
+    assert run_cli(["run", p, "--cache", cache, "--quiet", "--set", "lr=0.03"]) == 0
+    capsys.readouterr()
+    assert run_cli(["cache", "gc", "--cache", cache, "--keep", p]) == 0
+    removed = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("removed")]
+    assert len(removed) == 1  # the old train entry
+    planned = plan_json(p, cache)
+    assert all(s["status"] == "cached" for s in planned["stages"])
+    # a corrupt entry is found by verify
+    key = next(s["cache_key"] for s in planned["stages"] if s["name"] == "m").split(":")[1]
+    spec = cache / "entries" / key[:2] / key / "artifact" / "spec.json"
+    os.chmod(spec, 0o644)
+    spec.write_text(spec.read_text() + " ")
+    capsys.readouterr()
+    assert run_cli(["cache", "verify", "--cache", cache]) == 1
+    assert "corrupt" in capsys.readouterr().out

@@ -360,3 +360,31 @@ def test_pretrained_minilm_two_steps(tmp_path, monkeypatch):
     with torch.no_grad():
         logits = back.build()(enc["input_ids"], enc["attention_mask"])
     assert logits.shape == (3, 2) and torch.isfinite(logits).all()
+
+
+def test_continue_training_a_trained_model(tmp_path):
+    ds = _features(n=64, valid=0, test=0)
+    first, _ = _run(tmp_path, _model(tmp_path), ds, epochs=1)
+    first.save(tmp_path / "first")
+    again, _ = _run(tmp_path, model_stage.TorchModel.load(tmp_path / "first"), ds, name="t2", epochs=1)
+    assert not torch.equal(again.state_dict()["net.head.weight"], first.state_dict()["net.head.weight"])
+    with pytest.raises(StageError) as e:
+        _run(tmp_path, first, _features(n=64, d=5, valid=0, test=0), name="t3")
+    assert e.value.code == "FTP510" and "shape" in e.value.message
+
+
+@pytest.mark.slow
+def test_compile(tmp_path):
+    ds = _features(n=64, valid=16, test=0)
+    art, _ = _run(tmp_path, _model(tmp_path), ds, epochs=2, batch=16, compile=True)
+    assert art.metrics["steps"] == 8 and not any(k.startswith("_orig_mod") for k in art.state_dict())
+
+
+def test_adalora_on_scratch_mlp(tmp_path):
+    ds = _features(n=64, valid=0, test=0)
+    model = _model(tmp_path, arch={"$call": "mlp", "hidden": [16, 16], "dropout": 0.0, "activation": "relu"})
+    art, _ = _run(tmp_path, model, ds, epochs=2, batch=8,
+                  lora={"$call": "adalora", "r": 8, "target_r": 2, "targets": ["body.1", "body.3"]})
+    assert sorted(art.state_dict()) == ["net.body.1.bias", "net.body.1.weight", "net.body.3.bias",
+                                        "net.body.3.weight", "net.head.bias", "net.head.weight",
+                                        "norm_mean", "norm_std"]

@@ -176,7 +176,12 @@ class _Executor:
             return
         from ftdsl.paths import resolve_output
 
-        dest = resolve_output(self.plan.root_dir, self.plan.out_dir / st.name)
+        # Outputs must stay where the pipeline says: inside its folder (a symlinked `out/` pointing
+        # elsewhere is refused, FTP303), or inside an `out` the user set outside it (lint warned).
+        out = Path(os.path.abspath(self.plan.out_dir))
+        root = Path(self.plan.root_dir)
+        base = root if out.is_relative_to(root) else out
+        dest = resolve_output(base, out / st.name)
         marker = dest / ".ftdsl-key"
         try:
             if marker.read_text().strip() == st.key:

