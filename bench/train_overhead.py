@@ -354,7 +354,8 @@ def ckpt_cost(case: Case, precision: str, steps: int, every: int, tmp: Path) -> 
 
 def profile(case: Case, precision: str, steps: int, tmp: Path) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    for label, fn in (("ftdsl", lambda: run_ftdsl(case, precision, steps, tmp, tag="prof")),
+    runs = iter(range(10**6))  # a fresh work_dir per run: a reused one would resume from its checkpoint
+    for label, fn in (("ftdsl", lambda: run_ftdsl(case, precision, steps, tmp, tag=f"prof{next(runs)}")),
                       ("loop", lambda: run_loop(case, precision, steps))):
         fn()  # warm
         pr = cProfile.Profile()

@@ -56,8 +56,10 @@ export onnx  { from = sparse, format = onnx(opset = 17), verify = true }
 quantize q8  { from = onnx, method = dynamic(dtype = int8) }
 evaluate report { models = [finetune, sparse, onnx, q8], data = reviews.test, metrics = [accuracy, f1, latency, size] }
 """
-# line 21 col 3 is `epoch` in BROKEN (formats.md §2's example)
-BROKEN = VALID.replace("epochs = 3, batch = 32", "epoch = 3, batch = 32")
+# line 21 col 15 is `bacth` in BROKEN
+BROKEN = VALID.replace("epochs = 3, batch = 32", "epochs = 3, bacth = 32")
+# formats.md §2's example: `epoch` at line 21 col 3
+EPOCH_TYPO = VALID.replace("epochs = 3, batch = 32", "epoch = 3, batch = 32")
 # Only warnings: an unused model block and an export without verify.
 WARNINGS = VALID + 'model spare { arch = mlp(), task = classify(labels = 2) }\n'
 NON_ASCII_BROKEN = "# café ☕ — données\n" + BROKEN
@@ -107,15 +109,23 @@ def test_text_format_matches_the_rustc_shape(cli, tmp_path):
     rc, out, err = cli("lint", write(tmp_path, BROKEN))
     assert rc == 1
     assert out == ""  # human output goes to stderr
-    assert err.startswith("error[FTP201]: unknown attribute `epoch` in `train finetune`\n"
-                          "  --> p.ftp:21:3\n"
+    assert err.startswith("error[FTP201]: unknown attribute `bacth` in `train finetune`\n"
+                          "  --> p.ftp:21:15\n"
                           "   |\n"
                           "20 |   model = base, data = reviews\n"
-                          "21 |   epoch = 3, batch = 32\n"
-                          "   |   ^^^^^ unknown attribute\n"
+                          "21 |   epochs = 3, bacth = 32\n"
+                          "   |               ^^^^^ unknown attribute\n"
                           "   |\n"
-                          "   = help: did you mean `epochs`?\n"
+                          "   = help: did you mean `batch`?\n"
                           "   = note: valid attributes: accumulate, batch, ")
+    assert err.endswith("\nFound 1 error.\n")
+
+
+@pytest.mark.xfail(strict=True, reason="`epoch = 3` also yields FTP211 'needs `epochs` or `max_steps`', so the "
+                                       "formats.md §2 example prints 2 errors instead of 1")
+def test_the_formats_md_example_is_one_error(cli, tmp_path):
+    rc, _, err = cli("lint", write(tmp_path, EPOCH_TYPO))
+    assert err.startswith("error[FTP201]: unknown attribute `epoch` in `train finetune`\n  --> p.ftp:21:3\n")
     assert err.endswith("\nFound 1 error.\n")
 
 
@@ -127,7 +137,7 @@ def test_clean_text_says_all_checks_passed(cli, tmp_path):
 def test_concise_format_is_one_line_per_diagnostic(cli, tmp_path):
     rc, out, err = cli("lint", "--format", "concise", write(tmp_path, BROKEN))
     assert rc == 1
-    assert err.splitlines()[0] == "p.ftp:21:3: error[FTP201] unknown attribute `epoch` in `train finetune`"
+    assert err.splitlines()[0] == "p.ftp:21:15: error[FTP201] unknown attribute `bacth` in `train finetune`"
 
 
 def test_no_color_means_no_escape_codes(cli, tmp_path):
@@ -146,13 +156,13 @@ def test_json_has_format_version_counts_and_ranges_with_bytes(cli, tmp_path):
     assert doc["valid"] is False and doc["error_count"] == 1
     (d,) = doc["diagnostics"]
     assert (d["severity"], d["code"]) == ("error", "FTP201")
-    assert "unknown attribute `epoch`" in d["summary"]
+    assert "unknown attribute `bacth`" in d["summary"]
     r = d["range"]
     assert r["filename"] == "p.ftp"
-    assert (r["start"]["line"], r["start"]["column"]) == (22, 3)
+    assert (r["start"]["line"], r["start"]["column"]) == (22, 15)
     raw = NON_ASCII_BROKEN.encode("utf-8")
-    assert r["start"]["byte"] == raw.index(b"epoch = 3")
-    assert r["end"]["byte"] == r["start"]["byte"] + len("epoch")
+    assert r["start"]["byte"] == raw.index(b"bacth = 32")
+    assert r["end"]["byte"] == r["start"]["byte"] + len("bacth")
 
 
 def test_json_for_a_clean_file_is_valid_true(cli, tmp_path):
@@ -168,7 +178,7 @@ def test_json_is_valid_on_early_errors(cli, tmp_path, data):
     assert rc == 1
     doc = json.loads(out)
     assert doc["format_version"] == "1.0" and doc["valid"] is False
-    assert doc["diagnostics"][0]["code"] in ("FTP002", "FTP003", "FTP103")
+    assert {d["code"] for d in doc["diagnostics"]} & {"FTP002", "FTP003", "FTP103"}
 
 
 @pytest.mark.xfail(strict=True, reason="`lint --format json missing.ftp` raises UsageError before rendering: "
@@ -216,7 +226,7 @@ def test_sarif_results_have_rule_ids_relative_uris_and_column_kind(cli, tmp_path
     assert rule["id"] == "FTP201"
     loc = res["locations"][0]["physicalLocation"]
     assert loc["artifactLocation"]["uri"] == "pipelines/p.ftp"
-    assert (loc["region"]["startLine"], loc["region"]["startColumn"], loc["region"]["endColumn"]) == (21, 3, 8)
+    assert (loc["region"]["startLine"], loc["region"]["startColumn"], loc["region"]["endColumn"]) == (21, 15, 20)
     assert res["partialFingerprints"]
 
 
@@ -236,9 +246,9 @@ def test_github_annotation_shape(cli, tmp_path):
     assert len(lines) == 1
     m = GITHUB_LINE.match(lines[0])
     assert m, lines[0]
-    assert (m["level"], m["file"], m["line"], m["col"]) == ("error", "p.ftp", "21", "3")
-    assert m["end_col"] in (None, "8")
-    assert "unknown attribute `epoch`" in m["message"]
+    assert (m["level"], m["file"], m["line"], m["col"]) == ("error", "p.ftp", "21", "15")
+    assert m["end_col"] in (None, "20")
+    assert "unknown attribute `bacth`" in m["message"]
     assert "FTP201" in (m["title"] or "") + m["message"]
 
 
@@ -361,7 +371,7 @@ def test_strict_turns_warnings_into_exit_1(cli, tmp_path):
 
 
 def test_select_keeps_only_the_given_codes_or_prefixes(cli, tmp_path):
-    src = WARNINGS.replace("epochs = 3, batch = 32", "epoch = 3, batch = 32")
+    src = WARNINGS.replace("epochs = 3, batch = 32", "epochs = 3, bacth = 32")
     name = write(tmp_path, src)
     rc, _, err = cli("lint", "--format", "concise", "--select", "FTP220", name)
     assert rc == 0
@@ -375,8 +385,8 @@ def test_ignore_drops_codes_by_code_or_name(cli, tmp_path):
     rc, _, err = cli("lint", "--ignore", "unused-block", "--strict", name)
     assert rc == 0, err
     assert "All checks passed." in err
-    rc, _, _ = cli("lint", "--ignore", "FTP201", write(tmp_path, BROKEN, "b.ftp"))
-    assert rc == 0 or rc == 1  # an ignored error may still fail the run; never a crash
+    rc, _, err = cli("lint", "--ignore", "FTP201", write(tmp_path, BROKEN, "b.ftp"))
+    assert rc == 0 and "FTP201" not in err  # --ignore is explicit: the error is dropped
     rc, _, err = cli("lint", "--ignore", "FTP3", "--strict", name)
     assert rc == 1 and "FTP220" in err
 
@@ -404,7 +414,7 @@ def test_unknown_and_unused_suppressions_are_ftp090(cli, tmp_path):
                                        "docs/diagnostics.md ('errors cannot be suppressed'); and plan/run ignore "
                                        "suppressions, so lint exits 0 while plan exits 1 on the same file")
 def test_an_error_cannot_be_suppressed_and_lint_agrees_with_plan(cli, tmp_path):
-    name = write(tmp_path, BROKEN.replace("epoch = 3, batch = 32", "epoch = 3, batch = 32  # ftdsl: ignore[FTP201]"))
+    name = write(tmp_path, BROKEN.replace("bacth = 32", "bacth = 32  # ftdsl: ignore[FTP201]"))
     lint_rc, _, _ = cli("lint", name)
     plan_rc, _, _ = cli("plan", "--cache", "c", name)
     assert lint_rc == plan_rc == 1

@@ -126,26 +126,29 @@ def _curve(path: Path):
     return [(r["step"], r["split"], r.get("loss")) for r in recs]
 
 
-@pytest.mark.parametrize("config,kill_at,resume_from", [("features", 10, 8), ("text", 5, 3)])
-def test_sigkill_then_resume_is_bitwise_equal(tmp_path, config, kill_at, resume_from):
-    ref = _run_script(tmp_path, tmp_path / "ref", [config])
+def test_sigkill_then_resume_is_bitwise_equal(tmp_path):
+    """features: MLP with dropout, accumulation, cosine warmup, early-stop bookkeeping, killed
+    mid-epoch 2 (resumes from the step-8 checkpoint, skipping consumed batches). text: a
+    transformer on WordPiece ids, bf16 autocast, balanced sampling with length grouping."""
+    cases = {"features": (10, 8), "text": (5, 3)}
+    ref = _run_script(tmp_path, tmp_path / "ref", list(cases))
     assert ref.returncode == 0, ref.stderr[-3000:]
-
-    killed = _run_script(tmp_path, tmp_path / "run", [config], kill_at=kill_at)
-    assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr[-3000:])
-    assert "DONE" not in killed.stdout
-    ckdir = tmp_path / "run" / config / "work" / "t" / "checkpoints"
-    steps = sorted(int(p.name.split("-")[1]) for p in ckdir.glob("step-*"))
-    assert steps[-1] == resume_from and len(steps) <= 2
-
-    resumed = _run_script(tmp_path, tmp_path / "run", [config])
+    for config, (kill_at, resume_from) in cases.items():
+        killed = _run_script(tmp_path, tmp_path / "run", [config], kill_at=kill_at)
+        assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr[-3000:])
+        assert "DONE" not in killed.stdout
+        ckdir = tmp_path / "run" / config / "work" / "t" / "checkpoints"
+        steps = sorted(int(p.name.split("-")[1]) for p in ckdir.glob("step-*"))
+        assert steps[-1] == resume_from and len(steps) <= 2
+    resumed = _run_script(tmp_path, tmp_path / "run", list(cases))  # one process resumes both
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"LOG resumed from step {resume_from}" in resumed.stdout
-    _assert_bitwise(load_file(str(tmp_path / "ref" / f"final.{config}.safetensors")),
-                    load_file(str(tmp_path / "run" / f"final.{config}.safetensors")))
-    # the training curve of the resumed run has every step once, with the same losses
-    assert _curve(tmp_path / "run" / config / "out/t/metrics.jsonl") == \
-        _curve(tmp_path / "ref" / config / "out/t/metrics.jsonl")
+    for config, (_, resume_from) in cases.items():
+        assert f"LOG resumed from step {resume_from}" in resumed.stdout
+        _assert_bitwise(load_file(str(tmp_path / "ref" / f"final.{config}.safetensors")),
+                        load_file(str(tmp_path / "run" / f"final.{config}.safetensors")))
+        # the training curve of the resumed run has every step once, with the same losses
+        assert _curve(tmp_path / "run" / config / "out/t/metrics.jsonl") == \
+            _curve(tmp_path / "ref" / config / "out/t/metrics.jsonl")
 
 
 # ---------------------------------------------------------------------------------- in-process
@@ -235,3 +238,53 @@ def test_force_resume_accepts_changed_settings(tmp_path, monkeypatch):
     assert any("--force-resume" in line for line in ctx.reporter.lines)
     assert "resumed from step 2" in ctx.reporter.lines
     assert art.metrics["steps"] == 12
+
+
+def test_adalora_resume_is_bitwise_equal(tmp_path, monkeypatch):
+    lora = {"$call": "adalora", "r": 8, "target_r": 1, "targets": ["body.1", "body.3"]}
+
+    def go(root):
+        ctx_m = StageContext("m", "model", root, root / "out/m", root / "work/m", seed=2)
+        model = model_stage.run({}, {"pretrained": None, "arch": {"$call": "mlp", "hidden": [16, 16], "dropout": 0.0,
+                                                                  "activation": "relu"},
+                                     "task": {"$call": "classify", "labels": 2}, "init": "default",
+                                     "trust_remote_code": False, "revision": None}, ctx_m)
+        attrs = {"model": {"$ref": "m"}, "data": {"$ref": "d"}, "epochs": 4, "max_steps": None, "batch": 16,
+                 "accumulate": 1, "optimizer": {"$call": "adamw", "lr": 1e-2, "weight_decay": 0.0},
+                 "schedule": {"$call": "constant", "warmup": 0},
+                 "loss": {"$call": "cross_entropy", "weights": None, "label_smoothing": 0.0}, "precision": "fp32",
+                 "clip": None, "compile": False, "freeze": [], "lora": lora, "early_stop": None, "eval_every": None,
+                 "checkpoint_every": 5, "distributed": "none", "max_length": None, "threads": 1}
+        ctx = StageContext("t", "train", root, root / "out/t", root / "work/t", seed=2, reporter=_Log())
+        return train_stage.run({"model": model, "data": _dataset()}, attrs, ctx), ctx
+
+    real = train_stage._Trainer._step
+    seen: dict[str, dict] = {}
+
+    def recording(tag):
+        def step(self, group, n):
+            out = real(self, group, n)
+            if n == 12:  # the first step after the resume: AdaLoRA's smoothed importance scores
+                ra = self.module.net.base_model.rankallocator
+                seen[tag] = {k: v.clone() for k, v in ra.exp_avg_ipt.items()}
+            return out
+        return step
+
+    monkeypatch.setattr(train_stage._Trainer, "_step", recording("ref"))
+    ref, _ = go(tmp_path / "ref")
+
+    def step_then_signal(self, group, step):
+        out = real(self, group, step)
+        if step == 11:  # inside AdaLoRA's budgeting phase (24 steps: tinit 2, tfinal 4)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(train_stage._Trainer, "_step", step_then_signal)
+    with pytest.raises(train_stage.StageInterrupted):
+        go(tmp_path / "run")
+    monkeypatch.setattr(train_stage._Trainer, "_step", recording("run"))
+    art, ctx = go(tmp_path / "run")
+    monkeypatch.undo()
+    assert "resumed from step 11" in ctx.reporter.lines
+    _assert_bitwise(seen["ref"], seen["run"])
+    _assert_bitwise(ref.state_dict(), art.state_dict())

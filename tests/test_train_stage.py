@@ -118,7 +118,7 @@ def test_digits_cnn_reaches_95_percent(tmp_path):
     model = _model(tmp_path, arch={"$call": "cnn", "channels": [16, 32], "kernel": 3, "hidden": 64, "dropout": 0.0},
                    task={"$call": "classify", "labels": 10})
     # fp32: on a 2-core CPU, bf16 autocast is slower than fp32 for a model this small
-    art, ctx = _run(tmp_path, model, ds, epochs=3, batch=32, precision="fp32", threads=None,
+    art, ctx = _run(tmp_path, model, ds, epochs=3, batch=32, precision="fp32", threads=1,
                     optimizer={"$call": "adamw", "lr": 1e-2, "weight_decay": 0.01},
                     schedule={"$call": "cosine", "warmup": 0.05, "min_lr": 0.0})
     assert art.metrics["test.accuracy"] >= 0.95, art.metrics
@@ -351,7 +351,7 @@ def test_pretrained_minilm_two_steps(tmp_path, monkeypatch):
                                  "task": {"$call": "classify", "labels": 2}, "init": "default",
                                  "trust_remote_code": False, "revision": None}, _ctx(tmp_path, "m", "model"))
     art, _ = _run(tmp_path, model, ds, epochs=None, max_steps=2, batch=8, max_length=32, precision="auto",
-                  optimizer={"$call": "adamw", "lr": 3e-5, "weight_decay": 0.01}, threads=None)
+                  optimizer={"$call": "adamw", "lr": 3e-5, "weight_decay": 0.01}, threads=1)
     assert art.metrics["steps"] == 2 and art.spec["max_length"] == 32
     art.save(tmp_path / "a")
     back = model_stage.TorchModel.load(tmp_path / "a")

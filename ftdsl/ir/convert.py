@@ -84,68 +84,74 @@ class Converter:
     # entry point ---------------------------------------------------------------------------
     def convert(self, v: A.Value, t: S.Type, what: str) -> Value | None:
         """Convert `v` to type `t`; `what` names the attribute in messages (`train.batch`)."""
-        if isinstance(v, A.Null):
+        vt = v.__class__
+        if vt is A.Null:
             return Lit(None, v.span)
-        if isinstance(v, A.Ref):
+        if vt is A.Ref:
             return self._ref(v, t, what)
-        if isinstance(t, S.OneOf):
-            return self._one_of(v, t, what)
-        if isinstance(t, (S.Int, S.Float)):
-            return self._number(v, t, what)
-        if isinstance(t, (S.Str, S.PathT)):
-            if isinstance(v, A.String):
-                return Lit(v.value, v.span)
-            return self._mismatch(v, t, what)
-        if isinstance(t, S.Bool):
-            if isinstance(v, A.Bool):
-                return Lit(v.value, v.span)
-            return self._mismatch(v, t, what)
-        if isinstance(t, S.Enum):
-            if isinstance(v, A.String) and v.value in t.choices:
+        # dispatch on the declared type (a dict lookup: this runs for every value of the file)
+        return _HANDLERS[t.__class__](self, v, t, what)
+
+    def _c_number(self, v, t, what):
+        return self._number(v, t, what)
+
+    def _c_str(self, v, t, what):
+        if v.__class__ is A.String:
+            return Lit(v.value, v.span)
+        return self._mismatch(v, t, what)
+
+    def _c_bool(self, v, t, what):
+        if v.__class__ is A.Bool:
+            return Lit(v.value, v.span)
+        return self._mismatch(v, t, what)
+
+    def _c_enum(self, v, t, what):
+        if v.__class__ is A.String:
+            if v.value in t.choices:
                 return Sym(v.value, v.span)
-            if isinstance(v, A.String):
-                self.err("FTP203", f"`{what}` must be {t.describe()}, not \"{v.value}\"", v.span,
-                         label="not a choice", hint=did_you_mean(v.value, t.choices))
-                return None
+            self.err("FTP203", f"`{what}` must be {t.describe()}, not \"{v.value}\"", v.span,
+                     label="not a choice", hint=did_you_mean(v.value, t.choices))
+            return None
+        return self._mismatch(v, t, what)
+
+    def _c_ctor(self, v, t, what):
+        if v.__class__ is A.Call:
+            return self._call(v, t, what)
+        return self._mismatch(v, t, what)
+
+    def _c_list(self, v, t, what):
+        if v.__class__ is not A.ListV:
             return self._mismatch(v, t, what)
-        if isinstance(t, S.CtorT):
-            if isinstance(v, A.Call):
-                return self._call(v, t, what)
+        items = []
+        for i, item in enumerate(v.items):
+            c = self.convert(item, t.item, f"{what}[{i}]")
+            if c is not None:
+                items.append(c)
+        if len(v.items) < t.min_len:
+            self.err("FTP203", f"`{what}` needs at least {t.min_len} item{'s' if t.min_len > 1 else ''}",
+                     v.span, label="empty list")
+        return ListIR(tuple(items), v.span)
+
+    def _c_struct(self, v, t, what):
+        if v.__class__ is not A.DictV:
             return self._mismatch(v, t, what)
-        if isinstance(t, S.RefT):
+        return self._struct(v, t, what)
+
+    def _c_map(self, v, t, what):
+        if v.__class__ is not A.DictV:
             return self._mismatch(v, t, what)
-        if isinstance(t, S.ListT):
-            if not isinstance(v, A.ListV):
-                return self._mismatch(v, t, what)
-            items = []
-            for i, item in enumerate(v.items):
-                c = self.convert(item, t.item, f"{what}[{i}]")
-                if c is not None:
-                    items.append(c)
-            if len(v.items) < t.min_len:
-                self.err("FTP203", f"`{what}` needs at least {t.min_len} item{'s' if t.min_len > 1 else ''}",
-                         v.span, label="empty list")
-            return ListIR(tuple(items), v.span)
-        if isinstance(t, S.StructT):
-            if not isinstance(v, A.DictV):
-                return self._mismatch(v, t, what)
-            return self._struct(v, t, what)
-        if isinstance(t, S.MapT):
-            if not isinstance(v, A.DictV):
-                return self._mismatch(v, t, what)
-            seen: dict[str, A.Span] = {}
-            entries = []
-            for e in v.entries:
-                if e.key in seen:
-                    self.err("FTP206", f"key `{e.key}` appears twice in `{what}`", e.key_span, label="duplicate key",
-                             secondary=(Label(seen[e.key], "first here"),))
-                    continue
-                seen[e.key] = e.key_span
-                c = self.convert(e.value, t.value, f"{what}.{e.key}")
-                if c is not None:
-                    entries.append((e.key, c))
-            return DictIR(tuple(entries), v.span, tuple(seen.values()))
-        return self._mismatch(v, t, what)  # pragma: no cover - every Type is handled above
+        seen: dict[str, A.Span] = {}
+        entries = []
+        for e in v.entries:
+            if e.key in seen:
+                self.err("FTP206", f"key `{e.key}` appears twice in `{what}`", e.key_span, label="duplicate key",
+                         secondary=(Label(seen[e.key], "first here"),))
+                continue
+            seen[e.key] = e.key_span
+            c = self.convert(e.value, t.value, f"{what}.{e.key}")
+            if c is not None:
+                entries.append((e.key, c))
+        return DictIR(tuple(entries), v.span, tuple(seen.values()))
 
     # pieces --------------------------------------------------------------------------------
     def _mismatch(self, v: A.Value, t: S.Type, what: str) -> None:
@@ -154,7 +160,7 @@ class Converter:
         return None
 
     def _number(self, v: A.Value, t, what: str):
-        if not isinstance(v, A.Number):
+        if v.__class__ is not A.Number:
             if isinstance(v, A.String):
                 try:
                     float(v.value)
@@ -166,8 +172,8 @@ class Converter:
                 return None
             return self._mismatch(v, t, what)
         x = v.value
-        if isinstance(t, S.Int):
-            if isinstance(x, float):
+        if t.__class__ is S.Int:
+            if x.__class__ is float:
                 self.err("FTP202", f"`{what}` expects an integer, found `{v.text}`", v.span, label="not an integer")
                 return None
             if (t.min is not None and x < t.min) or (t.max is not None and x > t.max):
@@ -323,6 +329,14 @@ class Converter:
             else:
                 entries.append((spec.name, default_value(spec)))
         return DictIR(tuple(entries), v.span, tuple(seen.get(k) for k, _ in entries))
+
+
+_HANDLERS = {
+    S.Int: Converter._c_number, S.Float: Converter._c_number, S.Str: Converter._c_str, S.PathT: Converter._c_str,
+    S.Bool: Converter._c_bool, S.Enum: Converter._c_enum, S.CtorT: Converter._c_ctor, S.RefT: Converter._mismatch,
+    S.ListT: Converter._c_list, S.StructT: Converter._c_struct, S.MapT: Converter._c_map,
+    S.OneOf: Converter._one_of, S.Type: Converter._mismatch,
+}
 
 
 def _options(t: S.Type, kind: type) -> list:

@@ -82,7 +82,10 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
 
-class AttrIR(_Frozen):
+@dataclass(frozen=True, slots=True)
+class AttrIR:
+    """One attribute of a block (a plain dataclass: a big pipeline has tens of thousands)."""
+
     name: str
     value: Any  # Value
     span: Span | None = None  # the whole `name = value`

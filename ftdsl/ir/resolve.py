@@ -192,7 +192,8 @@ def _convert_block(b: A.Block, conv: Converter):
         seen[a.name] = a.name_span
         v = conv.convert(a.value, spec.type, f"{b.name}.{a.name}")
         if v is not None:
-            attrs[a.name] = AttrIR(name=a.name, value=v, span=a.span, name_span=a.name_span)
+            attrs[a.name] = AttrIR(name=a.name, value=v, span=a.span, name_span=a.name_span,
+                                                   written=True)
     for spec in kind.fields:
         if spec.name in attrs or spec.name in seen:
             continue
@@ -200,7 +201,8 @@ def _convert_block(b: A.Block, conv: Converter):
             conv.err("FTP208", f"`{b.kind} {b.name}` needs attribute `{spec.name}`", b.name_span,
                      label=f"missing `{spec.name}`", hint=f"`{spec.name}`: {spec.doc or spec.type.describe()}")
             continue
-        attrs[spec.name] = AttrIR(name=spec.name, value=default_value(spec), written=False)
+        attrs[spec.name] = AttrIR(name=spec.name, value=default_value(spec), span=None,
+                                                  name_span=None, written=False)
     model = BLOCK_MODELS[b.kind] if b.kind in BLOCK_MODELS else PipelineBlock
     return model.model_construct(kind=b.kind, name=b.name, span=b.span, name_span=b.name_span,
                                  kind_span=b.kind_span, attrs=attrs)

@@ -59,6 +59,7 @@ __all__ = [
     "save_checkpoint",
     "load_latest",
     "list_checkpoints",
+    "latest_config",
     "clean_stale",
     "capture_rng",
     "restore_rng",
@@ -247,6 +248,18 @@ def list_checkpoints(dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
         if m and p.is_dir() and (p / "state.json").is_file():
             out.append((int(m.group(1)), p))
     return sorted(out)
+
+
+def latest_config(dir: str | os.PathLike[str]) -> Any:
+    """The ``config`` recorded by the newest checkpoint under ``dir`` (JSON only), or None."""
+    found = list_checkpoints(dir)
+    if not found:
+        return None
+    try:
+        with open(found[-1][1] / "state.json", encoding="utf-8") as f:
+            return json.load(f).get("config")
+    except (OSError, ValueError):
+        return None
 
 
 def clean_stale(dir: str | os.PathLike[str]) -> list[Path]:

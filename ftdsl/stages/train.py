@@ -200,7 +200,7 @@ def _determinism(seed: int, threads: int | None, device: str):
         yield
     finally:
         torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
-        if threads:
+        if torch.get_num_threads() != prev[2]:
             torch.set_num_threads(prev[2])
 
 
@@ -405,12 +405,15 @@ class _Trainer:
                     raise StageError(
                         "FTP510", f"arch = {spec['arch']['$call']}(...) needs a vocabulary, but data "
                         f"`{data.source}` has no tokenizer", hint="add `tokenizer = wordpiece(vocab = 8000)` to the data block")
-                from ftdsl.stages.batching import pad_token_id
-                from ftdsl.stages.data import load_tokenizer
+                from tokenizers import Tokenizer
 
-                self.tokenizer = load_tokenizer(data.tokenizer_dir)
+                from ftdsl.stages.batching import pad_token_id
+
+                # the raw tokenizers.Tokenizer: same ids as the transformers wrapper, without
+                # importing transformers (seconds) for a from-scratch model
                 self.tokenizer_dir = Path(data.tokenizer_dir)
-                spec["vocab_size"] = len(self.tokenizer)
+                self.tokenizer = Tokenizer.from_file(str(self.tokenizer_dir / "tokenizer.json"))
+                spec["vocab_size"] = self.tokenizer.get_vocab_size(with_added_tokens=True)
                 spec["pad_id"] = pad_token_id(self.tokenizer)
             else:
                 spec["input_shape"] = list(data.input_shape)
@@ -589,7 +592,31 @@ class _Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------
 
+    def _adalora_state(self) -> tuple[dict, dict]:
+        """AdaLoRA's importance scores and rank pattern live outside the state dict."""
+        if not (self.lora and self.lora["$call"] == "adalora"):
+            return {}, {}
+        base = self.module.net.base_model
+        ra = base.rankallocator
+        tensors = {f"adalora.{kind}.{name}": t for kind in ("ipt", "exp_avg_ipt", "exp_avg_unc")
+                   for name, t in getattr(ra, kind).items()}
+        pattern = base.peft_config[base.trainable_adapter_name].rank_pattern
+        return tensors, {"adalora_rank_pattern": pattern}
+
+    def _restore_adalora(self, tensors: dict, extra: dict) -> None:
+        if not (self.lora and self.lora["$call"] == "adalora"):
+            return
+        base = self.module.net.base_model
+        ra = base.rankallocator
+        ra.reset_ipt()
+        for key, t in tensors.items():
+            if key.startswith("adalora."):
+                _, kind, name = key.split(".", 2)
+                getattr(ra, kind)[name] = t.to(self.device)
+        base.peft_config[base.trainable_adapter_name].rank_pattern = extra.get("adalora_rank_pattern")
+
     def _save(self, step: int, epoch: int, batch_in_epoch: int, gen_state) -> Path:
+        extra_tensors, extra = self._adalora_state()
         return ckpt.save_checkpoint(
             self.ckpt_dir, model=self.module, optimizer=self.optimizer, scheduler=self.scheduler,
             scaler=self.scaler, step=step, epoch=epoch, batch_in_epoch=batch_in_epoch,
@@ -597,7 +624,8 @@ class _Trainer:
             history=self.writer.records, config_hash=self.config_hash, config=self.config,
             extra={"since_eval": self.since_eval, "last_finite": self.last_finite,
                    "scaler_skips": self.scaler_skips, "log_acc": self.log_acc, "samples": self.samples,
-                   "last_eval": self.last_eval, "stopped": self.stopped},
+                   "last_eval": self.last_eval, "stopped": self.stopped, **extra},
+            extra_tensors=extra_tensors,
         )
 
     def _resume(self) -> tuple[int, int, int, torch.Tensor | None]:
@@ -613,6 +641,7 @@ class _Trainer:
                              hint="rerun with --force to start over") from e
         self.best, self.best_state = ck.best, ck.best_state
         ex = ck.extra
+        self._restore_adalora(ck.extra_tensors, ex)
         self.since_eval = ex.get("since_eval", self.since_eval)
         self.last_finite = ex.get("last_finite")
         self.scaler_skips = ex.get("scaler_skips", 0)
@@ -656,6 +685,13 @@ class _Trainer:
         attrs, ctx = self.attrs, self.ctx
         t_start = time.perf_counter()
         self.writer = MetricsWriter(ctx.out_dir)
+        if not (attrs.get("threads") or getattr(ctx, "threads", None)):
+            # bits depend on the thread count (stack.md §5): resume with the checkpoint's
+            saved = ckpt.latest_config(self.ckpt_dir)
+            n = saved.get("threads") if isinstance(saved, dict) else None
+            if isinstance(n, int) and n > 0 and n != torch.get_num_threads():
+                self.log(f"using {n} threads, as the checkpoint being resumed did")
+                torch.set_num_threads(n)
         self.config = _config_for_hash(attrs, ctx, self.precision, torch.get_num_threads(), self.art, self.data)
         self.config_hash = ckpt.config_hash_of(self.config)
         self.best: dict | None = None

@@ -16,6 +16,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedTok
 
 from ftdsl.diagnostics import Diagnostic, make
 from ftdsl.syntax import ast as A
+from ftdsl.syntax.lexer import FastLexer
 
 MAX_BYTES = 4 * 1024 * 1024
 MAX_DEPTH = 64
@@ -27,7 +28,7 @@ RESERVED = ("true", "false", "null")
 def _parser() -> Lark:
     # Never `cache=True`: Lark's cache is a pickle at a predictable temp path (lark#1628).
     text = resources.files("ftdsl").joinpath("grammar/ftp.lark").read_text(encoding="utf-8")
-    return Lark(text, parser="lalr", lexer="contextual", propagate_positions=False,
+    return Lark(text, parser="lalr", lexer=FastLexer, propagate_positions=False,
                 maybe_placeholders=False, transformer=_Builder(), start="start")
 
 
@@ -105,9 +106,15 @@ _FILE = ""  # path of the file being built; the builder is shared (Lark instance
 def _parse_items(text: str, path: str, comments: list) -> list:
     global _FILE
     _FILE = path
-    for m in _COMMENT_RE.finditer(text):
-        comments.append(A.Comment(m.group(0), _span_of(text, path, m.start(), m.end())))
-    return _parser().parse(text)
+    found: list[tuple[int, int]] = []
+    FastLexer.comments = found
+    try:
+        items = _parser().parse(text)
+    finally:
+        FastLexer.comments = None
+        for s, e in found:
+            comments.append(A.Comment(text[s:e], _span_of(text, path, s, e)))
+    return items
 
 
 # Comments are found by a scan that skips strings, so `#` inside a string stays text.
@@ -210,15 +217,13 @@ def _unquote(tok: Token) -> str:
 
 def _number(tok: Token) -> A.Number:
     text = tok.value
-    clean = text.replace("_", "")
+    clean = text.replace("_", "") if "_" in text else text
     try:
-        if re.fullmatch(r"[+-]?\d+", clean):
-            value: int | float = int(clean)
-        else:
-            value = float(clean)
+        # The lexer guarantees the shape; only the int/float choice is left.
+        value: int | float = float(clean) if ("." in clean or "e" in clean or "E" in clean) else int(clean)
     except ValueError:
         raise _BuildError(make("FTP101", f"malformed number `{text}`", _tspan(tok), label="not a number"))
-    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+    if value.__class__ is float and (value != value or value in (float("inf"), float("-inf"))):
         raise _BuildError(make("FTP203", f"number `{text}` is out of range", _tspan(tok), label="overflows a float"))
     return A.Number(value, text, _tspan(tok))
 
@@ -340,35 +345,25 @@ def _did_you_mean(word: str, options) -> str | None:
     return f"did you mean `{m[0]}`?" if m else None
 
 
+_DEEP_RE = re.compile(r'"(?:[^"\\\n]|\\[^\n])*"?|#[^\n]*|[\[\]{}()]')
+
+
 def _too_deep(text: str, path: str) -> Diagnostic | None:
-    """Cheap pre-scan for nesting depth so pathological input never reaches the parser."""
+    """Cheap pre-scan for nesting depth so pathological input never reaches later passes."""
     if text.count("[") + text.count("{") + text.count("(") < MAX_DEPTH:
         return None
     depth = 0
-    in_str = False
-    i = 0
-    n = len(text)
-    while i < n:
-        ch = text[i]
-        if in_str:
-            if ch == "\\":
-                i += 1
-            elif ch == '"' or ch == "\n":
-                in_str = False
-        elif ch == '"':
-            in_str = True
-        elif ch == "#":
-            j = text.find("\n", i)
-            i = n if j < 0 else j
-            continue
-        elif ch in "[{(":
+    for m in _DEEP_RE.finditer(text):
+        ch = m.group()
+        if ch in "[{(":
             depth += 1
             if depth > MAX_DEPTH:
+                i = m.start()
                 return make("FTP105", f"nesting deeper than {MAX_DEPTH} levels", _span_of(text, path, i, i + 1),
                             label="too deep")
         elif ch in "]})":
-            depth = max(0, depth - 1)
-        i += 1
+            if depth:
+                depth -= 1
     return None
 
 
