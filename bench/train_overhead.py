@@ -115,6 +115,14 @@ def steady(times: list[float], sizes: list[int], skip_after: set[int] = frozense
     return samples / secs
 
 
+def steady_median(times: list[float], sizes: list[int], skip_after: set[int] = frozenset()) -> float:
+    """Robust variant: the median over the timed steps of batch size / step time. A step slowed
+    by another process barely moves it; a cost paid every step moves it fully."""
+    rates = [sizes[k - 1] / (times[k - 1] - times[k - 2]) for k in range(WARMUP + 1, len(times) + 1)
+             if (k - 1) not in skip_after]
+    return statistics.median(rates)
+
+
 def intervals(times: list[float]) -> list[float]:
     return [b - a for a, b in zip(times, times[1:])]  # intervals[i] = duration of step i+2
 

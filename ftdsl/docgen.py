@@ -133,7 +133,7 @@ PRODUCES_TEXT = {
     "Settings": "pipeline-wide settings (not a stage; nothing can refer to it)",
     "Dataset": "a **Dataset** with the splits it declares (`NAME.train`, `NAME.valid`, `NAME.test`)",
     "TorchModel": "a **TorchModel**",
-    "Report": "a **Report** (a table of metrics per model, `metrics.json`, plots)",
+    "Report": "a **Report** (a table of metrics per model, as Markdown and JSON, and a plot)",
     "input": "the kind of its `from`: a quantized **TorchModel** for a TorchModel, an **OnnxModel** for an "
              "ONNX export",
     "export": "an **OnnxModel** with `format = onnx(...)`, otherwise an **ExportedFile**",

@@ -57,7 +57,10 @@ def _compile(path, overrides, text) -> Compiled:
     r = resolve(path, overrides, text=text)
     diags = list(r.diagnostics)
     ctx = None
-    if r.program is not None:
+    # After a syntax error some blocks are missing, so whole-pipeline rules (unused blocks, no
+    # stages, types of references) would only add noise: they run on files that parsed.
+    syntax_error = any(d.severity == "error" and d.code[3] in "01" for d in diags)
+    if r.program is not None and not syntax_error:
         more, ctx = check(r.program)
         diags.extend(more)
     diags = _dedupe(diags)

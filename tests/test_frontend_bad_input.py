@@ -377,6 +377,17 @@ def test_float_overflow_is_ftp203(cli, tmp_path, num):
     assert "out of range" in err
 
 
+@pytest.mark.xfail(strict=True, reason="parser._classify_item converts the header number outside parse()'s "
+                                       "try/except: `ftp 1e999` raises _BuildError out of parse (lint/plan/fmt exit 70)")
+@pytest.mark.parametrize("argv", [["lint"], ["plan"], ["fmt", "--check"]])
+def test_header_with_an_overflowing_version_is_a_diagnostic(cli, tmp_path, argv):
+    f, diags = parse("ftp 1e999\n", "p.ftp")
+    assert f is None and [d.code for d in diags] == ["FTP203"]
+    rc, _, err = cli(*argv, write(tmp_path, "ftp 1e999\n" + VALID.split("\n", 1)[1]))
+    assert rc == 1
+    assert "FTP203" in codes(err)
+
+
 def test_number_spellings_from_the_spec_parse():
     f, diags = parse("param a = 3\nparam b = -1\nparam c = 0.1\nparam d = 2e-5\nparam e = 1_000\n", "p.ftp")
     assert diags == []
@@ -411,7 +422,7 @@ def test_true_as_a_block_name_is_an_error(cli, tmp_path):
 @pytest.mark.parametrize("src", ["param null = 1\n", "data d { false = 1 }\n"])
 def test_reserved_words_cannot_be_names(tmp_path, src):
     c = compile_pipeline("p.ftp", text=src)
-    assert any(d.code == "FTP101" and "reserved" in d.message for d in c.diagnostics)
+    assert any(d.code == "FTP101" and "reserved" in d.message + (d.hint or "") for d in c.diagnostics)
 
 
 def test_block_kinds_and_item_words_are_ordinary_names_elsewhere(cli, tmp_path):
@@ -431,8 +442,6 @@ def test_data_equals_d_and_model_equals_m_work(cli, tmp_path):
     assert "All checks passed." in err
 
 
-@pytest.mark.xfail(strict=True, reason="lexer bug: TRUE.2/FALSE.2/NULL.2 match the prefix of a longer identifier "
-                                       "(`nullable` lexes as `null` `able`); SPEC §2 reserves only the whole words")
 @pytest.mark.parametrize("src", [
     'data d { text = "s"\n  null_col = "l" }\n',  # after a newline
     "param x = true_lr\n",
@@ -443,8 +452,6 @@ def test_identifiers_that_start_with_a_reserved_word_are_names(src):
     assert diags == []
 
 
-@pytest.mark.xfail(strict=True, reason="lexer bug: `[falsey]` silently parses as `[false, y]` and "
-                                       "`f(truex = 1)` as `f(true, x = 1)`")
 def test_reserved_word_prefix_is_not_split_off_silently():
     f, diags = parse("x y { a = [falsey], b = f(truex = 1) }\n", "p.ftp")
     a, b = f.items[0].attrs
@@ -476,8 +483,6 @@ def test_two_syntax_errors_in_different_blocks_are_both_reported(tmp_path):
     assert len([d for d in c.errors if d.code.startswith("FTP1")]) >= 2
 
 
-@pytest.mark.xfail(strict=True, reason="a file that does not parse also gets FTP213 'defines no stages' "
-                                       "(resolve builds a program from the empty AST)")
 def test_a_syntax_error_is_not_followed_by_a_no_stages_warning(tmp_path):
     c = compile_pipeline("p.ftp", text=BASE + "train t { epochs = @ }\n")
     assert [d.code for d in c.diagnostics] == ["FTP102"]
@@ -504,6 +509,14 @@ def test_several_paths_mixing_files_and_folders(cli, tmp_path):
 
 
 # --- B17: usage errors, stdin ------------------------------------------------------------------------
+
+def test_folder_without_pipelines_is_not_an_error(cli, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not a pipeline")
+    rc, _, err = cli("lint", "empty")
+    assert rc == 0
+    assert "no .ftp files found" in err
+
 
 def test_unknown_flag_is_exit_2(cli, tmp_path):
     rc, _, err = cli("lint", "--bogus", write(tmp_path, VALID))

@@ -177,9 +177,14 @@ SOUP = ["data", "model", "train", "prune", "export", "quantize", "evaluate", "sw
         "ftp", "d", "m", "t", "x", "epochs", "batch", "source", "csv", "sklearn", "adamw", "lr", "from", "method",
         '"iris"', '"a.csv"', '"valid.accuracy"', "1", "-1", "0.5", "2e-5", "1_000", "1e999", "true", "false", "null",
         "{", "}", "[", "]", "(", ")", "=", ",", ".", "\n", " ", "\t", "# c\n", '"', "\\", "@", "\u200b", "é", "\r\n"]
-# SPEC §2 reserves only the whole words; a reserved word glued to a name is a known lexer bug, covered by the
-# strict xfails in test_frontend_bad_input.py. Meaning-preservation skips such mutants until it is fixed.
-RESERVED_PREFIX = re.compile(r"(?<![A-Za-z0-9_])(?:true|false|null)[A-Za-z0-9_]")
+# `ftp 1e999` (an overflowing header version) crashes the parser: a known bug with a strict xfail in
+# test_frontend_bad_input.py (test_header_with_an_overflowing_version_is_a_diagnostic). Mutants that
+# hit it are skipped so a long fuzz run can look for other bugs.
+HEADER_OVERFLOW = re.compile(r"(?m)^\s*ftp\s+[-+]?[\d_.]*[eE][-+]?\d{3,}")
+
+
+def skip_known_bugs(text: str) -> None:
+    assume(not HEADER_OVERFLOW.search(text))
 
 
 def check_diagnostics(diags, text: str | None = None) -> None:
@@ -237,8 +242,7 @@ def check_fmt(text: str, c) -> None:
     assert fmt_or_none(out) == out, "fmt is not idempotent"
     f, diags = parse(out, "f.ftp")
     assert f is not None and not [d for d in diags if d.severity == "error"], diags
-    if not RESERVED_PREFIX.search(text):
-        assert meaning(compile_text(out)) == meaning(c), "fmt changed the meaning"
+    assert meaning(compile_text(out)) == meaning(c), "fmt changed the meaning"
 
 
 # --- B18: arbitrary bytes and text ---------------------------------------------------------------
@@ -259,6 +263,7 @@ def test_arbitrary_bytes_decode_and_parse_to_diagnostics(data):
 @PROFILE
 @given(st.text(max_size=1000))
 def test_arbitrary_text_compiles_to_diagnostics(text):
+    skip_known_bugs(text)
     c = compile_text(text)
     check_renders(c.diagnostics, c.sources)
 
@@ -266,6 +271,7 @@ def test_arbitrary_text_compiles_to_diagnostics(text):
 @PROFILE
 @given(st.lists(st.sampled_from(SOUP), max_size=80).map("".join))
 def test_token_soup_compiles_and_fmt_is_idempotent(text):
+    skip_known_bugs(text)
     c = compile_text(text)
     check_renders(c.diagnostics, c.sources)
     check_fmt(text, c)
@@ -293,6 +299,7 @@ GRAMMAR_STRINGS = _grammar_strings()
 @PROFILE
 @given(GRAMMAR_STRINGS if GRAMMAR_STRINGS is not None else st.just(""))
 def test_strings_from_the_grammar_compile_and_fmt_is_idempotent(text):
+    skip_known_bugs(text)
     c = compile_text(text)
     check_fmt(text, c)
 
@@ -327,6 +334,7 @@ def test_corpus_pipelines_are_clean_and_fmt_stable(src):
 @PROFILE
 @given(mutants())
 def test_mutated_corpus_gives_only_diagnostics_and_fmt_keeps_meaning(text):
+    skip_known_bugs(text)
     c = compile_text(text)
     check_renders(c.diagnostics, c.sources)
     check_fmt(text, c)
@@ -335,6 +343,7 @@ def test_mutated_corpus_gives_only_diagnostics_and_fmt_keeps_meaning(text):
 @PROFILE
 @given(mutants(), st.sampled_from(["lint", "plan"]))
 def test_mutated_corpus_through_the_cli_never_crashes(tmp_path_factory, text, cmd):
+    skip_known_bugs(text)
     from contextlib import redirect_stderr, redirect_stdout
 
     from ftdsl.cli import main

@@ -114,6 +114,8 @@ def test_fresh_cache_json_lists_every_stage_in_dependency_order(project):
 def test_fresh_cache_text_shows_new_stages_and_a_summary(project):
     rc, out, _ = project()
     assert rc == 0
+    assert out.splitlines()[0] == "ftdsl plan for p.ftp (seed 13, device cpu)"
+    assert re.search(r"^symbols: .*\+ run.*~ re-run.*= cached", out, re.M)  # the legend
     assert '# data.reviews will run: new\n  + data "reviews"' in out
     assert '# model.base will run: new\n  + model "base"' in out
     assert re.search(r"^Plan: \d+ to run, \d+ to re-run, 0 cached\.$", out, re.M)

@@ -848,7 +848,9 @@ class _Trainer:
                 module.net = module.net.merge_and_unload()  # a plain model: no peft at load time
         module.eval()
         self.writer.finalize({**final, "precision": self.precision, "precision_reason": self.precision_reason})
-        self.ctx.reporter.finish(**{k: v for k, v in final.items() if k.startswith(("valid.", "test.", "train."))})
+        headline = ("train.loss", "valid.loss", "valid.accuracy", "valid.f1", "valid.mse", "test.accuracy",
+                    "test.f1", "test.mse")
+        self.ctx.reporter.finish(**{k: final[k] for k in headline if k in final})
         spec = {**self.spec, "trained_by": self.ctx.name, "precision": self.precision, "steps": step}
         hf_config = module.net.config if isinstance(module, TextModule) and module.hf else None
         weights = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
@@ -864,4 +866,11 @@ def run(inputs: dict[str, object], attrs: dict, ctx) -> TorchModel:
     device = resolve_device(getattr(ctx, "device", None) or "cpu")
     threads = attrs.get("threads") or getattr(ctx, "threads", None)
     with _determinism(int(ctx.seed), threads, device):
-        return _Trainer(model_art, data, attrs, ctx).fit()
+        try:
+            return _Trainer(model_art, data, attrs, ctx).fit()
+        except torch.OutOfMemoryError as e:  # outside a training step: loading, evaluation
+            raise StageError(
+                "FTP509", f"out of memory on {device} ({str(e).splitlines()[0][:160]})",
+                hint=f"use a smaller batch (now {attrs.get('batch')}) with a larger accumulate, "
+                "or a smaller max_length",
+            ) from e

@@ -50,7 +50,7 @@ class FastLexer(Lexer):
         while pos < n:
             m = match(text, pos)
             if m is None:
-                raise UnexpectedCharacters(text, pos, line, pos - line_start + 1, allowed=self.allowed)
+                raise UnexpectedCharacters(text, pos, line, pos - line_start + 1, allowed=None)
             kind = m.lastgroup
             end = m.end()
             if kind in ignore:

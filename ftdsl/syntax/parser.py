@@ -387,6 +387,16 @@ def _expected(tokens) -> str:
     return ", ".join(names)
 
 
+def _expected_at(text: str, pos: int) -> list[str]:
+    """The token types the parser would accept at `pos` (used only to explain an error)."""
+    try:
+        ip = _parser().parse_interactive(text[:pos])
+        ip.exhaust_lexer()
+        return sorted(ip.accepts() - {"$END"}) + (["$END"] if "$END" in ip.accepts() else [])
+    except Exception:  # noqa: BLE001 - the prefix has its own error: no extra hint
+        return []
+
+
 def _syntax_diagnostic(e: UnexpectedInput, text: str, path: str) -> Diagnostic:
     if isinstance(e, UnexpectedCharacters):
         i = e.pos_in_stream
@@ -402,7 +412,7 @@ def _syntax_diagnostic(e: UnexpectedInput, text: str, path: str) -> Diagnostic:
             return make("FTP102", f"unexpected character `{ch}` (U+{ord(ch):04X})", span, label="not ASCII",
                         hint=f"did you mean `{_CONFUSABLE[ch]}`?")
         shown = ch if ch.isprintable() else repr(ch)[1:-1]
-        exp = _expected(e.allowed or [])
+        exp = _expected(e.allowed or _expected_at(text, i))
         return make("FTP102", f"unexpected character `{shown}`", span, label="unexpected character",
                     hint=f"expected one of: {exp}" if exp else None)
     if isinstance(e, UnexpectedToken):
