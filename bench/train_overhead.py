@@ -402,11 +402,23 @@ def machine() -> dict:
             "loadavg_start": os.getloadavg()}
 
 
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
+def _ratio(a: list[float], b: list[float]) -> float:
+    """The median of the per-round ratios (each round's runners ran back to back)."""
+    return statistics.median([x / y for x, y in zip(a, b)])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3, help="MiniLM rounds (default 3)")
+    ap.add_argument("--cnn-rounds", type=int, default=5, help="CNN rounds (default 5; they are cheap)")
     ap.add_argument("--minilm-steps", type=int, default=18)
     ap.add_argument("--cnn-steps", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch.set_num_threads for the whole process (default: torch's, = cores)")
     ap.add_argument("--only", choices=["minilm", "cnn"])
     ap.add_argument("--precisions", default="fp32,bf16")
     ap.add_argument("--no-trainer", action="store_true")
@@ -419,6 +431,8 @@ def main(argv=None) -> int:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     tmp_root = Path(tempfile.mkdtemp(prefix="ftdsl-bench-"))
     info = machine()
     print(f"# machine: {info}", file=sys.stderr)
@@ -429,47 +443,55 @@ def main(argv=None) -> int:
         profile(case, prec, case.steps, tmp_root)
         return 0
 
-    cases: list[Case] = []
+    cases: list[tuple[Case, int]] = []
     if args.only in (None, "minilm"):
-        cases.append(MiniLM(args.minilm_steps, tmp_root))
+        cases.append((MiniLM(args.minilm_steps, tmp_root), args.rounds))
     if args.only in (None, "cnn"):
-        cases.append(CNN(args.cnn_steps, tmp_root))
+        cases.append((CNN(args.cnn_steps, tmp_root), args.cnn_rounds))
     precisions = args.precisions.split(",")
     runners = ["loop", "ftdsl"] + ([] if args.no_trainer else ["trainer"])
     rows: dict[str, dict] = {}
     t0 = time.perf_counter()
-    for r in range(args.rounds):
+    for r in range(max(n for _, n in cases)):
         order = runners[r % len(runners):] + runners[: r % len(runners)]  # rotate: no runner always first
-        for case in cases:
+        for case, n_rounds in cases:
+            if r >= n_rounds:
+                continue
             for prec in precisions:
                 key = f"{case.name} {prec}"
                 row = rows.setdefault(key, {"case": case.name, "precision": prec, "steps": case.steps,
-                                            "per_step": {k: [] for k in runners},
-                                            "with_epoch_ends": {k: [] for k in runners}})
+                                            "epoch_end_steps": sorted(case.skip_after),
+                                            **{m: {k: [] for k in runners} for m in
+                                               ("mean", "median", "mean_with_epoch_ends", "step_seconds")}})
                 sizes = batch_sizes(case.n, case.steps)
                 for who in order:
                     tmp = Path(tempfile.mkdtemp(dir=tmp_root))
+                    threads = torch.get_num_threads()
                     if who == "loop":
                         times = run_loop(case, prec, case.steps)
                     elif who == "ftdsl":
                         times = run_ftdsl(case, prec, case.steps, tmp)
                     else:
                         times = run_trainer(case, prec, case.steps, tmp)
-                    row["per_step"][who].append(steady(times, sizes, case.skip_after))
-                    row["with_epoch_ends"][who].append(steady(times, sizes))
-                    print(f"round {r + 1} {key:16s} {who:8s} {row['per_step'][who][-1]:8.1f} samples/s "
-                          f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+                    assert torch.get_num_threads() == threads, f"{who} changed the thread count"
+                    row["mean"][who].append(steady(times, sizes, case.skip_after))
+                    row["median"][who].append(steady_median(times, sizes, case.skip_after))
+                    row["mean_with_epoch_ends"][who].append(steady(times, sizes))
+                    row["step_seconds"][who].append([round(d, 6) for d in intervals(times)])
+                    print(f"round {r + 1} {key:16s} {who:8s} mean {row['mean'][who][-1]:8.1f}  median "
+                          f"{row['median'][who][-1]:8.1f} samples/s  ({time.perf_counter() - t0:.0f} s, "
+                          f"load {os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)
 
     ckpt = {}
     if not args.no_ckpt:
-        for case in cases:
+        for case, _ in cases:
             prec = precisions[-1]
-            if isinstance(case, MiniLM):  # 100 MiniLM steps are ~1.5 min: checkpoint every 6 and amortize
-                c = ckpt_cost(case, prec, case.steps, 6, Path(tempfile.mkdtemp(dir=tmp_root)))
-            else:
-                c = ckpt_cost(case, prec, case.steps, 100, Path(tempfile.mkdtemp(dir=tmp_root)))
+            every = 6 if isinstance(case, MiniLM) else 100  # 100 MiniLM steps take minutes: amortize
+            c = ckpt_cost(case, prec, case.steps, every, Path(tempfile.mkdtemp(dir=tmp_root)))
             per = [v for s, v in c["extra_ms_after_step"].items() if s not in case.skip_after]
+            ends = [v for s, v in c["extra_ms_after_step"].items() if s in case.skip_after]
             c["ms_per_checkpoint"] = statistics.median(per) if per else None
+            c["ms_per_epoch_end"] = statistics.median(ends) if ends else None
             if c["ms_per_checkpoint"] is not None:
                 c["overhead_at_every_100_pct"] = 100 * c["ms_per_checkpoint"] / (100 * c["median_step_ms"])
             c["precision"] = prec
@@ -477,41 +499,57 @@ def main(argv=None) -> int:
             print(f"checkpoint {case.name}: {c}", file=sys.stderr, flush=True)
 
     med = statistics.median
-    table = ["| case | precision | loop samples/s | ftdsl samples/s | Trainer samples/s | ftdsl/loop | ftdsl/Trainer |",
-             "|---|---|---|---|---|---|---|"]
-    summary = []
-    for key, row in rows.items():
-        ps = row["per_step"]
-        m = {k: med(v) for k, v in ps.items()}
-        # ratios: the median of the per-round ratios (each round's runners ran back to back)
-        r_loop = med([f / l for f, l in zip(ps["ftdsl"], ps["loop"])])
-        r_tr = med([f / t for f, t in zip(ps["ftdsl"], ps["trainer"])]) if "trainer" in ps else None
-        row.update(median=m, ratio_ftdsl_loop=r_loop, ratio_ftdsl_trainer=r_tr,
-                   median_with_epoch_ends={k: med(v) for k, v in row["with_epoch_ends"].items()})
-        tr = f"{m['trainer']:.1f}" if "trainer" in m else "-"
-        rt = f"{r_tr:.3f}" if r_tr is not None else "-"
-        table.append(f"| {row['case']} | {row['precision']} | {m['loop']:.1f} | {m['ftdsl']:.1f} | {tr} | "
-                     f"{r_loop:.3f} | {rt} |")
-        summary.append(row)
-    if any(isinstance(c, CNN) for c in cases):
-        table += ["", "CNN including the steps after epoch ends (ftdsl evaluates `valid` and checkpoints there):", "",
-                  "| case | precision | loop | ftdsl | Trainer | ftdsl/loop |", "|---|---|---|---|---|---|"]
-        for row in summary:
-            if row["case"].startswith("CNN"):
-                w = row["with_epoch_ends"]
-                m = row["median_with_epoch_ends"]
-                r = med([f / l for f, l in zip(w["ftdsl"], w["loop"])])
-                row["ratio_ftdsl_loop_with_epoch_ends"] = r
-                table.append(f"| {row['case']} | {row['precision']} | {m['loop']:.1f} | {m['ftdsl']:.1f} | "
-                             f"{m.get('trainer', float('nan')):.1f} | {r:.3f} |")
-    print("\n".join(table))
+    out_lines = []
+    for stat, title in (("mean", "samples/s = timed samples / timed seconds (steps 4..N)"),
+                        ("median", "samples/s = median over steps 4..N of batch / step time (robust to "
+                                   "other processes)")):
+        out_lines += [f"### {title}", "",
+                      "| case | precision | loop samples/s | ftdsl samples/s | Trainer samples/s | ftdsl/loop "
+                      "| ftdsl/Trainer |", "|---|---|---|---|---|---|---|"]
+        for row in rows.values():
+            v = row[stat]
+            m = {k: med(x) for k, x in v.items()}
+            r_loop = _ratio(v["ftdsl"], v["loop"])
+            r_tr = _ratio(v["ftdsl"], v["trainer"]) if "trainer" in v else None
+            row.setdefault("summary", {})[stat] = {"median": m, "ftdsl/loop": r_loop, "ftdsl/trainer": r_tr}
+            out_lines.append(f"| {row['case']} | {row['precision']} | {m['loop']:.1f} | {m['ftdsl']:.1f} | "
+                             f"{_fmt(m.get('trainer'))} | {r_loop:.3f} | "
+                             f"{'-' if r_tr is None else f'{r_tr:.3f}'} |")
+        out_lines.append("")
+    cnn_rows = [row for row in rows.values() if row["epoch_end_steps"]]
+    if cnn_rows:
+        out_lines += ["### CNN including the steps right after epoch ends (ftdsl evaluates `valid` and "
+                      "checkpoints there; the others do neither)", "",
+                      "| case | precision | loop | ftdsl | Trainer | ftdsl/loop | ftdsl/Trainer |",
+                      "|---|---|---|---|---|---|---|"]
+        for row in cnn_rows:
+            v = row["mean_with_epoch_ends"]
+            m = {k: med(x) for k, x in v.items()}
+            r_loop = _ratio(v["ftdsl"], v["loop"])
+            r_tr = _ratio(v["ftdsl"], v["trainer"]) if "trainer" in v else None
+            row["summary"]["mean_with_epoch_ends"] = {"median": m, "ftdsl/loop": r_loop, "ftdsl/trainer": r_tr}
+            out_lines.append(f"| {row['case']} | {row['precision']} | {m['loop']:.1f} | {m['ftdsl']:.1f} | "
+                             f"{_fmt(m.get('trainer'))} | {r_loop:.3f} | "
+                             f"{'-' if r_tr is None else f'{r_tr:.3f}'} |")
+        out_lines.append("")
+    if ckpt:
+        out_lines += ["### Checkpoint cost (ftdsl)", "",
+                      "| case | precision | checkpoint_every | median step ms | ms per checkpoint | "
+                      "% of 100 steps | ms per epoch end (eval + checkpoint) |", "|---|---|---|---|---|---|---|"]
+        for name, c in ckpt.items():
+            pct = c.get("overhead_at_every_100_pct")
+            out_lines.append(f"| {name} | {c['precision']} | {c['checkpoint_every']} | {c['median_step_ms']:.1f} | "
+                             f"{_fmt(c['ms_per_checkpoint'])} | {'-' if pct is None else f'{pct:.2f}'} | "
+                             f"{_fmt(c['ms_per_epoch_end'])} |")
+    print("\n".join(out_lines))
     info["loadavg_end"] = os.getloadavg()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": info, "rounds": args.rounds, "warmup_steps_excluded": WARMUP,
-                               "batch": BATCH, "seq_len": SEQ, "rows": summary, "checkpoint": ckpt,
-                               "wall_s": round(time.perf_counter() - t0, 1)}, indent=2) + "\n")
-    print(f"\nper-round values: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}", file=sys.stderr)
+    out.write_text(json.dumps({"machine": info, "args": vars(args), "warmup_steps_excluded": WARMUP,
+                               "batch": BATCH, "seq_len": SEQ, "rows": list(rows.values()), "checkpoint": ckpt,
+                               "table_markdown": "\n".join(out_lines),
+                               "wall_s": round(time.perf_counter() - t0, 1)}, indent=1) + "\n")
+    print(f"\nper-round values: {out}", file=sys.stderr)
     return 0
 
 

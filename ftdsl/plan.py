@@ -37,6 +37,7 @@ class PlannedStage:
     changes: list[tuple[str, object, object]] = field(default_factory=list)
     estimate: dict = field(default_factory=dict)
     written: tuple[str, ...] = ()  # attributes written in the file (the rest are defaults)
+    artifact: str = ""  # what it produces: Dataset, TorchModel, QuantizedTorchModel, OnnxModel, ...
 
     @property
     def address(self) -> str:
@@ -204,7 +205,7 @@ def make_plan(compiled: Compiled, cache=None, *, force: set[str] = frozenset(), 
         key = hash_key(payload)
         keys[name] = key
         st = PlannedStage(name, b.kind, key, cfg, dict(inputs[name]), list(deps[name]), payload,
-                          written=tuple(a for a, v in b.attrs.items() if v.written))
+                          written=tuple(a for a, v in b.attrs.items() if v.written), artifact=ctx.types[name])
         _decide(st, pipeline_abs, cache, force, by_name, verify)
         st.estimate = _estimate(b.kind, cfg)
         stages.append(st)

@@ -378,7 +378,8 @@ def test_float_overflow_is_ftp203(cli, tmp_path, num):
 
 
 @pytest.mark.xfail(strict=True, reason="parser._classify_item converts the header number outside parse()'s "
-                                       "try/except: `ftp 1e999` raises _BuildError out of parse (lint/plan/fmt exit 70)")
+                                       "try/except: `ftp 1e999` raises _BuildError out of parse "
+                                       "(lint/plan/fmt exit 70)")
 @pytest.mark.parametrize("argv", [["lint"], ["plan"], ["fmt", "--check"]])
 def test_header_with_an_overflowing_version_is_a_diagnostic(cli, tmp_path, argv):
     f, diags = parse("ftp 1e999\n", "p.ftp")

@@ -169,7 +169,8 @@ evaluate eval { models = [fit, ts], data = listings.test, metrics = [mse, mae, l
 """,
 ]
 
-TOKEN_RE = re.compile(r'"(?:[^"\\\n]|\\.)*"|#[^\n]*|[ \t]+|\r?\n|[A-Za-z_][A-Za-z0-9_]*|[-+]?\d[\d_]*(?:\.\d+)?(?:[eE][-+]?\d+)?|.')
+TOKEN_RE = re.compile(r'"(?:[^"\\\n]|\\.)*"|#[^\n]*|[ \t]+|\r?\n|[A-Za-z_][A-Za-z0-9_]*'
+                      r'|[-+]?\d[\d_]*(?:\.\d+)?(?:[eE][-+]?\d+)?|.')
 CORPUS_TOKENS = [TOKEN_RE.findall(src) for src in CORPUS]
 INSERTS = list('{}[]()=,."#\\\n\t @;-+e0_') + ["\u200b", "\u201c", "é", "\x00", "\r\n", "\ufeff", "true", "null",
                                                "false", "ftp", "use", "param", "pipeline", "# c\n", "1e999", "٣"]
@@ -204,7 +205,10 @@ def check_diagnostics(diags, text: str | None = None) -> None:
 def check_renders(diags, sources) -> None:
     for fmt in ("text", "concise", "json", "github", "sarif"):
         buf = io.StringIO()
-        render(fmt, diags, sources, buf, color=False) if fmt in ("text", "concise") else render(fmt, diags, sources, buf)
+        if fmt in ("text", "concise"):
+            render(fmt, diags, sources, buf, color=False)
+        else:
+            render(fmt, diags, sources, buf)
         out = buf.getvalue()
         if fmt in ("json", "sarif"):
             json.loads(out)

@@ -23,10 +23,6 @@ from ftdsl.runtime.progress import Console, StageReporter
 from ftdsl.stages import ARTIFACTS, STAGES, load_object
 from ftdsl.stages.base import StageContext
 
-# what each kind produces, for loading it from the cache
-ARTIFACT_OF = {"data": "Dataset", "model": "TorchModel", "train": "TorchModel", "distill": "TorchModel",
-               "prune": "TorchModel", "evaluate": "Report"}
-
 
 @dataclass
 class StageResult:
@@ -122,8 +118,22 @@ class _Executor:
             raise StageError("FTP530", f"stage `{st.name}`: `{st.kind}` stages cannot run in this version of ftdsl "
                                        "(the checker knows the kind; its engine is not written yet)",
                              hint="remove the stage or run the others with `--only`")
-        inputs = {attr: self._artifact(src, by_name) for attr, src in st.inputs.items()}
-        fn = load_object(STAGES[st.kind])
+        config = st.config
+        if st.kind == "sweep":
+            # A sweep re-runs its target with other settings: it needs the target's own inputs and
+            # configuration, not the target's trained artifact.
+            target = by_name[st.config["target"]["$ref"]]
+            inputs = {attr: self._artifact(src, by_name) for attr, src in target.inputs.items()}
+            config = {**st.config, "$target": {"name": target.name, "kind": target.kind, "config": target.config}}
+        else:
+            inputs = {attr: self._artifact(src, by_name) for attr, src in st.inputs.items()}
+        try:
+            fn = load_object(STAGES[st.kind])
+        except ModuleNotFoundError as e:
+            if not (e.name or "").startswith("ftdsl.stages"):
+                raise
+            raise StageError("FTP530", f"stage `{st.name}`: `{st.kind}` stages cannot run in this version of ftdsl",
+                             hint="remove the stage or run the others with `--only`") from None
         reporter = StageReporter(self.console, st.name)
         meta = {"stage": st.name, "kind": st.kind, "pipeline": self.plan.pipeline, "metrics": {}}
 
@@ -133,7 +143,7 @@ class _Executor:
                                reporter=reporter, verify=self.verify, key=st.key, force_resume=self.force_resume)
             ctx.out_dir.mkdir(parents=True, exist_ok=True)
             with _signals_as_exceptions():
-                artifact = fn(inputs, st.config, ctx)
+                artifact = fn(inputs, config, ctx)
             (tmp / "artifact").mkdir()
             artifact.save(tmp / "artifact")
             metrics = getattr(artifact, "metrics", None) or {}
@@ -163,7 +173,7 @@ class _Executor:
         entry = self.entries.get(name) or self.cache.lookup(st.key, verify=self.verify, label=name)
         if entry is None:  # pragma: no cover - upstream results always precede their users
             raise StageError("FTP503", f"the cache entry of `{name}` disappeared while running")
-        cls = load_object(ARTIFACTS[ARTIFACT_OF[st.kind]])
+        cls = load_object(ARTIFACTS[st.artifact])
         obj = cls.load(entry / "artifact")
         self.loaded[name] = obj
         return obj

@@ -10,12 +10,20 @@ STAGES: dict[str, str] = {
     "model": "ftdsl.stages.model:run",
     "train": "ftdsl.stages.train:run",
     "evaluate": "ftdsl.stages.evaluate:run",
+    "prune": "ftdsl.stages.prune:run",
+    "distill": "ftdsl.stages.distill:run",
+    "export": "ftdsl.stages.export:run",
+    "quantize": "ftdsl.stages.quantize:run",
+    "sweep": "ftdsl.stages.sweep:run",
 }
 
 # artifact type name -> "module:Class" with save(dir) and classmethod load(dir)
 ARTIFACTS: dict[str, str] = {
     "Dataset": "ftdsl.stages.data:Dataset",
     "TorchModel": "ftdsl.stages.model:TorchModel",
+    "QuantizedTorchModel": "ftdsl.stages.quantize:QuantizedTorchModel",
+    "OnnxModel": "ftdsl.stages.export:OnnxModel",
+    "ExportedFile": "ftdsl.stages.export:ExportedFile",
     "Report": "ftdsl.stages.evaluate:Report",
 }
 
