@@ -84,10 +84,12 @@ class StepClock(Reporter):
 
     def __init__(self):
         self.times: list[float] = []
+        self.cpu: list[float] = []
         self.lines: list[str] = []
 
     def update(self, step, **metrics):
         self.times.append(time.perf_counter())
+        self.cpu.append(time.process_time())
 
     def log(self, text):
         self.lines.append(text)
@@ -276,14 +278,14 @@ class CNN(Case):
 
 
 # --------------------------------------------------------------------------------------------
-# Runners: each returns the end time of every step
+# Runners: each returns the end time of every step, wall (perf_counter) and CPU (process_time)
 
 
 def _autocast(precision: str):
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-def run_loop(case: Case, precision: str, steps: int) -> list[float]:
+def run_loop(case: Case, precision: str, steps: int) -> tuple[list[float], list[float]]:
     model = case.fresh()
     model.train()
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
@@ -293,7 +295,7 @@ def run_loop(case: Case, precision: str, steps: int) -> list[float]:
     g = torch.Generator()
     g.manual_seed(0)
     batches = case.loop_batches(g)
-    times = []
+    times, cpu = [], []
     for _ in range(steps):
         inputs, y = next(batches)
         with _autocast(precision):
@@ -303,29 +305,32 @@ def run_loop(case: Case, precision: str, steps: int) -> list[float]:
         opt.step()
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter())
+        cpu.append(time.process_time())
     assert math.isfinite(loss.item())
-    return times
+    return times, cpu
 
 
 def run_ftdsl(case: Case, precision: str, steps: int, tmp: Path, *, ckpt_every: int = 10**9,
-              tag: str = "fit") -> list[float]:
+              tag: str = "fit") -> tuple[list[float], list[float]]:
     clock = StepClock()
     ctx = case.ctx(tmp, clock, tag)
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     art = train_stage.run({"model": case.art, "data": case.dataset}, case.attrs(precision, steps, ckpt_every), ctx)
     assert art.metrics["steps"] == steps, art.metrics
     assert any(f"precision {precision}" in line for line in clock.lines), clock.lines
-    return clock.times
+    return clock.times, clock.cpu
 
 
-def run_trainer(case: Case, precision: str, steps: int, tmp: Path) -> list[float]:
+def run_trainer(case: Case, precision: str, steps: int, tmp: Path) -> tuple[list[float], list[float]]:
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     times: list[float] = []
+    cpu: list[float] = []
 
     class Clock(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
             times.append(time.perf_counter())
+            cpu.append(time.process_time())
 
     model, ds = case.trainer_parts()
     args = TrainingArguments(output_dir=str(tmp / "hf"), per_device_train_batch_size=BATCH, max_steps=steps,
@@ -335,7 +340,7 @@ def run_trainer(case: Case, precision: str, steps: int, tmp: Path) -> list[float
     trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[Clock()])
     trainer.train()
     assert len(times) == steps, len(times)
-    return times
+    return times, cpu
 
 
 # --------------------------------------------------------------------------------------------
@@ -345,7 +350,7 @@ def run_trainer(case: Case, precision: str, steps: int, tmp: Path) -> list[float
 def ckpt_cost(case: Case, precision: str, steps: int, every: int, tmp: Path) -> dict:
     """One ftdsl run with checkpoint_every=`every`: ms each checkpoint adds to its step (the
     interval after a checkpointed step minus the median ordinary interval)."""
-    times = run_ftdsl(case, precision, steps, tmp, ckpt_every=every, tag=f"ck{every}")
+    times, _ = run_ftdsl(case, precision, steps, tmp, ckpt_every=every, tag=f"ck{every}")
     iv = intervals(times)  # iv[i] = duration of step i+2
     ck_steps = {s for s in range(every, steps, every)} | case.skip_after
     normal = [d for i, d in enumerate(iv) if (i + 1) not in ck_steps and i + 2 > WARMUP]
@@ -368,7 +373,7 @@ def profile(case: Case, precision: str, steps: int, tmp: Path) -> None:
         fn()  # warm
         pr = cProfile.Profile()
         pr.enable()
-        times = fn()
+        times, _ = fn()
         pr.disable()
         s = io.StringIO()
         ps = pstats.Stats(pr, stream=s)
@@ -462,25 +467,29 @@ def main(argv=None) -> int:
                 row = rows.setdefault(key, {"case": case.name, "precision": prec, "steps": case.steps,
                                             "epoch_end_steps": sorted(case.skip_after),
                                             **{m: {k: [] for k in runners} for m in
-                                               ("mean", "median", "mean_with_epoch_ends", "step_seconds")}})
+                                               ("mean", "median", "cpu", "mean_with_epoch_ends",
+                                                         "step_seconds", "step_cpu_seconds")}})
                 sizes = batch_sizes(case.n, case.steps)
                 for who in order:
                     tmp = Path(tempfile.mkdtemp(dir=tmp_root))
                     threads = torch.get_num_threads()
                     if who == "loop":
-                        times = run_loop(case, prec, case.steps)
+                        times, cpu = run_loop(case, prec, case.steps)
                     elif who == "ftdsl":
-                        times = run_ftdsl(case, prec, case.steps, tmp)
+                        times, cpu = run_ftdsl(case, prec, case.steps, tmp)
                     else:
-                        times = run_trainer(case, prec, case.steps, tmp)
+                        times, cpu = run_trainer(case, prec, case.steps, tmp)
                     assert torch.get_num_threads() == threads, f"{who} changed the thread count"
                     row["mean"][who].append(steady(times, sizes, case.skip_after))
                     row["median"][who].append(steady_median(times, sizes, case.skip_after))
+                    row["cpu"][who].append(steady(cpu, sizes, case.skip_after))
                     row["mean_with_epoch_ends"][who].append(steady(times, sizes))
                     row["step_seconds"][who].append([round(d, 6) for d in intervals(times)])
+                    row["step_cpu_seconds"][who].append([round(d, 6) for d in intervals(cpu)])
                     print(f"round {r + 1} {key:16s} {who:8s} mean {row['mean'][who][-1]:8.1f}  median "
-                          f"{row['median'][who][-1]:8.1f} samples/s  ({time.perf_counter() - t0:.0f} s, "
-                          f"load {os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)
+                          f"{row['median'][who][-1]:8.1f}  cpu {row['cpu'][who][-1]:8.1f} samples/s  "
+                          f"({time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.1f})",
+                          file=sys.stderr, flush=True)
 
     ckpt = {}
     if not args.no_ckpt:
@@ -502,7 +511,9 @@ def main(argv=None) -> int:
     out_lines = []
     for stat, title in (("mean", "samples/s = timed samples / timed seconds (steps 4..N)"),
                         ("median", "samples/s = median over steps 4..N of batch / step time (robust to "
-                                   "other processes)")):
+                                   "other processes)"),
+                        ("cpu", "samples per CPU-second of the process (time.process_time, all its threads; "
+                                "steps 4..N)")):
         out_lines += [f"### {title}", "",
                       "| case | precision | loop samples/s | ftdsl samples/s | Trainer samples/s | ftdsl/loop "
                       "| ftdsl/Trainer |", "|---|---|---|---|---|---|---|"]

@@ -50,11 +50,21 @@ def _codes_filter(select: str, ignore: str):
 
 
 def cmd_lint(args) -> int:
-    from ftdsl.check.suppress import apply as apply_suppressions
     from ftdsl.diagnostics.render import render
     from ftdsl.frontend import compile_pipeline
 
-    files = _collect_paths(args.paths)
+    try:
+        files = _collect_paths(args.paths)
+    except UsageError as e:
+        if args.format in ("json", "sarif", "github"):
+            # machine formats stay valid even when a path is missing (formats.md §1)
+            from ftdsl.diagnostics import make
+            from ftdsl.syntax.ast import Span
+
+            missing = [p for p in args.paths if p != "-" and not Path(p).exists()]
+            render(args.format, [make("FTP001", f"no such file or folder: {p}", Span(p, 1, 1, 1, 1))
+                                 for p in missing], {}, sys.stdout)
+        raise e
     keep = _codes_filter(args.select, args.ignore)
     diags, sources = [], {}
     for f in files:
@@ -70,7 +80,7 @@ def cmd_lint(args) -> int:
         else:
             c = compile_pipeline(f, args.overrides)
         sources.update(c.sources)
-        diags.extend(apply_suppressions(c.diagnostics, c.sources))
+        diags.extend(c.diagnostics)  # suppressions already applied by the front end
     diags = [d for d in diags if keep(d)]
     diags.sort(key=lambda d: d.sort_key())
     stream = sys.stderr if args.format in ("text", "concise") else sys.stdout

@@ -437,11 +437,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             p.write_text(files[p], encoding="utf-8", newline="\n")
             print(f"wrote {shown}", file=sys.stderr)
-    if args.check:
-        return 1 if bad else 0
     if not bad:
         print("docs are up to date", file=sys.stderr)
-    return 0
+    return 1 if args.check and bad else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

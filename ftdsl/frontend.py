@@ -7,6 +7,7 @@ be built), every diagnostic sorted by location, the sources read (for snippets) 
 from __future__ import annotations
 
 import gc
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,15 @@ def _compile(path, overrides, text) -> Compiled:
         more, ctx = check(r.program)
         diags.extend(more)
     diags = _dedupe(diags)
+    # A misspelled reference makes its intended target look unused: when an FTP204 already
+    # suggests a name, don't also warn that the name is unused.
+    suggested = {m for d in diags if d.code == "FTP204" and d.hint for m in re.findall(r"`([^`]+)`", d.hint)}
+    if suggested:
+        diags = [d for d in diags if not (d.code in ("FTP220", "FTP221") and
+                                          set(re.findall(r"`([^`]+)`", d.message)) & suggested)]
+    from ftdsl.check.suppress import apply as apply_suppressions
+
+    diags = apply_suppressions(diags, r.sources)
     diags.sort(key=lambda d: d.sort_key())
     return Compiled(r.program, diags, r.sources, ctx)
 

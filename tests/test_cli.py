@@ -121,8 +121,6 @@ def test_text_format_matches_the_rustc_shape(cli, tmp_path):
     assert err.endswith("\nFound 1 error.\n")
 
 
-@pytest.mark.xfail(strict=True, reason="`epoch = 3` also yields FTP211 'needs `epochs` or `max_steps`', so the "
-                                       "formats.md §2 example prints 2 errors instead of 1")
 def test_the_formats_md_example_is_one_error(cli, tmp_path):
     rc, _, err = cli("lint", write(tmp_path, EPOCH_TYPO))
     assert err.startswith("error[FTP201]: unknown attribute `epoch` in `train finetune`\n  --> p.ftp:21:3\n")
@@ -181,8 +179,6 @@ def test_json_is_valid_on_early_errors(cli, tmp_path, data):
     assert {d["code"] for d in doc["diagnostics"]} & {"FTP002", "FTP003", "FTP103"}
 
 
-@pytest.mark.xfail(strict=True, reason="`lint --format json missing.ftp` raises UsageError before rendering: "
-                                       "stdout is empty, but formats.md §1 wants valid JSON even for a missing file")
 def test_json_is_valid_for_a_missing_file(cli):
     rc, out, _ = cli("lint", "--format", "json", "missing.ftp")
     assert rc in (1, 2)
@@ -410,9 +406,6 @@ def test_unknown_and_unused_suppressions_are_ftp090(cli, tmp_path):
     assert "matches no diagnostic" in lines[1] and lines[1].startswith("p.ftp:5:")
 
 
-@pytest.mark.xfail(strict=True, reason="suppress.apply hides *errors* FTP2xx-4xx too (code[3] in '234'), contrary to "
-                                       "docs/diagnostics.md ('errors cannot be suppressed'); and plan/run ignore "
-                                       "suppressions, so lint exits 0 while plan exits 1 on the same file")
 def test_an_error_cannot_be_suppressed_and_lint_agrees_with_plan(cli, tmp_path):
     name = write(tmp_path, BROKEN.replace("bacth = 32", "bacth = 32  # ftdsl: ignore[FTP201]"))
     lint_rc, _, _ = cli("lint", name)
@@ -420,8 +413,6 @@ def test_an_error_cannot_be_suppressed_and_lint_agrees_with_plan(cli, tmp_path):
     assert lint_rc == plan_rc == 1
 
 
-@pytest.mark.xfail(strict=True, reason="plan prints the warnings that a `# ftdsl: ignore[...]` comment silenced "
-                                       "(commands._compile_or_report does not apply suppressions)")
 def test_plan_honours_suppression_comments(cli, tmp_path):
     src = WARNINGS.replace("model spare {", "# ftdsl: ignore[FTP220]\nmodel spare {")
     rc, _, err = cli("plan", "--cache", "c", write(tmp_path, src))

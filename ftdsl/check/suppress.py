@@ -7,7 +7,7 @@ silences nothing is FTP090.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ftdsl.diagnostics import Diagnostic, make
 from ftdsl.diagnostics.codes import CODES, NAMES
@@ -26,6 +26,7 @@ class _Sup:
     codes: tuple[str, ...]
     own_line: bool  # the comment is alone on its line: it applies to the next line
     used: bool = False
+    errors: list = field(default_factory=list)  # errors it tried to silence (errors cannot be)
 
 
 def _scan(file: str, text: str) -> list[_Sup]:
@@ -61,16 +62,21 @@ def apply(diags: list[Diagnostic], sources: dict[str, str]) -> list[Diagnostic]:
                 if s.whole_file or s.line == d.span.line or (s.own_line and s.line + 1 == d.span.line):
                     hit = s
                     break
-        if hit is not None and d.severity != "error" or (hit is not None and d.code[3] in "234"):
+        if hit is not None and d.severity != "error":
             hit.used = True
             continue
+        if hit is not None:
+            hit.errors.append(d.code)
         kept.append(d)
     for s in sups:
         span = Span(s.file, s.line, s.col, s.line, s.end_col)
         unknown = [c for c in s.codes if c not in CODES]
         for c in unknown:
             kept.append(make("FTP090", f"unknown code `{c}` in a suppression comment", span, label="unknown code"))
-        if not s.used and not unknown:
+        if s.errors and not s.used:
+            kept.append(make("FTP090", f"{', '.join(sorted(set(s.errors)))} is an error and cannot be suppressed",
+                             span, label="errors cannot be suppressed", hint="fix the error instead"))
+        elif not s.used and not unknown:
             kept.append(make("FTP090", f"suppression of {', '.join(s.codes) or 'nothing'} matches no diagnostic", span,
                              label="unused suppression", hint="remove the comment"))
     return kept

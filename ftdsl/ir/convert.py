@@ -250,7 +250,7 @@ class Converter:
         if ctor is None:
             other = S.all_constructors().get(v.name)
             if other is not None:
-                self.err("FTP202", f"`{v.name}(...)` is a {other.family.replace('_', ' ')}, but `{what}` expects "
+                self.err("FTP202", f"`{v.name}(...)` is {S.article(other.family.replace('_', ' '))}, but `{what}` expects "
                                    f"{t.describe()}", v.name_span, label="wrong kind of constructor")
             else:
                 self.err("FTP215", f"unknown {t.family.replace('_', ' ')} `{v.name}` in `{what}`", v.name_span,
@@ -375,7 +375,7 @@ def _short(t: S.Type) -> str:
     if isinstance(t, S.Enum):
         return "a symbol"
     if isinstance(t, S.CtorT):
-        return f"a {t.family.replace('_', ' ')}"
+        return S.article(t.family.replace('_', ' '))
     if isinstance(t, S.RefT):
         return "a reference"
     if isinstance(t, S.ListT):

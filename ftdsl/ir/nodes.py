@@ -79,7 +79,9 @@ Value = Union[Lit, Sym, CallV, RefV, ListIR, DictIR]
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    # defer_build: the IR is built with model_construct (checked by the schema pass, not by
+    # pydantic), so the validators are only compiled if something validates: start-up stays fast.
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True, defer_build=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +102,7 @@ class BlockIR(_Frozen):
     name_span: Span | None = None
     kind_span: Span | None = None
     attrs: dict[str, AttrIR] = {}
+    mentioned: tuple[str, ...] = ()  # every attribute name written, valid or not (for follow-up rules)
 
     def value(self, name: str):
         a = self.attrs.get(name)

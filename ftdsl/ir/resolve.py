@@ -67,7 +67,7 @@ def _load(abs_path: Path, shown: str, use: A.Use | None, stack: tuple, diags, so
         if src is None:
             if use is not None:
                 e = errs[0]
-                diags.append(make(e.code, f"`use` target {e.message}", use.path_span, label="cannot read",
+                diags.append(make(e.code, f"cannot read `use` target: {e.message}", use.path_span, label="cannot read",
                                   hint="paths in `use` are relative to the file that contains the `use`"))
                 return True
             diags.extend(errs)
@@ -205,7 +205,7 @@ def _convert_block(b: A.Block, conv: Converter):
                                                   name_span=None, written=False)
     model = BLOCK_MODELS[b.kind] if b.kind in BLOCK_MODELS else PipelineBlock
     return model.model_construct(kind=b.kind, name=b.name, span=b.span, name_span=b.name_span,
-                                 kind_span=b.kind_span, attrs=attrs)
+                                 kind_span=b.kind_span, attrs=attrs, mentioned=tuple(a.name for a in b.attrs))
 
 
 def _apply_override(ov: str, i: int, params, blocks, param_over, diags, sources) -> None:

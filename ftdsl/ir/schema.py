@@ -77,7 +77,7 @@ class CtorT(Type):
 
     def describe(self) -> str:
         names = ", ".join(f"`{n}(...)`" for n in CONSTRUCTORS.get(self.family, {}))
-        return f"a {self.family.replace('_', ' ')} ({names})"
+        return f"{article(self.family.replace('_', ' '))} ({names})"
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,10 @@ class OneOf(Type):
 
     def describe(self) -> str:
         return " or ".join(o.describe() for o in self.options)
+
+
+def article(noun: str) -> str:
+    return ("an " if noun[:1] in "aeiou" else "a ") + noun
 
 
 def _range(lo, hi, lo_open, hi_open) -> str:

@@ -1,5 +1,9 @@
 """`evaluate`: compare models on one split — quality metrics, latency and size — as a Report.
 
+Models are TorchModels (run in PyTorch; size = the weights' bytes) or ONNX exports (run in
+onnxruntime with the tokenizer shipped beside them; size = the .onnx file). Latency is measured
+the same way for both: the median wall time of one batch, after two warm-up batches.
+
 Writes `report.json`, `report.md` (a table) and `report.png` under `out/<stage>/`.
 """
 
@@ -41,6 +45,9 @@ class Report:
 
 
 def _predict(module, split, *, batch: int, tokenizer, max_length, timings: list | None = None):
+    """Outputs and labels of ``split``. ``module``: a torch module, or any callable taking the
+    batch's inputs as keywords (``x`` or ``input_ids``/``attention_mask``) and returning logits
+    as a tensor or a numpy array (an onnxruntime model, see :class:`_OrtRunner`)."""
     import torch
 
     from ftdsl.stages.batching import iter_batches
@@ -53,7 +60,7 @@ def _predict(module, split, *, batch: int, tokenizer, max_length, timings: list 
             out = module(**inputs)
             if timings is not None:
                 timings.append((time.perf_counter() - t0, len(b["y"])))
-            outs.append(out.float().numpy())
+            outs.append(out.float().numpy() if hasattr(out, "float") else np.asarray(out, dtype=np.float32))
             ys.append(b["y"].numpy())
     return np.concatenate(outs), np.concatenate(ys)
 
@@ -71,11 +78,51 @@ def _latency(module, split, *, batch: int, tokenizer, max_length) -> dict:
     return {"latency_ms": per_batch * 1000, "latency_ms_per_row": per_batch * 1000 / max(1, rows)}
 
 
+class _OrtRunner:
+    """Calls an OnnxModel like a module: keyword inputs (torch tensors) -> numpy logits. ORT gets
+    as many intra-op threads as torch uses, so the latency columns compare like with like."""
+
+    def __init__(self, art):
+        import torch
+
+        self.art = art
+        self.threads = torch.get_num_threads()
+        art.session(self.threads)  # open it now: loading is not inference time
+
+    def __call__(self, **inputs):
+        return self.art.predict(inputs, threads=self.threads)
+
+
+def _is_onnx(art) -> bool:
+    from ftdsl.stages.export import OnnxModel
+
+    return isinstance(art, OnnxModel) or (hasattr(art, "onnx_path") and hasattr(art, "predict"))
+
+
+def _runner(art, name: str):
+    """(callable for _predict, size in bytes (lazy), parameter count or None) for an artifact:
+    an OnnxModel runs in onnxruntime (size: the .onnx file); anything with ``build()``
+    (TorchModel, a quantized TorchModel) runs in PyTorch (size: its weights)."""
+    if _is_onnx(art):
+        return _OrtRunner(art), lambda: int(art.size_bytes), None
+    if hasattr(art, "build"):
+        module = art.build()
+
+        def size() -> int:
+            if getattr(art, "size_bytes", None) is not None:
+                return int(art.size_bytes)
+            state = art.state_dict() or {}
+            return sum(t.numel() * t.element_size() for t in state.values())
+
+        return module, size, int(sum(p.numel() for p in module.parameters()))
+    raise StageError("FTP530", f"`{name}`: evaluating a {type(art).__name__} is not supported (evaluate a "
+                               "TorchModel or an ONNX export)")
+
+
 def run(inputs: dict, attrs: dict, ctx) -> Report:
     import torch
 
     from ftdsl.stages import metrics as M
-    from ftdsl.stages.model import TorchModel
 
     data = inputs["data"]
     split_name = attrs["data"]["split"]
@@ -89,19 +136,16 @@ def run(inputs: dict, attrs: dict, ctx) -> Report:
     for i, ref in enumerate(attrs["models"]):
         name = ref["$ref"]
         art = inputs[f"models[{i}]"]
-        if not isinstance(art, TorchModel):
-            raise StageError("FTP530", f"`{name}`: evaluating a {type(art).__name__} is not supported by this "
-                                       "version of ftdsl (TorchModel only)")
-        if not art.trained:
+        if not getattr(art, "trained", False):
             raise StageError("FTP510", f"`{name}` is an untrained model; evaluate a `train` stage instead")
-        module = art.build()
+        runner, size_bytes, params = _runner(art, name)
         tokenizer = art.load_tokenizer()
         if tokenizer is None and getattr(data, "tokenizer_dir", None) is not None:
             from ftdsl.stages.data import load_tokenizer
 
             tokenizer = load_tokenizer(data.tokenizer_dir)
         max_length = getattr(data, "max_length", None) or art.spec.get("max_length")
-        pred, y = _predict(module, split, batch=attrs["batch"], tokenizer=tokenizer, max_length=max_length)
+        pred, y = _predict(runner, split, batch=attrs["batch"], tokenizer=tokenizer, max_length=max_length)
         task = art.task.get("$call", "classify") if isinstance(art.task, dict) else "classify"
         row: dict = {"model": name}
         if task == "classify":
@@ -114,11 +158,11 @@ def run(inputs: dict, attrs: dict, ctx) -> Report:
             if m in QUALITY and m in q:
                 row[m] = float(q[m])
         if "latency" in wanted:
-            row.update(_latency(module, split, batch=attrs["batch"], tokenizer=tokenizer, max_length=max_length))
+            row.update(_latency(runner, split, batch=attrs["batch"], tokenizer=tokenizer, max_length=max_length))
         if "size" in wanted:
-            state = art.state_dict() or {}
-            row["size_mb"] = sum(t.numel() * t.element_size() for t in state.values()) / 1e6
-            row["params"] = int(sum(p.numel() for p in module.parameters()))
+            row["size_mb"] = size_bytes() / 1e6
+            if params is not None:
+                row["params"] = params
         report.rows.append(row)
         ctx.reporter.update(i + 1)
         ctx.reporter.log(name + ": " + "  ".join(f"{k} {v:.4g}" for k, v in row.items()
@@ -132,7 +176,9 @@ def _write_outputs(report: Report, out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "report.json", {"split": report.split, "rows": report.rows})
-    cols = [c for c in report.rows[0] if c != "model"] if report.rows else []
+    cols: list[str] = []  # every column any row has (an ONNX row has no `params`), in first-seen order
+    for r in report.rows:
+        cols += [c for c in r if c != "model" and c not in cols]
     md = ["| model | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for r in report.rows:
         md.append(f"| {r['model']} | " + " | ".join(_cell(r.get(c)) for c in cols) + " |")

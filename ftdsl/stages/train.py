@@ -39,7 +39,7 @@ from ftdsl.stages import metrics as M
 from ftdsl.stages.model import FtdslModule, TextModule, TorchModel, materialize, quiet_transformers
 from ftdsl.stages.outputs import MetricsWriter
 
-__all__ = ["run", "StageInterrupted", "OPTIMIZERS", "SCHEDULES", "LOSSES", "KILL_ENV", "PAUSE_ENV"]
+__all__ = ["run", "fit", "StageInterrupted", "OPTIMIZERS", "SCHEDULES", "LOSSES", "KILL_ENV", "PAUSE_ENV"]
 
 KILL_ENV = "FTDSL_TEST_KILL_AT_STEP"  # tests: SIGKILL ourselves after this optimizer step
 PAUSE_ENV = "FTDSL_TEST_PAUSE_AT_STEP"  # tests: sleep after this step (to be killed from outside)
@@ -328,8 +328,13 @@ def _config_for_hash(attrs: dict, ctx, precision: str, threads: int, model: Torc
 
 
 class _Trainer:
-    def __init__(self, model_art: TorchModel, data, attrs: dict, ctx):
+    def __init__(self, model_art: TorchModel, data, attrs: dict, ctx, *,
+                 loss_fn: Callable[[torch.Tensor, dict, "_Trainer"], torch.Tensor] | None = None,
+                 after_step: Callable[["_Trainer"], None] | None = None):
         self.art, self.data, self.attrs, self.ctx = model_art, data, attrs, ctx
+        # Extension points for other stages (see `fit`): the loss of a train batch, and a hook
+        # after each optimizer step. With a loss_fn, train batches carry "index" (rows of the split).
+        self.loss_fn, self.after_step = loss_fn, after_step
         self.log = ctx.reporter.log
         self.device = resolve_device(ctx.device or "cpu")
         self.precision, self.precision_reason = resolve_precision(attrs.get("precision", "auto"), self.device)
@@ -506,7 +511,8 @@ class _Trainer:
 
         return iter_batches(split, batch_size=self.batch, shuffle=shuffle, generator=generator,
                             tokenizer=self.tokenizer, max_length=self.max_length, length_grouped=True,
-                            balanced=self.balanced and shuffle, skip=skip)
+                            balanced=self.balanced and shuffle, skip=skip,
+                            with_index=self.loss_fn is not None and shuffle)
 
     def _inputs(self, b: dict) -> dict[str, torch.Tensor]:
         return {k: b[k].to(self.device, non_blocking=True) for k in self.module.input_names}
@@ -524,7 +530,10 @@ class _Trainer:
             y = b["y"].to(self.device)
             with self._autocast():
                 out = self.forward(**self._inputs(b))
-            loss = self.criterion(out.float(), y)
+            if self.loss_fn is not None:
+                loss = self.loss_fn(out.float(), b, self)
+            else:
+                loss = self.criterion(out.float(), y)
             value = float(loss.detach())
             if not math.isfinite(value):
                 self._nan(value, step)
@@ -537,6 +546,8 @@ class _Trainer:
         scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.after_step is not None:
+            self.after_step(self)
         if scale is not None:
             self.scaler_skips = self.scaler_skips + 1 if self.scaler.get_scale() < scale else 0
             if self.scaler_skips >= MAX_SCALER_SKIPS:
@@ -863,11 +874,30 @@ def run(inputs: dict[str, object], attrs: dict, ctx) -> TorchModel:
     model_art, data = inputs["model"], inputs["data"]
     if not isinstance(model_art, TorchModel):
         raise StageError("FTP530", f"train needs a TorchModel as `model`, got {type(model_art).__name__}")
+    return fit(model_art, data, attrs, ctx)
+
+
+def fit(model_art: TorchModel, data, attrs: dict, ctx, *,
+        loss_fn: Callable[[torch.Tensor, dict, _Trainer], torch.Tensor] | None = None,
+        after_step: Callable[[_Trainer], None] | None = None,
+        prepare: Callable[[_Trainer], None] | None = None) -> TorchModel:
+    """The train stage's loop, for stages that train too (``distill``, ``prune``'s recovery).
+
+    ``attrs`` are train attributes (as the train stage receives them). ``loss_fn(out, batch,
+    trainer)`` replaces the criterion on train batches: ``out`` is the fp32 output, ``batch``
+    the batch dict (``y``, the model inputs and ``index``, the rows of ``trainer.splits["train"]``);
+    evaluation keeps ``trainer.criterion``. ``after_step(trainer)`` runs after each optimizer
+    step (e.g. to re-apply pruning masks). ``prepare(trainer)`` runs once the trainer is set up,
+    before the first step (and before a checkpoint is restored). Seeds, determinism and resume
+    are those of the train stage."""
     device = resolve_device(getattr(ctx, "device", None) or "cpu")
     threads = attrs.get("threads") or getattr(ctx, "threads", None)
     with _determinism(int(ctx.seed), threads, device):
         try:
-            return _Trainer(model_art, data, attrs, ctx).fit()
+            trainer = _Trainer(model_art, data, attrs, ctx, loss_fn=loss_fn, after_step=after_step)
+            if prepare is not None:
+                prepare(trainer)
+            return trainer.fit()
         except torch.OutOfMemoryError as e:  # outside a training step: loading, evaluation
             raise StageError(
                 "FTP509", f"out of memory on {device} ({str(e).splitlines()[0][:160]})",

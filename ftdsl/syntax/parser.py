@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import stat
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -39,11 +40,16 @@ def read_source(path: str | Path, display: str | None = None) -> tuple[str | Non
     try:
         if p.is_dir():
             return None, [make("FTP001", f"`{shown}` is a directory, not a pipeline file", A.Span(shown, 1, 1, 1, 1))]
-        size = p.stat().st_size
-        if size > MAX_BYTES:
-            return None, [make("FTP003", f"`{shown}` is {size:,} bytes; the limit is {MAX_BYTES:,}",
+        st = p.stat()
+        if not stat.S_ISREG(st.st_mode):
+            # /dev/zero, a FIFO, a socket: never read something that may not end
+            return None, [make("FTP001", f"`{shown}` is not a regular file", A.Span(shown, 1, 1, 1, 1),
+                               hint="give a .ftp file")]
+        if st.st_size > MAX_BYTES:
+            return None, [make("FTP003", f"`{shown}` is {st.st_size:,} bytes; the limit is {MAX_BYTES:,}",
                                A.Span(shown, 1, 1, 1, 1), hint="lint the .ftp file, not a data file")]
-        data = p.read_bytes()
+        with open(p, "rb") as fh:
+            data = fh.read(MAX_BYTES + 1)  # the size may change after stat: read a bounded amount
     except OSError as e:
         return None, [make("FTP001", f"cannot read `{shown}`: {e.strerror or e}", A.Span(shown, 1, 1, 1, 1))]
     return decode(data, shown)
@@ -94,7 +100,10 @@ def parse(text: str, path: str = "<string>") -> tuple[A.File | None, list[Diagno
     diags: list[Diagnostic] = []
     out_items = []
     for it in items:
-        out_items.append(_classify_item(it, path, diags))
+        try:
+            out_items.append(_classify_item(it, path, diags))
+        except _BuildError as e:  # e.g. `ftp 1e999`: like every value error, the file is unusable
+            return None, diags + [e.diag]
     return A.File(path, tuple(i for i in out_items if i is not None), tuple(comments), text), diags
 
 
@@ -112,8 +121,14 @@ def _parse_items(text: str, path: str, comments: list) -> list:
         items = _parser().parse(text)
     finally:
         FastLexer.comments = None
+        # Comments come in order: count lines incrementally (a scan from the start for each
+        # comment made 20,000 comment lines take seconds).
+        line, last = 1, 0
         for s, e in found:
-            comments.append(A.Comment(text[s:e], _span_of(text, path, s, e)))
+            line += text.count("\n", last, s)
+            last = s
+            col = s - (text.rfind("\n", 0, s) + 1) + 1
+            comments.append(A.Comment(text[s:e], A.Span(path, line, col, line, col + (e - s), s, e)))
     return items
 
 

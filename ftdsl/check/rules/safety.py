@@ -51,5 +51,7 @@ def output_paths(ctx):
             continue
         why = check_output_path(a.value.value)
         if why:
+            hint = ("use a path relative to the pipeline's folder" if "absolute" in why
+                    else "use a path relative to the pipeline, without `..`")
             yield make("FTP303", f"`{where}` writes outside the pipeline's folder: {why}", a.value.span,
-                       label="outside the pipeline folder", hint="use a path relative to the pipeline, without `..`")
+                       label="outside the pipeline folder", hint=hint)

@@ -13,14 +13,33 @@ def no_stages(ctx):
                    hint="add a `data` block and a `train` block (see `pipelines/quickstart.ftp`)")
 
 
+def _given(b, name: str) -> bool:
+    """Written in the file (even with an invalid value, already reported) and not `null`."""
+    if name not in b.mentioned:
+        return False
+    return name not in b.attrs or _set(b.value(name))
+
+
 def _exactly_one(b, a: str, c: str, what: str):
-    has_a, has_c = b.written(a) and _set(b.value(a)), b.written(c) and _set(b.value(c))
+    has_a, has_c = _given(b, a), _given(b, c)
+    if not has_a and not has_c:
+        # `epoch = 3` is already FTP201 with "did you mean `epochs`?": don't pile on.
+        import difflib
+
+        unknown = [m for m in b.mentioned if m not in b.attrs]
+        if difflib.get_close_matches(a, unknown, cutoff=0.6) or difflib.get_close_matches(c, unknown, cutoff=0.6):
+            return
     if has_a and has_c:
-        yield make("FTP211", f"`{b.kind} {b.name}` sets both `{a}` and `{c}`", b.attrs[c].name_span,
+        span = b.attrs[c].name_span if c in b.attrs else b.name_span
+        yield make("FTP211", f"`{b.kind} {b.name}` sets both `{a}` and `{c}`", span,
                    label=f"conflicts with `{a}`", hint=f"{what}: keep one of them")
     elif not has_a and not has_c:
         yield make("FTP211", f"`{b.kind} {b.name}` needs `{a}` or `{c}`", b.name_span,
                    label=f"missing `{a}` or `{c}`", hint=what)
+
+
+def _name_span(b, name: str):
+    return b.attrs[name].name_span if name in b.attrs else b.name_span
 
 
 def _set(v) -> bool:
@@ -35,11 +54,11 @@ def conflicting_attributes(ctx):
         elif b.kind in ("train", "distill"):
             yield from _exactly_one(b, "epochs", "max_steps", "say how long to train: `epochs = N` or `max_steps = N`")
         elif b.kind == "data":
-            files = [s for s in ("train", "valid", "test") if b.written(s) and _set(b.value(s))]
-            has_source = b.written("source") and _set(b.value("source"))
+            files = [s for s in ("train", "valid", "test") if _given(b, s)]
+            has_source = _given(b, "source")
             if has_source and files:
                 yield make("FTP211", f"`data {b.name}` sets `source` and per-split files ({', '.join(files)})",
-                           b.attrs[files[0]].name_span, label="conflicts with `source`",
+                           _name_span(b, files[0]), label="conflicts with `source`",
                            hint="use `source` with `split = {...}`, or `train`/`valid`/`test` files, not both")
             elif not has_source and not files:
                 yield make("FTP211", f"`data {b.name}` needs `source` (or `train = ...` files)", b.name_span,
@@ -47,8 +66,8 @@ def conflicting_attributes(ctx):
             elif files and "train" not in files:
                 yield make("FTP211", f"`data {b.name}` has per-split files but no `train`", b.name_span,
                            label="missing `train`")
-            if files and b.written("split"):
-                yield make("FTP211", f"`data {b.name}`: `split` applies to `source` only", b.attrs["split"].name_span,
+            if files and "split" in b.mentioned:
+                yield make("FTP211", f"`data {b.name}`: `split` applies to `source` only", _name_span(b, "split"),
                            label="ignored with per-split files")
 
 

@@ -1,0 +1,233 @@
+"""ONNX helpers shared by the `export` stage, `evaluate` and (later) ONNX quantization.
+
+* :func:`quiet_exporter` silences the exporters' noise (stack.md §1): the "torchvision is not
+  installed" and version-converter lines (loggers ``torch.onnx`` / ``onnxscript``), warnings
+  (the legacy exporter's DeprecationWarning, tracer warnings) and anything printed to
+  stdout/stderr from Python. What was printed is kept, for error messages.
+* :func:`export_onnx` exports an :class:`~ftdsl.stages.model.FtdslModule` with dynamic batch
+  (and sequence length for text) and returns the ``onnx.ModelProto``; nothing is written, so
+  the caller writes it atomically (a full disk is then FTP505 and never a partial file).
+* :func:`compare_outputs` / :func:`parity` compute the ORT-vs-PyTorch differences that `verify`
+  judges (``|ort - torch| <= atol + rtol * |torch|`` elementwise, numpy ``allclose`` rule).
+* :func:`session` opens an onnxruntime CPU session with its log level at "error".
+
+Exporter choice: the dynamo exporter (``torch.onnx.export(..., dynamo=True)``, torch's default
+since 2.9) is used first. The legacy TorchScript exporter is 4-30x faster, but it is deprecated
+and, measured on this stack, it bakes the batch size into ``nn.MultiheadAttention``'s reshapes,
+so a from-scratch ``transformer`` export fails in onnxruntime at any other batch size even
+with ``dynamic_axes``. The legacy exporter is kept only as a fallback when dynamo cannot
+export a model; ``verify`` then checks several batch sizes, which catches exactly that failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+__all__ = [
+    "OUTPUT_NAME",
+    "quiet_exporter",
+    "export_onnx",
+    "serialize",
+    "session",
+    "ort_feed",
+    "compare_outputs",
+    "parity",
+    "Parity",
+]
+
+OUTPUT_NAME = "logits"
+# Loggers that print during an export; raised to ERROR for its duration, then restored.
+_NOISY_LOGGERS = ("torch.onnx", "onnxscript", "torch.export", "torch._export", "torch._dynamo",
+                  "torch.fx.experimental.symbolic_shapes", "onnx_ir")
+_PROTOBUF_LIMIT = 2_000_000_000 - 64_000_000  # one-file ONNX must stay below protobuf's 2 GB
+
+
+@contextlib.contextmanager
+def quiet_exporter():
+    """Silence exporter logging, warnings and prints; yields a StringIO with what was printed."""
+    buf = io.StringIO()
+    levels = {}
+    for name in _NOISY_LOGGERS:
+        lg = logging.getLogger(name)
+        levels[name] = lg.level
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            warnings.simplefilter("ignore")
+            yield buf
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _dims(module, example: Sequence[Any], max_seq: int | None):
+    """Named dynamic dims: batch for every input, and sequence length for text inputs."""
+    import torch
+
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    if getattr(module, "modality", "features") == "text":
+        seq = torch.export.Dim("seq", min=1, max=int(max_seq) if max_seq else 1 << 14)
+        return tuple({0: batch, 1: seq} for _ in example)
+    return tuple({0: batch} for _ in example)
+
+
+def export_onnx(module, example: Sequence[Any], *, input_names: Sequence[str], opset: int,
+                max_seq: int | None = None, exporter: str = "dynamo"):
+    """Export ``module`` (eval mode, CPU) to an ``onnx.ModelProto`` with a dynamic batch axis
+    (and a dynamic sequence axis for text). Returns ``(proto, exporter_used, log_text)``.
+
+    ``exporter="dynamo"`` falls back to the legacy exporter when dynamo fails; the error of
+    the last attempt is raised when every attempt fails.
+    """
+    import torch
+
+    attempts: list[str] = ["dynamo", "legacy"] if exporter == "dynamo" else [exporter]
+    errors: list[str] = []
+    for how in attempts:
+        with quiet_exporter() as log:
+            try:
+                if how == "dynamo":
+                    prog = torch.onnx.export(
+                        module, tuple(example), None, input_names=list(input_names), output_names=[OUTPUT_NAME],
+                        opset_version=int(opset), dynamo=True, external_data=False,
+                        dynamic_shapes=_dims(module, example, max_seq), verbose=False, optimize=True)
+                    proto = prog.model_proto
+                else:
+                    axes = {n: ({0: "batch", 1: "seq"} if getattr(module, "modality", "") == "text" else {0: "batch"})
+                            for n in input_names}
+                    axes[OUTPUT_NAME] = {0: "batch"}
+                    f = io.BytesIO()
+                    torch.onnx.export(module, tuple(example), f, input_names=list(input_names),
+                                      output_names=[OUTPUT_NAME], opset_version=min(int(opset), 20), dynamo=False,
+                                      dynamic_axes=axes, do_constant_folding=True)
+                    import onnx
+
+                    proto = onnx.load_model_from_string(f.getvalue())
+            except Exception as e:  # noqa: BLE001 - try the next exporter, report all
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                errors.append(f"{how}: {type(e).__name__}: {first}")
+                continue
+        return proto, how, log.getvalue()
+    raise RuntimeError("; ".join(errors))
+
+
+def serialize(proto) -> tuple[bytes, bytes | None]:
+    """``(model bytes, None)``; for a model over protobuf's 2 GB limit, the weights go to a
+    second blob: ``(model bytes, external data bytes)`` with location ``model.onnx.data``."""
+    size = proto.ByteSize()
+    if size < _PROTOBUF_LIMIT:
+        return proto.SerializeToString(), None
+    import tempfile
+
+    import onnx
+
+    with tempfile.TemporaryDirectory() as d:  # pragma: no cover - needs a > 2 GB model
+        p = Path(d) / "model.onnx"
+        onnx.save_model(proto, str(p), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location="model.onnx.data", size_threshold=1024)
+        return p.read_bytes(), (Path(d) / "model.onnx.data").read_bytes()
+
+
+def session(path: str | Path, *, threads: int | None = None):
+    """An onnxruntime CPU InferenceSession for ``path``; ORT's own warnings are not printed."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3  # errors only
+    if threads:
+        so.intra_op_num_threads = int(threads)
+        so.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+
+
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_,
+              "tensor(bfloat16)": np.float32}
+
+
+def ort_feed(sess, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The session's inputs from ``inputs`` (numpy arrays or torch tensors), cast to the dtypes
+    the graph declares. A missing input is a KeyError naming the graph's inputs."""
+    feed = {}
+    for meta in sess.get_inputs():
+        if meta.name not in inputs:
+            raise KeyError(f"the ONNX model needs input `{meta.name}` (it takes "
+                           f"{', '.join(i.name for i in sess.get_inputs())}); got {', '.join(inputs)}")
+        v = inputs[meta.name]
+        if hasattr(v, "detach"):
+            v = v.detach().cpu().numpy()
+        feed[meta.name] = np.ascontiguousarray(np.asarray(v, dtype=_ORT_TYPES.get(meta.type, None)))
+    return feed
+
+
+class Parity:
+    """Accumulated differences between a reference (PyTorch) and a candidate (ORT) output."""
+
+    def __init__(self, atol: float, rtol: float):
+        self.atol, self.rtol = float(atol), float(rtol)
+        self.max_abs = 0.0
+        self.max_rel = 0.0
+        self.rows = 0
+        self.batches: list[int] = []
+        self.failed_elems = 0
+        self.nonfinite = 0
+
+    def add(self, ref: np.ndarray, got: np.ndarray) -> None:
+        ref = np.asarray(ref, dtype=np.float64)
+        got = np.asarray(got, dtype=np.float64)
+        if ref.shape != got.shape:
+            raise ValueError(f"output shape {tuple(got.shape)} differs from PyTorch's {tuple(ref.shape)}")
+        fin = np.isfinite(ref) & np.isfinite(got)
+        same_nonfinite = (~np.isfinite(ref)) & (~np.isfinite(got)) & ((ref == got) | (np.isnan(ref) & np.isnan(got)))
+        bad_nonfinite = ~fin & ~same_nonfinite
+        self.nonfinite += int(bad_nonfinite.sum())
+        diff = np.where(fin, np.abs(got - ref), 0.0)
+        rel = np.where(fin, diff / np.maximum(np.abs(ref), 1e-12), 0.0)
+        if diff.size:
+            self.max_abs = max(self.max_abs, float(diff.max()))
+            self.max_rel = max(self.max_rel, float(rel.max()))
+        self.failed_elems += int((fin & (diff > self.atol + self.rtol * np.abs(ref))).sum()) + int(bad_nonfinite.sum())
+        self.rows += int(ref.shape[0]) if ref.ndim else 1
+        self.batches.append(int(ref.shape[0]) if ref.ndim else 1)
+
+    @property
+    def ok(self) -> bool:
+        return self.failed_elems == 0 and self.rows > 0
+
+    def as_dict(self) -> dict:
+        return {"max_abs_diff": self.max_abs, "max_rel_diff": self.max_rel, "atol": self.atol, "rtol": self.rtol,
+                "rows": self.rows, "batch_sizes": list(self.batches), "mismatched_values": self.failed_elems,
+                "nonfinite_mismatches": self.nonfinite, "passed": self.ok}
+
+
+def compare_outputs(reference: Callable[[dict], np.ndarray], candidate: Callable[[dict], np.ndarray],
+                    batches: Iterable[dict], *, atol: float, rtol: float) -> Parity:
+    """Run both on every batch (``{"x": ...}`` or ``{"input_ids", "attention_mask"}``)."""
+    p = Parity(atol, rtol)
+    for b in batches:
+        p.add(reference(b), candidate(b))
+    return p
+
+
+def parity(sess, module, batches: Iterable[dict], *, atol: float, rtol: float) -> Parity:
+    """ORT session vs PyTorch module on ``batches`` (dicts of torch tensors)."""
+    import torch
+
+    names = [i.name for i in sess.get_inputs()]
+    out = sess.get_outputs()[0].name
+
+    def ref(b):
+        with torch.inference_mode():
+            return module(**{k: b[k] for k in names}).float().numpy()
+
+    def got(b):
+        return sess.run([out], ort_feed(sess, {k: b[k] for k in names}))[0]
+
+    return compare_outputs(ref, got, batches, atol=atol, rtol=rtol)

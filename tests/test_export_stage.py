@@ -1,0 +1,294 @@
+"""The `export` stage end to end on the TINY MLP: ONNX, the other formats, verification, and
+faults (F14: a perturbed ONNX initializer is FTP502, exit 3; F9: a file-size limit during the
+export is FTP505, exit 4, no partial cache entry).
+
+One pipeline run is shared by the tests (a module-scoped fixture), so the file stays fast on 2
+CPU cores. The text model's export (input_ids + attention_mask, tokenizer beside the file) is
+tested in test_evaluate_onnx.py, which trains a text model anyway.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import textwrap
+import warnings
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ftdsl.cli import main
+
+TINY = """\
+pipeline tiny { seed = 3 }
+param lr = 0.01
+data d {
+  source = synthetic(task = classify, n = 240, features = 8, classes = 3, seed = 1)
+  split = { train = 0.7, valid = 0.15, test = 0.15 }
+}
+model m {
+  arch = mlp(hidden = [16])
+  task = classify(labels = 3)
+}
+train t {
+  model = m, data = d
+  max_steps = 24, batch = 16
+  optimizer = adamw(lr = lr)
+  checkpoint_every = 4
+  precision = fp32
+}
+"""
+
+FEATURES = TINY + """
+export e { from = t, format = onnx(opset = 17), verify = true }
+export ev { from = t, format = onnx(opset = 17), verify = { data = d.test, atol = 1e-5 }, path = "exports/tiny.onnx" }
+export ts { from = t, format = torchscript, verify = true }
+export p2 { from = t, format = pt2, verify = { data = d.test } }
+export st { from = t, format = safetensors, verify = true }
+"""
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def run_pipeline(p: Path, cache: Path, *extra) -> tuple[int, dict]:
+    summary = p.parent / f"summary-{p.stem}.json"
+    code = main(["run", str(p), "--cache", str(cache), "--quiet", "--summary-json", str(summary), *extra])
+    return code, {s["name"]: s for s in json.loads(summary.read_text())["stages"]}
+
+
+def entries(p: Path, cache: Path) -> dict[str, Path]:
+    """Stage name -> its cache entry folder (which may not exist)."""
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        assert main(["plan", str(p), "--cache", str(cache), "--format", "json"]) == 0
+    keys = {s["name"]: s["cache_key"].split(":")[1] for s in json.loads(buf.getvalue())["stages"]}
+    return {n: cache / "entries" / k[:2] / k for n, k in keys.items()}
+
+
+class Ctx:  # a minimal StageContext for calling stage helpers directly
+    seed = 3
+    name = "e"
+
+
+# --------------------------------------------------------------------------------------------
+# the features pipeline, shared
+
+
+@pytest.fixture(scope="module")
+def feat(tmp_path_factory):
+    root = tmp_path_factory.mktemp("feat")
+    p = root / "p.ftp"
+    p.write_text(textwrap.dedent(FEATURES))
+    cache = root / "cache"
+    code, stages = run_pipeline(p, cache)
+    assert code == 0, stages
+    assert all(s["status"] == "ran" for s in stages.values()), stages
+    ent = entries(p, cache)
+    from ftdsl.stages.data import Dataset
+    from ftdsl.stages.model import TorchModel
+
+    return {"root": root, "p": p, "cache": cache, "stages": stages, "entries": ent,
+            "data": Dataset.load(ent["d"] / "artifact"), "torch": TorchModel.load(ent["t"] / "artifact")}
+
+
+def test_onnx_runs_at_other_batch_sizes_and_matches_torch(feat):
+    import onnx
+    import torch
+
+    from ftdsl.stages.export import OnnxModel
+
+    out = feat["root"] / "out" / "e"
+    # one file, weights inside; dynamic batch axis; opset as asked
+    assert sorted(f.name for f in out.iterdir() if not f.name.startswith(".")) == ["model.onnx", "onnx.json",
+                                                                                  "verify.json"]
+    proto = onnx.load(str(out / "model.onnx"))
+    assert {o.domain: o.version for o in proto.opset_import}.get("", 0) == 17
+    assert [i.name for i in proto.graph.input] == ["x"] and [o.name for o in proto.graph.output] == ["logits"]
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch
+    for art in (OnnxModel.load(out), OnnxModel.load(feat["entries"]["e"] / "artifact")):
+        module = feat["torch"].build()
+        rng = np.random.default_rng(0)
+        for n in (1, 7):
+            x = rng.normal(size=(n, 8)).astype(np.float32) * 3 + 1
+            got = art.predict({"x": x})
+            with torch.no_grad():
+                want = module(torch.from_numpy(x)).numpy()
+            assert got.shape == (n, 3)
+            np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    meta = json.loads((out / "onnx.json").read_text())
+    assert meta["inputs"] == ["x"] and meta["output"] == "logits" and meta["opset"] == 17
+    assert meta["task"] == {"$call": "classify", "labels": 3} and meta["input_shape"] == [8]
+    assert meta["modality"] == "features" and meta["quantization"] is None and meta["source"]["stage"] == "t"
+    v = json.loads((out / "verify.json").read_text())
+    assert v["passed"] and v["data"] == "random" and len(set(v["batch_sizes"])) == 3
+    assert v["max_abs_diff"] <= 1e-5
+    m = feat["stages"]["e"]["metrics"]
+    assert m["verify.max_abs_diff"] == v["max_abs_diff"] and m["size_mb"] > 0
+    assert art.size_bytes == (out / "model.onnx").stat().st_size
+
+
+def test_feature_normalization_is_inside_the_graph(feat):
+    """Raw features in, the same logits as the TorchModel; the data's mean/std are initializers."""
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    from ftdsl.stages.export import OnnxModel
+
+    data, module = feat["data"], feat["torch"].build()
+    assert not np.allclose(data.norm_mean, 0) and not np.allclose(data.norm_std, 1)
+    raw = data.splits["test"].features
+    art = OnnxModel.load(feat["root"] / "out" / "e")
+    got = art.predict({"x": raw})
+    with torch.no_grad():
+        want = module(torch.from_numpy(raw)).numpy()
+        net_on_raw = module.net(torch.from_numpy(raw)).numpy()  # what a graph without normalization gives
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    assert np.abs(got - net_on_raw).max() > 1e-2
+    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(art.onnx_path)).graph.initializer}
+    np.testing.assert_allclose(inits["norm_mean"].reshape(-1), data.norm_mean.reshape(-1), rtol=1e-6)
+
+
+def test_verify_with_real_rows_and_user_path(feat):
+    out = feat["root"] / "out" / "ev"
+    v = json.loads((out / "verify.json").read_text())
+    assert v["passed"] and v["data"] == "d.test" and v["atol"] == 1e-5
+    assert v["rows"] == len(feat["data"].splits["test"]) and v["batch_sizes"][0] == 1
+    user = feat["root"] / "exports" / "tiny.onnx"
+    assert user.read_bytes() == (out / "model.onnx").read_bytes()
+    assert not [f for f in user.parent.iterdir() if f.name.startswith(".")]  # no temp files left
+    # the cache entry keeps its own copy
+    assert (feat["entries"]["ev"] / "artifact" / "model.onnx").read_bytes() == user.read_bytes()
+
+
+def test_other_formats_reload_and_match(feat):
+    import torch
+
+    from ftdsl.stages.export import ExportedFile
+    from ftdsl.stages.model import TorchModel
+
+    module = feat["torch"].build()
+    x = torch.randn(5, 8) * 2
+    with torch.no_grad():
+        want = module(x).numpy()
+    out = feat["root"] / "out"
+    for name, main_file in (("ts", "model.pt"), ("p2", "model.pt2"), ("st", "model.safetensors")):
+        art = ExportedFile.load(feat["entries"][name] / "artifact")
+        assert art.path.name == main_file and art.path.read_bytes() == (out / name / main_file).read_bytes()
+        assert json.loads((out / name / "verify.json").read_text())["passed"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ts = torch.jit.load(str(out / "ts" / "model.pt"))
+    p2 = torch.export.load(str(out / "p2" / "model.pt2")).module()
+    st = TorchModel.load(out / "st").build()  # the safetensors export is a TorchModel folder
+    with torch.no_grad():
+        for m in (ts, p2, st):
+            np.testing.assert_allclose(m(x).numpy(), want, atol=1e-5, rtol=0)
+    from safetensors import safe_open
+
+    with safe_open(str(out / "st" / "model.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["ftdsl_spec"])["input_shape"] == [8]
+
+
+def test_untrained_and_hf_of_a_scratch_model_are_stage_errors(feat, capsys):
+    p = feat["root"] / "errors.ftp"
+    p.write_text(TINY + "export u { from = m }\nexport h { from = t, format = hf }\n")
+    code, stages = run_pipeline(p, feat["cache"])
+    err = capsys.readouterr().err
+    assert code == 3 and "Traceback" not in err
+    assert stages["u"]["note"] == "FTP510" and "`m` is an untrained model" in err
+    assert stages["h"]["note"] == "FTP530" and "format = safetensors" in err
+
+
+def test_f14_perturbed_initializer_verify_function(feat):
+    """F14, directly: the exported file with one weight changed fails verify_onnx with the diffs."""
+    import onnx
+    from onnx import numpy_helper
+
+    from ftdsl.errors import StageError
+    from ftdsl.stages.export import OnnxModel, random_batches, verify_onnx
+
+    src = OnnxModel.load(feat["root"] / "out" / "e")
+    proto = onnx.load(str(src.onnx_path))
+    init = next(i for i in proto.graph.initializer if i.name.endswith("head.weight"))
+    w = numpy_helper.to_array(init).copy()
+    w[0, 0] += 0.5
+    init.CopyFrom(numpy_helper.from_array(w, init.name))
+    bad = feat["root"] / "bad.onnx"
+    onnx.save(proto, str(bad))
+    torch_model = feat["torch"]
+    module = torch_model.build()
+    batches = random_batches(torch_model, module, seed=3)
+    with pytest.raises(StageError) as ei:
+        verify_onnx(OnnxModel(bad, src.meta, None), module, batches, atol=1e-4, rtol=1e-3, label="t")
+    e = ei.value
+    assert e.code == "FTP502"
+    assert "ONNX export of `t` differs from PyTorch: max abs diff" in e.message
+    assert "(atol 0.0001)" in e.message and "(rtol 0.001)" in e.message and "on 22 rows" in e.message
+    # the untouched file passes
+    p = verify_onnx(src, module, batches, atol=1e-5, rtol=0, label="t")
+    assert p.ok and p.rows == 22 and p.max_abs < 1e-5
+
+
+def test_f14_through_the_cli_exits_3(feat, monkeypatch, capsys):
+    """F14 end to end: the exporter's graph gets one initializer perturbed; `run` exits 3 with
+    FTP502 and the diffs, and nothing is cached or written for that stage."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    import ftdsl.stages.onnx_utils as ou
+
+    real = ou.export_onnx
+
+    def perturbed(*a, **k):
+        proto, how, log = real(*a, **k)
+        init = max(proto.graph.initializer, key=lambda i: int(np.prod(i.dims)))
+        w = numpy_helper.to_array(init).copy()
+        w.reshape(-1)[0] += 1.0
+        init.CopyFrom(numpy_helper.from_array(w, init.name))
+        return proto, how, log
+
+    monkeypatch.setattr(ou, "export_onnx", perturbed)
+    p = feat["root"] / "f14.ftp"
+    # (attributes differ from `e`'s: the same attributes would be the same cache entry)
+    p.write_text(TINY + "export bad { from = t, format = onnx(opset = 17), verify = { atol = 1e-4 } }\n")
+    capsys.readouterr()
+    code, stages = run_pipeline(p, feat["cache"])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert stages["bad"]["status"] == "failed" and stages["bad"]["note"] == "FTP502"
+    assert "error[FTP502]" in err and "ONNX export of `t` differs from PyTorch: max abs diff" in err
+    assert "atol 0.0001" in err and "rtol 0.001" in err and "on 22 rows" in err and "Traceback" not in err
+    assert not entries(p, feat["cache"])["bad"].exists()
+    assert not (feat["root"] / "out" / "bad").exists()
+
+
+def test_f9_file_size_limit_during_export(feat):
+    """F9: RLIMIT_FSIZE (SIGXFSZ ignored) in a subprocess: FTP505, exit 4, no partial entry, no
+    temp folder, the other entries intact."""
+    p = feat["root"] / "f9.ftp"
+    p.write_text(TINY + "export big { from = t, format = onnx(opset = 18), verify = true }\n")
+    limit = (feat["root"] / "out" / "e" / "model.onnx").stat().st_size // 2
+
+    def limit_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    r = subprocess.run([sys.executable, "-m", "ftdsl", "run", str(p), "--cache", str(feat["cache"]), "--quiet"],
+                       capture_output=True, text=True, cwd=feat["root"], preexec_fn=limit_size, timeout=240)
+    assert r.returncode == 4, r.stderr
+    assert "FTP505" in r.stderr and "Traceback" not in r.stderr
+    assert "model.onnx" in r.stderr and "file-size limit" in r.stderr
+    ent = entries(p, feat["cache"])
+    assert not ent["big"].exists()
+    assert not list((feat["cache"] / "entries").glob(".tmp-*"))
+    assert not (feat["root"] / "out" / "big").exists()
+    assert main(["cache", "verify", "--cache", str(feat["cache"])]) == 0
