@@ -45,11 +45,6 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def type_text(t: S.Type) -> str:
-    """`Type.describe()`, with the article fixed before a vowel (`an optimizer`, not `a optimizer`)."""
-    return re.sub(r"\ba (?=[aeiou])", "an ", t.describe())
-
-
 def _symbolic(t: S.Type, v: Any) -> bool:
     """Whether a string default is written as a bare symbol (`adamw`, `max`) rather than quoted."""
     if isinstance(t, (S.Enum, S.CtorT)):
@@ -186,7 +181,7 @@ def kind_section(kind: S.Kind) -> list[str]:
         lines += ["**Inputs** (references that become edges of the graph): " + "; ".join(inputs) + ".", ""]
     lines += ["| attribute | type | default | description |", "|---|---|---|---|"]
     for path, f in _walk_fields(kind.fields):
-        lines.append(f"| `{path}` | {_cell(type_text(f.type))} | {_cell(default_cell(f))} | {_cell(f.doc)} |")
+        lines.append(f"| `{path}` | {_cell(f.type.describe())} | {_cell(default_cell(f))} | {_cell(f.doc)} |")
     return lines + [""]
 
 
@@ -200,7 +195,7 @@ def ctor_section(c: S.Ctor) -> list[str]:
     lines += ["", "| argument | type | default | required | description |", "|---|---|---|---|---|"]
     for a in c.args:
         default = "—" if a.required or a.default is None else f"`{value_text(a.default, a.type)}`"
-        lines.append(f"| `{a.name}` | {_cell(type_text(a.type))} | {_cell(default)} | "
+        lines.append(f"| `{a.name}` | {_cell(a.type.describe())} | {_cell(default)} | "
                      f"{'yes' if a.required else 'no'} | {_cell(a.doc)} |")
     return lines + [""]
 
@@ -261,6 +256,7 @@ train fit {
   data = digits
   epochs = 3
 }
+export onnx { from = fit, format = onnx() }
 """,
     "pipelines/demo.ftp": """\
 ftp 1
@@ -285,7 +281,7 @@ train fit { model = net, data = digits, epochs = 3 }  # ftdsl: ignore[FTP230]
 }
 
 # name -> (argv, which streams to show, fence language, post-processing)
-_Example = tuple[list[str], str, str, "Callable[[str], str] | None"]
+_Example = tuple[list[str], str, str, Callable[[str], str] | None]
 
 
 def _plan_json_excerpt(out: str) -> str:

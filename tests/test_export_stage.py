@@ -292,3 +292,43 @@ def test_f9_file_size_limit_during_export(feat):
     assert not list((feat["cache"] / "entries").glob(".tmp-*"))
     assert not (feat["root"] / "out" / "big").exists()
     assert main(["cache", "verify", "--cache", str(feat["cache"])]) == 0
+
+
+def test_hf_export_of_a_pretrained_model(tmp_path):
+    """`format = hf` writes a folder transformers reloads (weights + config + tokenizer); it is
+    verified against the PyTorch model and copied to `path`. Stage called directly (no training:
+    a tiny random BERT with its weights is as good as a trained one here)."""
+    import torch
+    transformers = pytest.importorskip("transformers")
+
+    from ftdsl.stages import export, model as model_stage
+    from ftdsl.stages.base import StageContext
+    from ftdsl.stages.data import train_wordpiece
+
+    folder = tmp_path / "bert"
+    texts = [f"the {a} was {b}" for a in ("film", "book", "song", "meal") for b in ("good", "bad", "fine", "poor")]
+    train_wordpiece(texts, 60, folder, max_length=16)
+    vocab = json.loads((folder / "tokenizer.json").read_text())["model"]["vocab"]
+    cfg = transformers.BertConfig(vocab_size=len(vocab), hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=16, max_position_embeddings=16)
+    transformers.BertForSequenceClassification(cfg).save_pretrained(folder)
+    ctx = StageContext(name="m", kind="model", pipeline_dir=tmp_path, out_dir=tmp_path / "o-m", work_dir=tmp_path / "w")
+    base = model_stage.run({}, {"pretrained": "bert", "task": {"$call": "classify", "labels": 2}}, ctx)
+    trained = base.with_module(base.build())
+    ctx = StageContext(name="h", kind="export", pipeline_dir=tmp_path, out_dir=tmp_path / "o-h", work_dir=tmp_path / "w")
+    art = export.run({"from": trained}, {"from": {"$ref": "t"}, "format": {"$call": "hf"}, "verify": True,
+                                         "path": "exports/hf"}, ctx)
+    assert art.path == tmp_path / "o-h" / "hf" and art.metrics["verify.max_abs_diff"] <= 1e-5
+    user = tmp_path / "exports" / "hf"
+    for f in ("config.json", "model.safetensors", "tokenizer.json"):
+        assert (user / f).is_file() and (art.path / f).is_file()
+    back = transformers.AutoModelForSequenceClassification.from_pretrained(str(user)).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(str(user))
+    enc = tok(["the film was good", "the meal was poor"], padding=True, return_tensors="pt", return_token_type_ids=False)
+    with torch.no_grad():
+        want = trained.build()(enc["input_ids"], enc["attention_mask"])
+        got = back(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-6)
+    art.save(tmp_path / "saved")
+    again = export.ExportedFile.load(tmp_path / "saved")
+    assert again.format == "hf" and (again.path / "config.json").is_file()

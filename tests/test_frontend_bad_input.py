@@ -491,8 +491,6 @@ def test_many_semantic_errors_in_one_file_are_all_reported(cli, tmp_path):
     assert re.search(r"Found \d+ errors", err)
 
 
-@pytest.mark.xfail(strict=True, reason="the parser stops at the first syntax error (no Lark `on_error` recovery); "
-                                       "formats.md §7 asks for several syntax errors per file")
 def test_two_syntax_errors_in_different_blocks_are_both_reported(tmp_path):
     c = compile_pipeline("p.ftp", text="data d { x = @ }\n\ntrain t { epochs = = 3 }\n")
     assert len([d for d in c.errors if d.code.startswith("FTP1")]) >= 2

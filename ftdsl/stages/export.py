@@ -775,7 +775,7 @@ def _run_file(fmt, src, module, meta, settings, inputs, label, ctx) -> ExportedF
             folder = out / main
             tmp = out / f".{main}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
-            with quiet_transformers():
+            with quiet_transformers(), quiet_exporter():
                 _io(lambda: module.net.save_pretrained(str(tmp)), tmp)
                 tk = src.load_tokenizer()
                 if tk is not None:
@@ -805,7 +805,9 @@ def _run_file(fmt, src, module, meta, settings, inputs, label, ctx) -> ExportedF
     if settings is not None:
         batches, where = _verification_batches(settings, src, module, inputs, ctx)
         t1 = time.perf_counter()
-        p = _verify_generic(f"`{fmt}` export", label, module, reload(), batches, settings["atol"], settings["rtol"])
+        with quiet_exporter():
+            candidate = reload()
+        p = _verify_generic(f"`{fmt}` export", label, module, candidate, batches, settings["atol"], settings["rtol"])
         metrics.update(_verify_metrics(p, time.perf_counter() - t1))
         _write_json(out / "verify.json", {**p.as_dict(), "data": where, "format": fmt})
     art.metrics = metrics

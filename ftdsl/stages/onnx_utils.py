@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -58,6 +59,13 @@ def quiet_exporter():
         lg = logging.getLogger(name)
         levels[name] = lg.level
         lg.setLevel(logging.ERROR)
+    hf = None
+    if "transformers" in sys.modules:  # a Hugging Face model: its config and save warnings, too
+        from transformers.utils import logging as hf
+
+        hf_level, hf_bars = hf.get_verbosity(), hf.is_progress_bar_enabled()
+        hf.set_verbosity_error()
+        hf.disable_progress_bar()
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
             warnings.simplefilter("ignore")
@@ -65,6 +73,10 @@ def quiet_exporter():
     finally:
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
+        if hf is not None:
+            hf.set_verbosity(hf_level)
+            if hf_bars:
+                hf.enable_progress_bar()
 
 
 def _dims(module, example: Sequence[Any], max_seq: int | None):

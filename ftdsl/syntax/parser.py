@@ -87,7 +87,7 @@ def parse(text: str, path: str = "<string>") -> tuple[A.File | None, list[Diagno
     try:
         items = _parse_items(text, path, comments)
     except UnexpectedInput as e:
-        return None, [_syntax_diagnostic(e, text, path)]
+        return None, _more_syntax_errors(text, path, e)
     except VisitError as e:  # a builder bug or a value error raised while building
         orig = e.orig_exc
         if isinstance(orig, _BuildError):
@@ -400,6 +400,49 @@ def _expected(tokens) -> str:
     if len(names) > 6:
         names = names[:6] + ["..."]
     return ", ".join(names)
+
+
+# A line that starts a top-level item: `KIND NAME {`, `param NAME =`, `use "..."`, `ftp N`.
+_ITEM_START = re.compile(r'^[ \t]*[A-Za-z_][A-Za-z0-9_]*[ \t]+(?:[A-Za-z_][A-Za-z0-9_]*[ \t]*[{=]|"|[0-9])', re.M)
+MAX_SYNTAX_ERRORS = 20
+
+
+def _error_pos(e: UnexpectedInput, text: str) -> int:
+    if isinstance(e, UnexpectedCharacters):
+        return e.pos_in_stream
+    tok = getattr(e, "token", None)
+    if tok is not None and getattr(tok, "type", "") != "$END" and tok.start_pos is not None:
+        return tok.start_pos
+    return len(text)
+
+
+def _more_syntax_errors(text: str, path: str, first: UnexpectedInput) -> list[Diagnostic]:
+    """Panic-mode recovery at item level: after an error, blank out everything up to the next line
+    that starts a top-level item and parse again, so one run reports every broken item (positions
+    stay right because blanking keeps the newlines)."""
+    diags = [_syntax_diagnostic(first, text, path)]
+    pos = _error_pos(first, text)
+    while len(diags) < MAX_SYNTAX_ERRORS:
+        nxt = _ITEM_START.search(text, text.find("\n", pos) + 1 if "\n" in text[pos:] else len(text))
+        if nxt is None or text.find("\n", pos) < 0:
+            break
+        start = nxt.start()
+        masked = re.sub(r"[^\n]", " ", text[:start]) + text[start:]
+        try:
+            _parser().parse(masked)
+            break
+        except UnexpectedInput as e:
+            new = _error_pos(e, masked)
+            if new <= pos:
+                break
+            d = _syntax_diagnostic(e, masked, path)
+            if d.code == "FTP103" and diags[-1].code == "FTP103":
+                break
+            diags.append(d)
+            pos = new
+        except Exception:  # noqa: BLE001 - a value error in a later item: reported when the file parses
+            break
+    return diags
 
 
 def _expected_at(text: str, pos: int) -> list[str]:
