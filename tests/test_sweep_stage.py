@@ -155,25 +155,35 @@ def test_random_and_optuna_are_deterministic(tmp_path, warm, strategy, n):
             firsts.setdefault(k, t["trial"])
 
 
-def test_unknown_path_is_ftp212_with_did_you_mean(tmp_path, warm, capsys):
+def test_unknown_path_is_ftp212_with_did_you_mean_at_lint_time(tmp_path, capsys):
+    """The checker runs the sweep's own path logic (torch-free), so a typo fails before training."""
+    from ftdsl.cli import main
+
     p = write(tmp_path, pipeline(over='"optimizer.lrr" = [0.001, 0.05]'))
-    code, s = run(p, warm)
+    assert main(["lint", str(p)]) == 1
     err = capsys.readouterr().err
-    assert code == 3 and stage(s, "s")["status"] == "failed"
     assert "FTP212" in err and "optimizer.lrr" in err and "did you mean `optimizer.lr`" in err
-    assert "valid paths:" in err and "optimizer.weight_decay" in err
+    assert main(["run", str(p), "--cache", str(tmp_path / "c"), "--quiet"]) == 1
+    assert not (tmp_path / "c").exists()
 
 
-def test_bad_value_fails_before_any_training(tmp_path, warm, capsys, monkeypatch):
+def test_bad_value_fails_before_any_training(tmp_path, capsys):
+    from ftdsl.cli import main
+
     p = write(tmp_path, pipeline(over='"batch" = [8, 0]'))
-    import ftdsl.stages.train as train_mod
-
-    calls = []
-    monkeypatch.setattr(train_mod, "run", lambda *a, **k: calls.append(1))
-    code, s = run(p, warm)
+    assert main(["lint", str(p)]) == 1
     err = capsys.readouterr().err
-    assert code == 3 and calls == []
-    assert "FTP212" in err and '"batch"' in err and "must be >= 1" in err
+    assert "FTP212" in err and "`batch` = 0" in err and "must be >= 1" in err
+
+
+def test_unknown_path_is_also_refused_by_the_stage(tmp_path):
+    """Defence in depth: the stage itself names the valid paths when handed a bad one."""
+    from ftdsl.stages.sweep import _Bad, apply_params, sweep_paths
+
+    cfg = {"batch": 32, "optimizer": {"$call": "adamw", "lr": 1e-3, "weight_decay": 0.01}}
+    assert "optimizer.lr" in sweep_paths("train", cfg)
+    with pytest.raises(_Bad):
+        apply_params("train", cfg, {"optimizer.lrr": 0.1})
 
 
 def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, warm):
