@@ -215,8 +215,8 @@ class _Executor:
     # -- failures -----------------------------------------------------------------------------
     def _fail(self, st: PlannedStage, e: FtdslError) -> None:
         kept = ""
-        work = self.cache.work_root / st.key / "checkpoints"
-        if work.is_dir() and any(work.iterdir()):
+        work = self.cache.work_root / st.key
+        if work.is_dir() and any(p.name.startswith("step-") for p in work.rglob("step-*")):
             kept = f"; checkpoints kept in {work}"
         self.results[st.name] = StageResult(st.name, st.kind, "failed", note=f"{e.code}{kept}")
         self.console.error(f"error[{e.code}]: stage `{st.name}` failed: {e.message}"
