@@ -198,7 +198,7 @@ def make_plan(compiled: Compiled, cache=None, *, force: set[str] = frozenset(), 
         cfg = stage_config(b)
         files = _files_read(b.kind, cfg, root, cache, verify)
         env = {"seed": seed, "device": dev}
-        if b.kind in ("train", "distill") and cfg.get("precision") == "auto" and dev == "cpu":
+        if b.kind in ("train", "distill", "prune", "sweep") and dev == "cpu":
             env["cpu_bf16"] = cpu_has_bf16()
         payload = {"kind": b.kind, "attrs": cfg, "inputs": {a: keys[s] for a, s in sorted(inputs[name].items())},
                    "files": files, "versions": {k: versions[k] for k in sorted(versions)}, "env": env}

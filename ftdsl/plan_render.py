@@ -42,8 +42,8 @@ def key_settings(s: PlannedStage) -> dict[str, str]:
     """The attributes worth showing: those written in the file, except stage inputs."""
     out = {}
     for k, v in s.config.items():
-        if k not in s.written or v is None or v == [] or k in s.inputs or any(i.startswith(k + ".") or i.startswith(k + "[")
-                                                         for i in s.inputs):
+        if k not in s.written or v is None or v == [] or k in s.inputs or any(i.startswith(k + "[")
+                                                                              for i in s.inputs):
             continue
         out[k] = compact(v)
     return out

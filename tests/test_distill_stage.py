@@ -130,7 +130,7 @@ def test_kd_loss():
     assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-5)
     loss.backward()
     assert s.grad[0, 1] < 0 and s.grad[1, 2] < 0  # pulled toward the teacher's classes
-    assert float(distill_stage.kd_loss(s, s.detach() + 1, 2.0, "regress")) == pytest.approx(1.0)
+    assert float(distill_stage.kd_loss(s.detach(), s.detach() + 1, 2.0, "regress")) == pytest.approx(1.0)
 
 
 def test_student_follows_the_teacher_not_the_labels(tmp_path):

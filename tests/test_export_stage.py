@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import resource
 import signal
 import subprocess
@@ -241,7 +240,6 @@ def test_f14_perturbed_initializer_verify_function(feat):
 def test_f14_through_the_cli_exits_3(feat, monkeypatch, capsys):
     """F14 end to end: the exporter's graph gets one initializer perturbed; `run` exits 3 with
     FTP502 and the diffs, and nothing is cached or written for that stage."""
-    import numpy as np
     from onnx import numpy_helper
 
     import ftdsl.stages.onnx_utils as ou
@@ -299,6 +297,7 @@ def test_hf_export_of_a_pretrained_model(tmp_path):
     verified against the PyTorch model and copied to `path`. Stage called directly (no training:
     a tiny random BERT with its weights is as good as a trained one here)."""
     import torch
+
     transformers = pytest.importorskip("transformers")
 
     from ftdsl.stages import export, model as model_stage
@@ -306,16 +305,19 @@ def test_hf_export_of_a_pretrained_model(tmp_path):
     from ftdsl.stages.data import train_wordpiece
 
     folder = tmp_path / "bert"
-    texts = [f"the {a} was {b}" for a in ("film", "book", "song", "meal") for b in ("good", "bad", "fine", "poor")]
+    texts = [f"the {a} was {b}" for a in ("film", "book", "song", "meal")
+             for b in ("good", "bad", "fine", "poor")]
     train_wordpiece(texts, 60, folder, max_length=16)
     vocab = json.loads((folder / "tokenizer.json").read_text())["model"]["vocab"]
     cfg = transformers.BertConfig(vocab_size=len(vocab), hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
                                   intermediate_size=16, max_position_embeddings=16)
     transformers.BertForSequenceClassification(cfg).save_pretrained(folder)
-    ctx = StageContext(name="m", kind="model", pipeline_dir=tmp_path, out_dir=tmp_path / "o-m", work_dir=tmp_path / "w")
+    ctx = StageContext(name="m", kind="model", pipeline_dir=tmp_path, out_dir=tmp_path / "o-m",
+                       work_dir=tmp_path / "w")
     base = model_stage.run({}, {"pretrained": "bert", "task": {"$call": "classify", "labels": 2}}, ctx)
     trained = base.with_module(base.build())
-    ctx = StageContext(name="h", kind="export", pipeline_dir=tmp_path, out_dir=tmp_path / "o-h", work_dir=tmp_path / "w")
+    ctx = StageContext(name="h", kind="export", pipeline_dir=tmp_path, out_dir=tmp_path / "o-h",
+                       work_dir=tmp_path / "w")
     art = export.run({"from": trained}, {"from": {"$ref": "t"}, "format": {"$call": "hf"}, "verify": True,
                                          "path": "exports/hf"}, ctx)
     assert art.path == tmp_path / "o-h" / "hf" and art.metrics["verify.max_abs_diff"] <= 1e-5
@@ -324,7 +326,8 @@ def test_hf_export_of_a_pretrained_model(tmp_path):
         assert (user / f).is_file() and (art.path / f).is_file()
     back = transformers.AutoModelForSequenceClassification.from_pretrained(str(user)).eval()
     tok = transformers.AutoTokenizer.from_pretrained(str(user))
-    enc = tok(["the film was good", "the meal was poor"], padding=True, return_tensors="pt", return_token_type_ids=False)
+    enc = tok(["the film was good", "the meal was poor"], padding=True, return_tensors="pt",
+              return_token_type_ids=False)
     with torch.no_grad():
         want = trained.build()(enc["input_ids"], enc["attention_mask"])
         got = back(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
@@ -332,3 +335,31 @@ def test_hf_export_of_a_pretrained_model(tmp_path):
     art.save(tmp_path / "saved")
     again = export.ExportedFile.load(tmp_path / "saved")
     assert again.format == "hf" and (again.path / "config.json").is_file()
+
+
+def test_legacy_exporter_is_the_fallback_when_dynamo_fails(monkeypatch):
+    import torch
+
+    from ftdsl.stages import onnx_utils
+    from ftdsl.stages.model import materialize
+
+    spec = {"arch": {"$call": "mlp", "hidden": [4]}, "task": {"$call": "classify", "labels": 2},
+            "input_shape": [3], "modality": "features"}
+    module = materialize(spec, seed=0, norm_mean=np.ones(3), norm_std=np.full(3, 2.0)).eval()
+    real = torch.onnx.export
+
+    def no_dynamo(*a, **k):
+        if k.get("dynamo", True):
+            raise RuntimeError("dynamo cannot do this one")
+        return real(*a, **k)
+
+    monkeypatch.setattr(torch.onnx, "export", no_dynamo)
+    proto, how, log = onnx_utils.export_onnx(module, [torch.randn(2, 3)], input_names=["x"], opset=17)
+    assert how == "legacy" and "dynamo cannot do this one" in log
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    for n in (1, 7):
+        x = torch.randn(n, 3)
+        with torch.no_grad():
+            np.testing.assert_allclose(sess.run(None, {"x": x.numpy()})[0], module(x).numpy(), atol=1e-6)

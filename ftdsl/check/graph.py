@@ -56,7 +56,26 @@ def edges(program: Program) -> list[Edge]:
             f = kind.field(aname)
             for path, ref, t in refs_in(a.value, f.type if f else None, aname):
                 out.append(Edge(ref.target, name, path, ref, t))
+        implicit = _implicit_recover_data(program, name, b)
+        if implicit is not None:
+            out.append(implicit)
     return out
+
+
+def _implicit_recover_data(program: Program, name: str, b: BlockIR) -> Edge | None:
+    """`prune { recover = { epochs = 1 } }` without `data` fine-tunes on the data the pruned model was
+    trained on: an edge the planner follows like a written one (so it is part of the cache key)."""
+    if b.kind != "prune":
+        return None
+    rec = b.value("recover")
+    if not isinstance(rec, DictIR) or isinstance(rec.get("data"), RefV):
+        return None
+    src = b.value("from")
+    data = training_data(program, src.target) if isinstance(src, RefV) else None
+    if data is None:
+        return None
+    recover_t = S.KINDS["prune"].field("recover").type
+    return Edge(data, name, "recover.data", RefV(data, None, rec.span), recover_t.get("data").type)
 
 
 def declared_splits(b: BlockIR) -> tuple[str, ...]:

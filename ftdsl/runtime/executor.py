@@ -262,7 +262,8 @@ class _Executor:
 
 
 _HEADLINE = ("test.accuracy", "test.f1", "valid.accuracy", "valid.f1", "test.mse", "valid.mse", "valid.loss",
-             "train.loss", "accuracy", "f1", "mse", "samples_per_s")
+             "train.loss", "sparsity", "test.agreement", "sweep.best_trial", "verify.max_abs_diff", "size_mb",
+             "accuracy", "f1", "mse", "samples_per_s")
 
 
 def _headline(metrics: dict) -> list:

@@ -33,7 +33,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
@@ -595,7 +595,8 @@ def run(inputs: dict, attrs: dict, ctx):
     label = _label(attrs)
     if not getattr(src, "trained", False) or not hasattr(src, "build"):
         raise StageError("FTP510", f"`{label}` is an untrained model; export a `train` stage instead",
-                         hint=f"train it first: `train t {{ model = {label}, data = ... }}` and `export ... {{ from = t }}`")
+                         hint=f"train it first: `train t {{ model = {label}, data = ... }}`, then "
+                              "`export ... { from = t }`")
     fmt, args = _format(attrs.get("format", "onnx"))
     if fmt not in DEFAULT_FILES:
         raise StageError("FTP530", f"unknown export format `{fmt}` (use onnx, torchscript, pt2, safetensors or hf)")
@@ -606,6 +607,10 @@ def run(inputs: dict, attrs: dict, ctx):
                       f"(`arch = {what}(...)`), not from a pretrained Hugging Face model",
             hint="use `format = safetensors` (weights + spec), `onnx(...)` or `pt2` for a from-scratch model")
     settings = _verify_settings(attrs.get("verify"))
+    if attrs.get("path"):  # refuse a path outside the pipeline's folder before the work, not after
+        from ftdsl.paths import resolve_output
+
+        resolve_output(Path(ctx.pipeline_dir), attrs["path"])
     module = src.build()
     module.eval()
     out = Path(ctx.out_dir)
@@ -631,12 +636,16 @@ def _run_onnx(src, module, args, meta, settings, inputs, label, ctx) -> OnnxMode
     max_seq = _text_limits(src, module)[2] if module.modality == "text" else None
     t0 = time.perf_counter()
     try:
-        proto, exporter, _log = export_onnx(module, [example[n] for n in names], input_names=names,
-                                            opset=opset, max_seq=max_seq or None)
+        proto, exporter, log = export_onnx(module, [example[n] for n in names], input_names=names,
+                                           opset=opset, max_seq=max_seq or None)
     except RuntimeError as e:
         raise StageError("FTP530", f"cannot export `{label}` to ONNX (opset {opset}): {str(e)[:600]}",
                          hint="try another opset (`format = onnx(opset = 18)`), or `format = pt2`") from e
     export_s = time.perf_counter() - t0
+    if exporter != "dynamo":
+        first = (log.splitlines() or ["?"])[0]
+        ctx.reporter.log(f"warning: the dynamo exporter could not export `{label}` ({first}); used the "
+                         "deprecated TorchScript-based exporter instead")
     import onnx
 
     for k, v in (("ftdsl.stage", ctx.name), ("ftdsl.source", label), ("ftdsl.modality", module.modality),
@@ -646,7 +655,8 @@ def _run_onnx(src, module, args, meta, settings, inputs, label, ctx) -> OnnxMode
         p.key, p.value = k, v
     proto.producer_name = proto.producer_name or "ftdsl"
     try:
-        onnx.checker.check_model(proto)
+        if proto.ByteSize() < 2_000_000_000:  # the checker takes a proto only below protobuf's limit
+            onnx.checker.check_model(proto)
     except Exception as e:  # noqa: BLE001 - an invalid graph is the exporter's fault; say so clearly
         raise StageError("FTP530", f"the ONNX exporter produced an invalid model for `{label}`: "
                                    f"{str(e).strip().splitlines()[0][:300]}",
@@ -831,9 +841,11 @@ def _write_user_copy(art, path: str, ctx) -> None:
     from ftdsl.paths import resolve_output
 
     root = Path(ctx.pipeline_dir)
-    dest = resolve_output(root, path)
     src_main = art.onnx_path if isinstance(art, OnnxModel) else art.path
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    if (str(path).endswith("/") or resolve_output(root, path).is_dir()) and not src_main.is_dir():
+        path = str(path).rstrip("/") + "/" + src_main.name  # a folder: the file goes inside it
+    dest = resolve_output(root, path)
+    _io(lambda: dest.parent.mkdir(parents=True, exist_ok=True), dest.parent)
     dest = resolve_output(root, path)  # again, right before writing: the folder may have changed
     if src_main.is_dir():
         _replace_dir(src_main, dest)

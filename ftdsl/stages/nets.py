@@ -99,19 +99,22 @@ class RNN(nn.Module):
     """
 
     def __init__(self, vocab_size: int, out_dim: int, cell: str = "lstm", hidden: int = 64, layers: int = 1,
-                 bidirectional: bool = False, pad_id: int = 0):
+                 bidirectional: bool = False, pad_id: int = 0, embed: int | None = None, dropout: float = 0.0):
         super().__init__()
         cls = {"lstm": nn.LSTM, "gru": nn.GRU}.get(cell)
         if cls is None:
             raise ValueError(f"unknown rnn cell {cell!r} (use lstm or gru)")
-        self.embed = nn.Embedding(vocab_size, int(hidden), padding_idx=pad_id)
-        self.rnn = cls(int(hidden), int(hidden), num_layers=int(layers), batch_first=True,
-                       bidirectional=bool(bidirectional))
+        width = int(embed or hidden)
+        self.embed = nn.Embedding(vocab_size, width, padding_idx=pad_id)
+        # dropout between stacked layers (PyTorch's RNN dropout) and before the head
+        self.rnn = cls(width, int(hidden), num_layers=int(layers), batch_first=True,
+                       bidirectional=bool(bidirectional), dropout=float(dropout) if int(layers) > 1 else 0.0)
+        self.drop = nn.Dropout(float(dropout))
         self.head = nn.Linear(int(hidden) * (2 if bidirectional else 1), out_dim)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         h, _ = self.rnn(self.embed(input_ids))
-        return self.head(_masked_mean(h, attention_mask))
+        return self.head(self.drop(_masked_mean(h, attention_mask)))
 
 
 class TransformerEncoder(nn.Module):

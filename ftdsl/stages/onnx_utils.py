@@ -93,7 +93,8 @@ def _dims(module, example: Sequence[Any], max_seq: int | None):
 def export_onnx(module, example: Sequence[Any], *, input_names: Sequence[str], opset: int,
                 max_seq: int | None = None, exporter: str = "dynamo"):
     """Export ``module`` (eval mode, CPU) to an ``onnx.ModelProto`` with a dynamic batch axis
-    (and a dynamic sequence axis for text). Returns ``(proto, exporter_used, log_text)``.
+    (and a dynamic sequence axis for text). Returns ``(proto, exporter_used, log_text)``; the
+    log starts with the errors of the exporters that failed before the one used.
 
     ``exporter="dynamo"`` falls back to the legacy exporter when dynamo fails; the error of
     the last attempt is raised when every attempt fails.
@@ -123,10 +124,13 @@ def export_onnx(module, example: Sequence[Any], *, input_names: Sequence[str], o
 
                     proto = onnx.load_model_from_string(f.getvalue())
             except Exception as e:  # noqa: BLE001 - try the next exporter, report all
+                if getattr(e, "signum", None) is not None:  # SIGTERM turned into an exception: stop
+                    raise
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
                 errors.append(f"{how}: {type(e).__name__}: {first}")
                 continue
-        return proto, how, log.getvalue()
+        # the log names the exporters that failed before this one (the caller warns about them)
+        return proto, how, "\n".join(errors + [log.getvalue()]).strip()
     raise RuntimeError("; ".join(errors))
 
 
