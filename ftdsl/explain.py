@@ -19,7 +19,7 @@ def explain_text(c: Code) -> str:
 def diagnostics_markdown() -> str:
     """docs/diagnostics.md, generated from the registry (`python -m ftdsl.explain > docs/diagnostics.md`)."""
     lines = ["# Diagnostics", "",
-             "Generated from `ftdsl/diagnostics/codes.py` by `python -m ftdsl.explain`; do not edit by hand.",
+             "Generated from `ftdsl/diagnostics/codes.py` by `python -m ftdsl.docgen`; do not edit by hand.",
              "`ftdsl explain CODE` prints the same text. Suppress a warning with `# ftdsl: ignore[CODE]` on the",
              "line (or the line above), or `# ftdsl: ignore-file[CODE]`; errors cannot be suppressed.", "",
              "| code | name | severity | summary |", "|---|---|---|---|"]

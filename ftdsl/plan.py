@@ -74,10 +74,13 @@ def lib_versions() -> dict[str, str]:
     return out
 
 
-def device_class(setting: str) -> str:
-    """`cpu` or `cuda`, decided without importing torch (the key must not need torch)."""
+def device_class(setting: str, flag: str | None = None) -> str:
+    """`cpu` or `cuda`, decided without importing torch (the key must not need torch).
+    Precedence: the `--device` flag, then $FTDSL_DEVICE, then the pipeline's `device`."""
+    if flag in ("cpu", "cuda"):
+        return flag
     env = os.environ.get("FTDSL_DEVICE")
-    if env in ("cpu", "cuda"):
+    if env in ("cpu", "cuda") and flag in (None, "auto"):
         return env
     if setting in ("cpu", "cuda"):
         return setting
@@ -178,7 +181,7 @@ def make_plan(compiled: Compiled, cache=None, *, force: set[str] = frozenset(), 
     assert prog is not None and ctx is not None
     root = Path(prog.root_dir)
     seed = prog.setting("seed", 0) or 0
-    dev = device_class(device or prog.setting("device", "auto") or "auto")
+    dev = device_class(prog.setting("device", "auto") or "auto", device)
     versions = lib_versions()
     deps: dict[str, list[str]] = {n: [] for n in prog.blocks}
     inputs: dict[str, dict[str, str]] = {n: {} for n in prog.blocks}

@@ -48,7 +48,7 @@ _ALL = [
     Code("FTP103", "unexpected-eof", _E, "the file ends in the middle of an item",
          "Usually a missing `}` or `]`.", "train t {\n  epochs = 3\n", "train t {\n  epochs = 3\n}"),
     Code("FTP104", "bad-string", _E, "an unterminated string or an unknown escape sequence",
-         'Strings end on the same line and know only `\\"`, `\\\\` and `\\n`.',
+         'Strings end on the same line and know only `\\"`, `\\\\`, `\\n` and `\\t`.',
          'source = csv("data.csv)', 'source = csv("data.csv")'),
     Code("FTP105", "too-deep", _E, "lists, dicts or calls are nested more than 64 levels deep",
          "Such nesting is never meaningful in a pipeline and would exhaust the parser's stack.",

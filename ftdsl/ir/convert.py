@@ -9,6 +9,7 @@ with the next value so that one run reports everything.
 from __future__ import annotations
 
 import difflib
+import posixpath
 from dataclasses import dataclass, field
 
 from ftdsl.diagnostics import Diagnostic, Label, make
@@ -26,6 +27,7 @@ class Scope:
     diags: list = field(default_factory=list)
     param_uses: dict = field(default_factory=dict)
     _expanding: tuple = ()  # params being expanded (a param cannot refer to itself)
+    path_base: str = "."  # folder of the file being converted, relative to the root pipeline's folder
 
 
 def did_you_mean(word: str, options) -> str | None:
@@ -99,6 +101,17 @@ class Converter:
         if v.__class__ is A.String:
             return Lit(v.value, v.span)
         return self._mismatch(v, t, what)
+
+    def _c_path(self, v, t, what):
+        # Paths are relative to the file that writes them; a `use`d file in another folder has its
+        # paths rebased onto the root pipeline's folder, which is what stages resolve against.
+        if v.__class__ is not A.String:
+            return self._mismatch(v, t, what)
+        base = self.scope.path_base
+        value = v.value
+        if base and base != "." and value and not posixpath.isabs(value):
+            value = posixpath.normpath(posixpath.join(base, value))
+        return Lit(value, v.span)
 
     def _c_bool(self, v, t, what):
         if v.__class__ is A.Bool:
@@ -191,12 +204,26 @@ class Converter:
         return Lit(xf, v.span)
 
     def _one_of(self, v: A.Value, t: S.OneOf, what: str):
-        # Pick the option whose shape matches the value, so its specific errors are reported.
-        order = sorted(t.options, key=lambda o: 0 if _matches_shape(v, o) else 1)
-        for o in order:
-            if _matches_shape(v, o):
-                return self.convert(v, o, what)
-        return self._mismatch(v, t, what)
+        # Try the options whose shape matches the value, in order (so `32` stays an integer where
+        # Int comes before Float); if none accepts it, report the first one's specific errors.
+        matching = [o for o in t.options if _matches_shape(v, o)]
+        if not matching:
+            return self._mismatch(v, t, what)
+        first_errors = None
+        for o in matching:
+            saved = self.scope.diags
+            self.scope.diags = []
+            try:
+                out = self.convert(v, o, what)
+                errs = self.scope.diags
+            finally:
+                self.scope.diags = saved
+            if out is not None and not errs:
+                return out
+            if first_errors is None:
+                first_errors = errs
+        self.scope.diags.extend(first_errors or [])
+        return None
 
     def _ref(self, v: A.Ref, t: S.Type, what: str):
         name = v.parts[0]
@@ -332,7 +359,7 @@ class Converter:
 
 
 _HANDLERS = {
-    S.Int: Converter._c_number, S.Float: Converter._c_number, S.Str: Converter._c_str, S.PathT: Converter._c_str,
+    S.Int: Converter._c_number, S.Float: Converter._c_number, S.Str: Converter._c_str, S.PathT: Converter._c_path,
     S.Bool: Converter._c_bool, S.Enum: Converter._c_enum, S.CtorT: Converter._c_ctor, S.RefT: Converter._mismatch,
     S.ListT: Converter._c_list, S.StructT: Converter._c_struct, S.MapT: Converter._c_map,
     S.OneOf: Converter._one_of, S.Type: Converter._mismatch,

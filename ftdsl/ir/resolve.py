@@ -6,6 +6,7 @@ Public: `resolve(path, overrides) -> Resolved` (the Program or None, all diagnos
 from __future__ import annotations
 
 import os
+import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,7 +98,7 @@ def _build(files: list[A.File], root: Path, shown: str, overrides: list[str], di
     for fi, f in enumerate(files):
         for ii, it in enumerate(f.items):
             if isinstance(it, A.Header):
-                if fi != 0 or ii != 0:
+                if ii != 0:  # each file (root or `use`d) may open with its own header
                     diags.append(make("FTP107", "the `ftp` header must be the first item of the file", it.span,
                                       label="not first"))
                 elif it.version.value != 1:
@@ -141,8 +142,15 @@ def _build(files: list[A.File], root: Path, shown: str, overrides: list[str], di
 
     scope = Scope({k: p.value for k, p in params.items()}, {k: b.kind for k, b in blocks.items()}, diags)
     conv = Converter(scope)
-    pipe_ir = _convert_block(pipeline, conv) if pipeline is not None else None
-    blocks_ir = {name: _convert_block(b, conv) for name, b in blocks.items()}
+    root_dir = posixpath.dirname(shown)
+
+    def convert_in_place(b: A.Block):
+        conv.scope.path_base = posixpath.relpath(posixpath.dirname(b.span.file) or ".", root_dir or ".") \
+            if b.span.file != shown and b.span.file != OVERRIDE_FILE else "."
+        return _convert_block(b, conv)
+
+    pipe_ir = convert_in_place(pipeline) if pipeline is not None else None
+    blocks_ir = {name: convert_in_place(b) for name, b in blocks.items()}
     params_ir = {k: ParamIR(name=k, value=p.value, span=p.span, name_span=p.name_span, overridden=k in param_over)
                  for k, p in params.items()}
     # Uses are counted on the syntax, so a param used inside a value with an error is still "used".
@@ -254,7 +262,13 @@ def _apply_override(ov: str, i: int, params, blocks, param_over, diags, sources)
                                         f"`{'.'.join(rest)}` cannot be set inside it", whole, label="nothing to set",
                               hint=f"set the whole value: --set {bname}.{attr}=..."))
             return
-        new = _set_inner(attrs[idx].value, rest, value)
+        current = attrs[idx].value
+        if isinstance(current, A.Ref) and len(current.parts) == 1 and current.parts[0] in params:
+            pname = current.parts[0]
+            diags.append(make("FTP212", f"`--set {key}=...`: `{bname}.{attr}` is the param `{pname}`", whole,
+                              label="set through a param", hint=f"set the param instead: --set {pname}=..."))
+            return
+        new = _set_inner(current, rest, value)
         if new is None:
             diags.append(make("FTP212", f"`--set {key}=...`: `{attrs[idx].name}` has no part `{'.'.join(rest)}`",
                               whole, label="unknown part"))

@@ -100,7 +100,13 @@ class ListT(Type):
     min_len: int = 0
 
     def describe(self) -> str:
-        return f"a list of {self.item.describe().removeprefix('a ').removeprefix('an ')}"
+        inner = self.item.describe()
+        for art in ("a ", "an "):
+            if inner.startswith(art):
+                head, _, rest = inner[len(art):].partition(" ")
+                plural = head[:-1] + "ies" if head.endswith("y") else head + ("es" if head.endswith("s") else "s")
+                return f"a list of {plural}" + (f" {rest}" if rest else "")
+        return f"a list of {inner}"
 
 
 @dataclass(frozen=True)
@@ -406,7 +412,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in [
     ), "Report", "Compare models on a split: a table, JSON and plots.", ("models", "data")),
     Kind("sweep", (
         F("target", RefT(("TorchModel",)), REQUIRED, "a `train` or `distill` stage"),
-        F("over", MapT(ListT(OneOf((Float(), Str(), Bool())), min_len=1)), REQUIRED,
+        F("over", MapT(ListT(OneOf((Int(), Float(), Str(), Bool())), min_len=1)), REQUIRED,
           'attribute paths to values: `{ "optimizer.lr" = [1e-5, 3e-5] }`'),
         F("strategy", CtorT("strategy"), "grid", "how to pick trials"),
         F("metric", Str(), REQUIRED, "the metric to optimize (`valid.accuracy`)"),

@@ -290,7 +290,7 @@ def _apply_lora(module: FtdslModule, call: dict, total_steps: int) -> None:
     else:
         common["modules_to_save"] = ["head"]
     if call["$call"] == "lora":
-        cfg = peft.LoraConfig(r=int(call.get("r", 8)), lora_alpha=int(call.get("alpha", 16)),
+        cfg = peft.LoraConfig(r=int(call.get("r", 8)), lora_alpha=float(call.get("alpha", 16)),
                               lora_dropout=float(call.get("dropout") or 0.0), **common)
     elif call["$call"] == "adalora":
         tinit, tfinal = total_steps // 10, total_steps // 5
@@ -675,7 +675,8 @@ class _Trainer:
         value = evals.get(split, {}).get(key)
         if value is None or not math.isfinite(value):
             return False
-        mode = es.get("mode", "min")
+        # `mode` defaults by metric: higher is better for accuracy/f1/precision/recall, lower for losses
+        mode = es.get("mode") or ("max" if key in ("accuracy", "f1", "precision", "recall", "agreement") else "min")
         delta = float(es.get("min_delta") or 0.0)
         better = (self.best is None or (value > self.best["value"] + delta if mode == "max"
                                         else value < self.best["value"] - delta))

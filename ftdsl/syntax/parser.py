@@ -291,6 +291,10 @@ class _Builder(Transformer):
         name, rest, rpar = c[0], c[1:-1], c[-1]
         args, kwargs = [], []
         for a in rest:
+            if kwargs and not isinstance(a, A.KwArg):
+                raise _BuildError(make("FTP101", f"positional argument after a keyword argument in `{name}(...)`",
+                                       a.span, label="positional after keyword",
+                                       hint="positional arguments come first: `f(1, k = 2)`"))
             (kwargs if isinstance(a, A.KwArg) else args).append(a)
         return A.Call(str(name), _tspan(name), tuple(args), tuple(kwargs), _tspan(name).to(_tspan(rpar)))
 
