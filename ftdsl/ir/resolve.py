@@ -212,7 +212,7 @@ def _convert_block(b: A.Block, conv: Converter):
         attrs[spec.name] = AttrIR(name=spec.name, value=default_value(spec), span=None,
                                                   name_span=None, written=False)
     model = BLOCK_MODELS[b.kind] if b.kind in BLOCK_MODELS else PipelineBlock
-    return model.model_construct(kind=b.kind, name=b.name, span=b.span, name_span=b.name_span,
+    return model(kind=b.kind, name=b.name, span=b.span, name_span=b.name_span,
                                  kind_span=b.kind_span, attrs=attrs, mentioned=tuple(a.name for a in b.attrs))
 
 
