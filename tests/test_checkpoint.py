@@ -217,3 +217,26 @@ def test_safetensors_header_larger_than_file(tmp_path):
 def test_empty_or_missing_dir(tmp_path):
     assert C.load_latest(tmp_path / "nope") is None
     assert C.load_latest(tmp_path) is None
+
+
+@pytest.mark.parametrize("tamper", ["escape", "negative_step", "missing_model", "wrong_format"])
+def test_tampered_state_json_is_rejected_by_its_schema(tmp_path, tamper):
+    """state.json is validated (pydantic) before use: a `../` file name never becomes a path."""
+    model, opt, sched, scaler = _setup()
+    _save(tmp_path, model, opt, sched, scaler, 1)
+    p2 = _save(tmp_path, model, opt, sched, scaler, 2)
+    state = json.loads((p2 / "state.json").read_text())
+    if tamper == "escape":
+        outside = tmp_path.parent / f"{tmp_path.name}-outside.safetensors"
+        outside.write_bytes(b"x")
+        state["files"]["../../" + outside.name] = state["files"].pop("optim.safetensors")
+    elif tamper == "negative_step":
+        state["step"] = -5
+    elif tamper == "missing_model":
+        del state["files"]["model.safetensors"]
+    else:
+        state["format_version"] = 99
+    (p2 / "state.json").write_text(json.dumps(state))
+    warnings = []
+    ck = C.load_latest(tmp_path, warn=warnings.append)
+    assert ck.step == 1 and "step-2" in warnings[0]

@@ -399,11 +399,46 @@ def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
     return []
 
 
+def _state_model():
+    """The shape of `state.json`, checked with pydantic before anything in it is trusted: a
+    tampered or half-written file is rejected (and an earlier checkpoint used) instead of failing
+    deep inside a restore — and a file name like `../../x` never becomes a path."""
+    from typing import Literal
+
+    from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+    class FileRecord(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        size: int = Field(ge=0)
+        sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+    class State(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        format_version: Literal[FORMAT_VERSION]  # type: ignore[valid-type]
+        step: int = Field(ge=0)
+        epoch: int = Field(ge=0)
+        batch_in_epoch: int = Field(ge=0)
+        files: dict[str, FileRecord]
+        rng: dict
+        config_hash: str = ""
+
+        @field_validator("files")
+        @classmethod
+        def _plain_names(cls, files):
+            for name in files:
+                if "/" in name or "\\" in name or name in ("", ".", "..") or not name.endswith(".safetensors"):
+                    raise ValueError(f"unexpected file name {name!r} in a checkpoint")
+            if "model.safetensors" not in files or "rng.safetensors" not in files:
+                raise ValueError("model.safetensors or rng.safetensors is missing from the checkpoint")
+            return files
+
+    return State
+
+
 def _load_one(path: Path) -> Checkpoint:
     with open(path / "state.json", encoding="utf-8") as f:
         state = json.load(f)
-    if state.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"unknown checkpoint format {state.get('format_version')!r}")
+    _state_model().model_validate(state)  # pydantic.ValidationError is a ValueError
     tensors: dict[str, dict[str, torch.Tensor]] = {}
     for name, info in state["files"].items():
         p = path / name
