@@ -1,18 +1,19 @@
 """Training-loop overhead of ftdsl's `train` stage, side by side with a hand-written PyTorch loop
 and the Hugging Face Trainer, in one process.
 
-    python bench/train_overhead.py                  # 3 interleaved rounds, ~8-10 min on 2 cores
-    python bench/train_overhead.py --rounds 5       # more rounds
+    python bench/train_overhead.py --threads 1      # what docs/benchmarks.md reports (~10 min quiet)
+    python bench/train_overhead.py                  # torch's default thread count
+    python bench/train_overhead.py --rounds 5 --cnn-rounds 9
     python bench/train_overhead.py --only cnn       # one case (minilm | cnn)
-    python bench/train_overhead.py --profile minilm-bf16   # cProfile ftdsl and the loop, 20 steps
+    python bench/train_overhead.py --threads 1 --profile cnn-fp32   # cProfile ftdsl and the loop
 
 Cases (each in fp32 and bf16 autocast):
 
 * MiniLM: all-MiniLM-L6-v2 as BertForSequenceClassification (num_labels=2) from the offline
   package, batch 32, every sequence exactly 64 tokens (texts are ~90 words and truncated at 64,
-  so dynamic padding favours nobody), AdamW lr 3e-5, weight decay 0.01.
+  so dynamic padding favours nobody), AdamW lr 3e-5, weight decay 0.01; 18 steps, 3 rounds.
 * CNN: the quickstart CNN (pipelines/quickstart.ftp, its data/model/train blocks as lowered by
-  the real front end) on sklearn digits, batch 32, AdamW lr 3e-3.
+  the real front end) on sklearn digits, batch 32, AdamW lr 3e-3; 200 steps, 5 rounds.
 
 Runners:
 
@@ -23,11 +24,13 @@ Runners:
   ``update(step)``. ``checkpoint_every`` is 10**9 (checkpoint cost is measured separately).
 * trainer: ``transformers.Trainer`` with a ``TrainerCallback.on_step_end`` timestamp.
 
-Steady state: steps 1..WARMUP are excluded; samples/s = samples of the timed steps / their
-time. For the CNN the step after each epoch end is excluded from the "per-step" number (ftdsl
+Steady state: steps 1..WARMUP are excluded. Three numbers per run: "mean" (timed samples / timed
+wall seconds), "median" (median over steps of batch / step time) and "cpu" (samples per
+CPU-second of the process, time.process_time: the one to trust when other processes share the
+cores). For the CNN the step after each epoch end is excluded from the per-step numbers (ftdsl
 evaluates the valid split and writes a checkpoint at every epoch end; the loop and the Trainer
-do neither); the "incl. epoch ends" number keeps them. Rounds are interleaved and the runner
-order rotates each round; the table shows medians, the JSON every round.
+do neither); a separate table keeps them. Rounds are interleaved and the runner order rotates
+each round; tables show medians over rounds, the JSON keeps every step of every run.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import math
 import os
 import platform
 import pstats
+import shutil
 import statistics
 import sys
 import tempfile
@@ -224,7 +228,8 @@ class CNN(Case):
         st = plan.by_name()
         self.train_cfg = dict(st["fit"].config)
         self.lr = float(self.train_cfg["optimizer"]["lr"])
-        dctx = StageContext("digits", "data", plan.root_dir, tmp / "od", tmp / "wd", seed=plan.seed, reporter=StepClock())
+        dctx = StageContext("digits", "data", plan.root_dir, tmp / "od", tmp / "wd", seed=plan.seed,
+                            reporter=StepClock())
         self.dataset = data_stage.run({}, st["digits"].config, dctx)
         mctx = StageContext("cnn", "model", plan.root_dir, tmp / "om", tmp / "wm", seed=plan.seed, reporter=StepClock())
         self.art = model_stage.run({}, st["cnn"].config, mctx)
@@ -446,6 +451,7 @@ def main(argv=None) -> int:
         which, prec = args.profile.split("-")
         case = MiniLM(20, tmp_root) if which == "minilm" else CNN(200, tmp_root)
         profile(case, prec, case.steps, tmp_root)
+        shutil.rmtree(tmp_root, ignore_errors=True)
         return 0
 
     cases: list[tuple[Case, int]] = []
@@ -561,6 +567,7 @@ def main(argv=None) -> int:
                                "table_markdown": "\n".join(out_lines),
                                "wall_s": round(time.perf_counter() - t0, 1)}, indent=1) + "\n")
     print(f"\nper-round values: {out}", file=sys.stderr)
+    shutil.rmtree(tmp_root, ignore_errors=True)
     return 0
 
 

@@ -50,8 +50,9 @@ quantize q8 { from = e, method = dynamic(dtype = int8) }
 quantize qs { from = e, method = static(calibrate = d.valid, samples = 64) }
 quantize q16 { from = e, method = fp16 }
 quantize tq { from = t, method = dynamic() }
+quantize ts { from = t, method = static(calibrate = d.valid, samples = 64) }
 quantize th { from = t, method = fp16 }
-evaluate ev { models = [t, e, q8, qs, q16, tq, th], data = d.test, metrics = [accuracy, size] }
+evaluate ev { models = [t, e, q8, qs, q16, tq, ts, th], data = d.test, metrics = [accuracy, size] }
 """
 
 TEXT = """\
@@ -158,7 +159,8 @@ def load(feat, name):
     from ftdsl.stages import ARTIFACTS, load_object
 
     cls = {"q8": "OnnxModel", "qs": "OnnxModel", "q16": "OnnxModel", "e": "OnnxModel",
-           "tq": "QuantizedTorchModel", "th": "QuantizedTorchModel", "t": "TorchModel"}[name]
+           "tq": "QuantizedTorchModel", "ts": "QuantizedTorchModel", "th": "QuantizedTorchModel",
+           "t": "TorchModel"}[name]
     return load_object(ARTIFACTS[cls]).load(feat["entries"][name] / "artifact")
 
 
@@ -249,8 +251,8 @@ def test_fp16_weights_only_fallback_runs_anywhere(feat, tmp_path):
 
 def test_evaluate_compares_float_and_quantized_models(feat):
     rows = feat["rows"]
-    assert set(rows) == {"t", "e", "q8", "qs", "q16", "tq", "th"}
-    for name in ("q8", "qs", "q16", "tq", "th"):
+    assert set(rows) == {"t", "e", "q8", "qs", "q16", "tq", "ts", "th"}
+    for name in ("q8", "qs", "q16", "tq", "ts", "th"):
         assert rows[name]["accuracy"] >= rows["t"]["accuracy"] - 0.03, (name, rows[name])
     assert rows["q8"]["size_mb"] == pytest.approx(load(feat, "q8").size_bytes / 1e6)
     assert rows["q8"]["size_mb"] < 0.35 * rows["e"]["size_mb"]
@@ -300,6 +302,7 @@ def test_torch_dynamic_int8_is_a_quantized_torch_model(feat):
     weights = 16 * 256 + 256 * 256 + 256 * 3
     expected = weights + 8 * (256 + 256 + 3) + 4 * (256 + 256 + 3) + 4 * (16 + 16)
     assert tq.size_bytes == expected
+    assert tq.num_params == sum(v.numel() for k, v in t.state_dict().items() if not k.startswith("norm_"))
     float_bytes = sum(v.numel() * v.element_size() for v in t.state_dict().values())
     assert feat["stages"]["tq"]["metrics"]["compression"] == pytest.approx(float_bytes / expected)
     x = torch.from_numpy(feat["test"].features)
@@ -378,6 +381,8 @@ def test_no_pickle_in_the_cache_and_a_rerun_is_cached(feat):
             assert head != b"PK\x03\x04", f
     art = sorted(p.name for p in (feat["entries"]["tq"] / "artifact").iterdir())
     assert art == ["model.safetensors", "quantization.json", "spec.json"]
+    art = sorted(p.name for p in (feat["entries"]["ts"] / "artifact").iterdir())
+    assert art == ["model.safetensors", "observers.safetensors", "quantization.json", "spec.json"]
     code, stages = run_pipeline(feat["p"], feat["cache"])
     assert code == 0 and {s["status"] for s in stages.values()} == {"cached"}
 
@@ -398,25 +403,47 @@ def test_exporting_a_pytorch_quantized_model_to_onnx_is_ftp207(feat, capsys):
     assert code != 0
 
 
-def test_static_or_uint8_on_a_torch_model_is_ftp530_with_a_hint(feat, capsys):
+def test_torch_static_int8_is_calibrated_and_reloads_exactly(feat):
+    """FX static quantization: int8 activations and weights, the calibrated observers saved as
+    safetensors; a reload rebuilds the same quantized graph."""
+    import torch
+
+    from ftdsl.stages.quantize import QuantizedTorchModel
+
+    ts, t = load(feat, "ts"), load(feat, "t")
+    assert isinstance(ts, QuantizedTorchModel) and ts.method == "static"
+    assert ts.recipe["calibrate"] == "d.valid" and ts.recipe["calibration_rows"] == 64
+    assert ts.recipe["backend"].endswith("quantize_fx")
+    module = ts.build()
+    assert module.modality == "features" and module.input_names == ("x",)
+    assert "quantize_per_tensor" in module.code  # activations are quantized, not only weights
+    assert not any(isinstance(m, torch.nn.Linear) for m in module.modules())
+    assert ts.size_bytes < 0.35 * sum(v.numel() * v.element_size() for v in t.state_dict().values())
+    x = torch.from_numpy(feat["test"].features)
+    with torch.inference_mode():
+        a, b = module(x), QuantizedTorchModel.load(feat["entries"]["ts"] / "artifact").build()(x)
+        ref = t.build()(x)
+    assert torch.equal(a, b)
+    assert agreement(ref.numpy(), a.numpy()) >= 0.95
+    par = json.loads((feat["root"] / "out" / "ts" / "quantize.json").read_text())["parity"]
+    assert par["data"] == "d.valid" and par["rows"] == 64
+
+
+def test_uint8_on_a_torch_model_is_ftp530_with_a_hint(feat, capsys):
     p = feat["root"] / "bad_torch.ftp"
-    p.write_text(textwrap.dedent(BASE) + "quantize s { from = t, method = static(calibrate = d.valid) }\n"
-                 "quantize u { from = t, method = dynamic(dtype = uint8) }\n")
+    p.write_text(textwrap.dedent(BASE) + "quantize u { from = t, method = dynamic(dtype = uint8) }\n")
     capsys.readouterr()
     code, stages = run_pipeline(p, feat["cache"])
     err = capsys.readouterr().err
-    assert code == 3
-    assert stages["s"]["status"] == "failed" and stages["u"]["status"] == "failed"
-    assert stages["t"]["status"] == "cached"
-    assert "FTP530" in err and "export it to ONNX and quantize that" in err
-    assert "int8 only" in err
+    assert code == 3 and stages["u"]["status"] == "failed" and stages["t"]["status"] == "cached"
+    assert "FTP530" in err and "int8 only" in err and "dtype = int8" in err
 
 
 # --------------------------------------------------------------------------------------------
 # text
 
 
-def test_text_quantization_tokenizes_calibration_and_ships_the_tokenizer(tmp_path):
+def test_text_quantization_tokenizes_calibration_and_ships_the_tokenizer(tmp_path, capsys):
     import torch
 
     from ftdsl.stages.data import Dataset
@@ -450,3 +477,11 @@ def test_text_quantization_tokenizes_calibration_and_ships_the_tokenizer(tmp_pat
     rows = {r["model"]: r for r in json.loads((tmp_path / "out" / "r" / "report.json").read_text())["rows"]}
     assert set(rows) == {"t", "e", "q8", "qs", "tq"}
     assert rows["q8"]["accuracy"] >= rows["e"]["accuracy"] - 0.2
+    # static int8 of a text model in PyTorch: FTP530, pointing at dynamic() and at ONNX
+    p2 = tmp_path / "static_text.ftp"
+    p2.write_text(textwrap.dedent(TEXT) + "quantize bad { from = t, method = static(calibrate = d.valid) }\n")
+    capsys.readouterr()
+    code, stages = run_pipeline(p2, cache)
+    err = capsys.readouterr().err
+    assert code == 3 and stages["bad"]["status"] == "failed" and stages["t"]["status"] == "cached"
+    assert "FTP530" in err and "method = dynamic()" in err and "format = onnx()" in err

@@ -20,6 +20,7 @@ is refused (FTP302) without being opened.
 from __future__ import annotations
 
 import hashlib
+import functools
 import json
 import os
 import random
@@ -114,6 +115,7 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
+@functools.lru_cache(maxsize=1)
 def _versions() -> dict[str, str]:
     import importlib.metadata as md
 

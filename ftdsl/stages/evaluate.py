@@ -118,7 +118,10 @@ def _runner(art, name: str):
             state = art.state_dict() or {}
             return sum(t.numel() * t.element_size() for t in state.values())
 
-        return module, size, int(sum(p.numel() for p in module.parameters()))
+        # a quantized model's packed int8 weights are not `parameters()`: it counts them itself
+        n = getattr(art, "num_params", None)
+        n = n() if callable(n) else n
+        return module, size, int(n if n is not None else sum(p.numel() for p in module.parameters()))
     raise StageError("FTP530", f"`{name}`: evaluating a {type(art).__name__} is not supported (evaluate a "
                                "TorchModel or an ONNX export)")
 

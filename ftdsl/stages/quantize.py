@@ -36,16 +36,24 @@ A **TorchModel** is quantized in PyTorch, into a :class:`QuantizedTorchModel`:
   ``nn.Linear`` (int8 weights, per channel or per tensor; activations quantized per batch).
   Runs about 2x faster on CPU, but cannot be exported to ONNX (lint FTP207), trained, pruned or
   quantized again. ``dtype = uint8`` is FTP530 (PyTorch stores dynamic weights as int8 only).
+* ``static(calibrate, samples)``: features models (mlp, cnn) only: FX graph-mode quantization
+  (``torch.ao.quantization.quantize_fx``, the default ``x86`` qconfig mapping: int8 activations
+  with histogram observers, per-channel int8 weights) calibrated on up to ``samples`` rows of
+  the split. PT2E (torchao) would be the successor; torchao is not a dependency. A text model
+  is FTP530 with a hint (use ``dynamic``, or export to ONNX and quantize that), and so is a
+  network FX cannot trace.
 * ``fp16``: the weights in float16; ``build()`` returns a module that takes and returns float32
   (features are normalized in float32, then cast).
-* ``static``: FTP530 with a hint: export to ONNX and quantize that (PT2E static quantization
-  needs torchao, not a dependency of ftdsl).
 
 A QuantizedTorchModel is saved without pickle: the float weights (``model.safetensors``, as a
-TorchModel saves them) plus ``quantization.json`` (the method). ``build()`` rebuilds the float
-module and applies the same quantization, which is deterministic, so a reload computes exactly
-what the stage computed. ``size_bytes`` is the quantized size (int8 weights, a float32 scale
-and an int32 zero point per channel (or tensor), and the float tensors left), not the file's.
+TorchModel saves them) plus ``quantization.json`` (the recipe) and, for ``static``,
+``observers.safetensors`` (the calibrated activation ranges and histograms, plain float
+tensors). ``build()`` rebuilds the float module and applies the same quantization, which is
+deterministic, so a reload computes exactly what the stage computed. ``size_bytes`` is the
+quantized size (int8 weights, a float32 scale and an int32 zero point per channel (or tensor),
+and the float tensors left), not the file's; ``num_params`` counts the quantized weights too.
+torch.ao's quantization is deprecated upstream (still present in torch 2.13); its deprecation
+warnings are silenced.
 
 Reports: ``out/<stage>/quantize.json``: method, sizes before and after, compression, and the
 parity of the quantized model against the float one (max / mean abs difference of the outputs,
@@ -62,19 +70,19 @@ import logging
 import shutil
 import tempfile
 import time
-import warnings
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
 from ftdsl.errors import FtdslError, StageError
 
-__all__ = ["run", "QuantizedTorchModel", "quantize_module", "quantized_size_bytes", "quiet_quantizer",
-           "FORMAT_VERSION"]
+__all__ = ["run", "QuantizedTorchModel", "quantize_module", "quantized_size_bytes", "parameter_count",
+           "quiet_quantizer", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
 QUANT_FILE = "quantization.json"
+OBSERVERS_FILE = "observers.safetensors"
 REPORT_FILE = "quantize.json"
 RANDOM_ROWS = (1, 7, 64, 128)  # batch sizes of the random parity inputs (200 rows)
 CALIB_BATCH = 32
@@ -221,7 +229,8 @@ def _summary(label: str, what: str, before: int, after: int, parity: dict) -> st
 # Input batches: calibration rows, random rows
 
 
-def _calibration_batches(src, dataset, attrs_method: dict, seed: int, *, batch: int = CALIB_BATCH) -> tuple[list[dict], str]:
+def _calibration_batches(src, dataset, attrs_method: dict, seed: int, *,
+                         batch: int = CALIB_BATCH) -> tuple[list[dict], str]:
     """Up to ``samples`` rows of the ``calibrate`` split (a seeded draw), as numpy feed dicts
     keyed by the model's input names; text tokenized with the model's tokenizer."""
     from ftdsl.stages.batching import iter_batches
@@ -278,8 +287,6 @@ def _text_vocab(src, proto) -> tuple[int, int]:
     """(vocabulary size, pad id) of a text export: from its metadata (from-scratch models), else
     its tokenizer (pretrained models), else the largest 2-D initializer a Gather reads (the
     token embedding)."""
-    from onnx import numpy_helper  # noqa: F401 - onnx is there when a graph is
-
     vocab = int(src.meta.get("vocab_size") or 0)
     pad = src.meta.get("pad_id")
     if vocab < 2 or pad is None:
@@ -456,7 +463,7 @@ def _run_onnx(src, method: dict, inputs: dict, attrs: dict, ctx):
     modality = src.meta.get("modality") or "features"
     ops = {n.op_type for n in proto.graph.node}
     calib: list[dict] = []
-    where = "random"
+    where = "random inputs"
     if kind == "static":
         calib, where = _calibration_batches(src, inputs.get("method.calibrate"), method, ctx.seed)
         if modality == "text":
@@ -466,7 +473,6 @@ def _run_onnx(src, method: dict, inputs: dict, attrs: dict, ctx):
         ctx.reporter.log("warning: dynamic quantization turns convolutions into ConvInteger, which onnxruntime "
                          "runs slower than float on CPU; `method = static(calibrate = DATA.valid)` suits CNNs")
     probe = calib or _onnx_random_batches(src, proto, ctx.seed)
-    where = where if calib else "random inputs"
     ctx.reporter.start(None, f"quantize {label} ({kind})")
     work = Path(ctx.work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -484,7 +490,8 @@ def _run_onnx(src, method: dict, inputs: dict, attrs: dict, ctx):
                                  "stored the weights as float16 with float32 compute instead")
                 qinfo["fp16_fallback_reason"] = why
         else:
-            pre, pre_err = _preprocess(src.onnx_path, tmp / "pre.onnx") if not external else (src.onnx_path, "skipped")
+            pre, pre_err = (src.onnx_path, "skipped: external data") if external else \
+                _preprocess(src.onnx_path, tmp / "pre.onnx")
             qinfo["preprocessed"] = pre_err is None
             if pre_err:
                 qinfo["preprocess_error"] = pre_err
@@ -499,8 +506,8 @@ def _run_onnx(src, method: dict, inputs: dict, attrs: dict, ctx):
                     qinfo.update({"dtype": dtype, "per_channel": per_channel, "format": "QOperator",
                                   "activations": "dynamic uint8"})
                 else:
-                    quantize_static(str(pre), str(dst), _reader(calib, list(src.inputs)), quant_format=QuantFormat.QDQ,
-                                    per_channel=True, activation_type=QuantType.QInt8,
+                    quantize_static(str(pre), str(dst), _reader(calib, list(src.inputs)),
+                                    quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
                                     weight_type=QuantType.QInt8, use_external_data_format=external)
                     qinfo.update({"dtype": "int8", "per_channel": True, "format": "QDQ", "activations": "int8",
                                   "calibrate": where, "calibration": "minmax",
@@ -541,8 +548,7 @@ def _run_onnx(src, method: dict, inputs: dict, attrs: dict, ctx):
     # parity vs the float graph
     agreement = _Agreement(_is_classifier(meta.get("task")))
     try:
-        fsess, qsess = src.session(), art.session()
-        names = [i.name for i in qsess.get_inputs()]
+        names = [i.name for i in art.session().get_inputs()]
         for b in probe:
             agreement.add(src.predict({n: b[n] for n in names}), art.predict({n: b[n] for n in names}))
     except StageError:
@@ -550,7 +556,6 @@ def _run_onnx(src, method: dict, inputs: dict, attrs: dict, ctx):
     except Exception as e:
         raise StageError("FTP502", f"the quantized `{label}` fails in onnxruntime: {_first_line(e)}",
                          hint="try another method (`dynamic()`), or re-export with another opset") from e
-    del fsess, qsess
     parity = agreement.as_dict(where)
     before, after = int(src.size_bytes), int(art.size_bytes)
     metrics = {"size_mb": after / 1e6, "size_before_mb": before / 1e6, "compression": before / max(1, after),
@@ -580,20 +585,40 @@ def _describe(q: dict) -> str:
 
 def _torch_method(method: dict) -> dict:
     """The canonical PyTorch quantization recipe saved with the artifact."""
+    import torch
+
     kind = method["$call"]
     if kind == "dynamic":
         return {"method": "dynamic", "dtype": "int8", "per_channel": bool(method.get("per_channel", True)),
                 "modules": ["Linear"], "backend": "torch.ao.quantization.quantize_dynamic"}
+    if kind == "static":
+        ref = method.get("calibrate") or {}
+        engine = "x86" if "x86" in torch.backends.quantized.supported_engines else "qnnpack"
+        return {"method": "static", "dtype": "int8", "per_channel": engine == "x86", "qconfig": engine,
+                "calibrate": f"{ref.get('$ref', 'data')}.{ref.get('split', '?')}",
+                "samples": int(method.get("samples") or 256), "backend": "torch.ao.quantization.quantize_fx"}
     return {"method": "fp16", "dtype": "float16", "per_channel": None, "backend": "torch"}
 
 
-def quantize_module(module, recipe: dict):
+def quantize_module(module, recipe: dict, observers: dict | None = None):
     """Apply ``recipe`` (see :func:`_torch_method`) to a float FtdslModule; returns the module to
-    use (the same object for dynamic, quantized in place; a float16 wrapper for fp16)."""
+    use (the same object for dynamic, quantized in place; a float16 wrapper for fp16; an FX
+    GraphModule for static, whose activation ranges are ``observers``, see :func:`calibrate_static`)."""
     import torch
     from torch import nn
 
     module.eval()
+    if recipe["method"] == "static":
+        if observers is None:
+            raise StageError("FTP503", "a statically quantized model without its calibration (observers.safetensors)",
+                             hint="rerun the quantize stage with --force")
+        prepared = _prepare_static(module, recipe)
+        missing, unexpected = prepared.load_state_dict(observers, strict=False)
+        if unexpected or any(k.startswith("activation_post_process") for k in missing):
+            raise StageError("FTP503", "the saved calibration does not fit the model "
+                                       f"(unexpected {list(unexpected)[:3]}, missing {list(missing)[:3]})",
+                             hint="rerun the quantize stage with --force")
+        return _convert_static(prepared, module)
     if recipe["method"] == "dynamic":
         with quiet_quantizer():
             from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig
@@ -606,6 +631,58 @@ def quantize_module(module, recipe: dict):
     if recipe["method"] == "fp16":
         return _half(module).eval()
     raise StageError("FTP530", f"unknown PyTorch quantization {recipe.get('method')!r}")  # pragma: no cover
+
+
+def _example(module):
+    import torch
+
+    return (torch.zeros((2, *tuple(module.norm_mean.shape)), dtype=torch.float32),)
+
+
+def _prepare_static(module, recipe: dict):
+    """FX graph-mode preparation (observers inserted) of a features module."""
+    import torch
+
+    from ftdsl.stages.model import FeaturesModule
+
+    if not isinstance(module, FeaturesModule):
+        raise StageError("FTP530", "static int8 quantization in PyTorch is for features models (mlp, cnn)",
+                         hint="export the model to ONNX and quantize that, or use `method = dynamic()` "
+                              "(static int8 also costs transformers much accuracy)")
+    engine = recipe.get("qconfig") or "x86"
+    if engine not in torch.backends.quantized.supported_engines:  # pragma: no cover - other CPUs
+        raise StageError("FTP530", f"this PyTorch has no `{engine}` quantized engine "
+                                   f"(it has {', '.join(torch.backends.quantized.supported_engines)})",
+                         hint="rerun the quantize stage on this machine with --force")
+    with quiet_quantizer():
+        from torch.ao.quantization import get_default_qconfig_mapping
+        from torch.ao.quantization.quantize_fx import prepare_fx
+
+        torch.backends.quantized.engine = engine
+        return prepare_fx(module, get_default_qconfig_mapping(engine), _example(module))
+
+
+def _convert_static(prepared, float_module):
+    with quiet_quantizer():
+        from torch.ao.quantization.quantize_fx import convert_fx
+
+        q = convert_fx(prepared)
+    q.modality, q.input_names = float_module.modality, tuple(float_module.input_names)
+    return q.eval()
+
+
+def calibrate_static(module, recipe: dict, batches: list[dict]) -> dict:
+    """Run ``batches`` through the observed ``module``; returns the observers' state (plain
+    float tensors: ranges and histograms), which :func:`quantize_module` turns into the same
+    quantized model every time."""
+    import torch
+
+    prepared = _prepare_static(module, recipe)
+    with torch.inference_mode(), quiet_quantizer():
+        for b in batches:
+            prepared(torch.from_numpy(np.ascontiguousarray(b["x"])))
+    return {k: v.detach().clone().contiguous() for k, v in prepared.state_dict().items()
+            if "activation_post_process" in k and isinstance(v, torch.Tensor)}
 
 
 def _skip_fast_path(module, args, output):
@@ -703,6 +780,23 @@ def quantized_size_bytes(module) -> int:
     return int(total)
 
 
+def parameter_count(module) -> int:
+    """Parameters of a (possibly quantized) module, counting each quantized Linear's weight and
+    bias (``module.parameters()`` does not list them)."""
+    total = 0
+    seen: set[int] = set()
+    for m in module.modules():
+        if getattr(m, "_packed_params", None) is not None and callable(getattr(m, "weight", None)):
+            total += m.weight().numel()
+            b = m.bias()
+            total += 0 if b is None else b.numel()
+    for t in module.parameters():
+        if id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel()
+    return int(total)
+
+
 class QuantizedTorchModel:
     """A TorchModel quantized in PyTorch: the float model (spec + safetensors weights +
     tokenizer, saved as a TorchModel saves itself) and the quantization recipe. ``build()``
@@ -714,10 +808,14 @@ class QuantizedTorchModel:
 
     trained = True
 
-    def __init__(self, base, recipe: dict, *, size_bytes: int | None = None, metrics: dict | None = None):
+    def __init__(self, base, recipe: dict, *, size_bytes: int | None = None, num_params: int | None = None,
+                 metrics: dict | None = None, observers: dict | None = None, observers_path: Path | None = None):
         self.base = base
         self.recipe = dict(recipe)
+        self._observers = observers
+        self._observers_path = observers_path
         self._size = size_bytes
+        self._params = num_params
         self.metrics = dict(metrics or {})
 
     # -- TorchModel-like queries -------------------------------------------------------------
@@ -749,9 +847,21 @@ class QuantizedTorchModel:
         """The float weights the quantization is applied to."""
         return self.base.state_dict()
 
+    def observers(self) -> dict | None:
+        """Static quantization: the calibrated observers' state (read on first use)."""
+        if self._observers is None and self._observers_path is not None:
+            from safetensors.torch import load_file
+
+            try:
+                self._observers = load_file(str(self._observers_path))
+            except Exception as e:
+                raise StageError("FTP503", f"cannot read {self._observers_path}: {e}",
+                                 hint="rerun the quantize stage with --force") from e
+        return self._observers
+
     def build(self):
         """The quantized module (CPU, eval mode): the float model rebuilt, then quantized."""
-        return quantize_module(self.base.build(), self.recipe)
+        return quantize_module(self.base.build(), self.recipe, self.observers())
 
     @property
     def size_bytes(self) -> int:
@@ -759,6 +869,13 @@ class QuantizedTorchModel:
         if self._size is None:
             self._size = quantized_size_bytes(self.build())
         return int(self._size)
+
+    @property
+    def num_params(self) -> int:
+        """Parameters, quantized ones included (``build().parameters()`` misses those)."""
+        if self._params is None:
+            self._params = parameter_count(self.build())
+        return int(self._params)
 
     # -- persistence -------------------------------------------------------------------------
 
@@ -770,8 +887,14 @@ class QuantizedTorchModel:
         base = self.base
         TorchModel(base.spec, base.state_dict(), tokenizer_dir=base.tokenizer_dir, hf_config=base.hf_config,
                    metrics={}).save(dir)
+        obs = self.observers()
+        if obs is not None:
+            from safetensors.torch import save_file
+
+            save_file(obs, str(dir / OBSERVERS_FILE), metadata={"format": "pt"})
         _write_json(dir / QUANT_FILE, {"format_version": FORMAT_VERSION, "recipe": self.recipe,
-                                       "size_bytes": self.size_bytes, "metrics": self.metrics})
+                                       "size_bytes": self.size_bytes, "num_params": self.num_params,
+                                       "metrics": self.metrics})
 
     @classmethod
     def load(cls, dir: Path) -> "QuantizedTorchModel":
@@ -784,13 +907,17 @@ class QuantizedTorchModel:
         base = TorchModel.load(dir)
         if not base.trained:
             raise ValueError(f"{dir}: the float weights are missing")
-        return cls(base, q["recipe"], size_bytes=q.get("size_bytes"), metrics=q.get("metrics") or {})
+        obs = dir / OBSERVERS_FILE
+        if q["recipe"].get("method") == "static" and not obs.is_file():
+            raise ValueError(f"{dir}: {OBSERVERS_FILE} is missing")
+        return cls(base, q["recipe"], size_bytes=q.get("size_bytes"), num_params=q.get("num_params"),
+                   metrics=q.get("metrics") or {}, observers_path=obs if obs.is_file() else None)
 
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
         return f"QuantizedTorchModel({self.recipe.get('method')}, {self.base!r})"
 
 
-def _run_torch(src, method: dict, attrs: dict, ctx):
+def _run_torch(src, method: dict, inputs: dict, attrs: dict, ctx):
     import torch
 
     from ftdsl.stages.export import random_batches
@@ -800,14 +927,14 @@ def _run_torch(src, method: dict, attrs: dict, ctx):
     if not getattr(src, "trained", False):
         raise StageError("FTP510", f"quantize: `{label}` is an untrained model; there are no weights to quantize",
                          hint="quantize a trained model: `from = <a train, prune or distill stage>`")
-    if kind == "static":
+    if kind == "static" and src.modality != "features":
         ref = method.get("calibrate") or {}
         data = f"{ref.get('$ref', 'DATA')}.{ref.get('split', 'valid')}"
         raise StageError(
-            "FTP530", f"static int8 quantization of a PyTorch model (`{label}`) is not supported",
-            hint=f"export it to ONNX and quantize that: `export e {{ from = {label}, format = onnx() }}` and "
-                 f"`quantize ... {{ from = e, method = static(calibrate = {data}) }}`; or use "
-                 "`method = dynamic()` here")
+            "FTP530", f"static int8 quantization in PyTorch is for features models (mlp, cnn); `{label}` takes text",
+            hint=f"use `method = dynamic()` (static int8 costs transformers much accuracy), or export it to ONNX "
+                 f"and quantize that: `export e {{ from = {label}, format = onnx() }}` and "
+                 f"`quantize ... {{ from = e, method = static(calibrate = {data}) }}`")
     if kind == "dynamic" and str(method.get("dtype") or "int8") != "int8":
         raise StageError("FTP530", f"PyTorch's dynamic quantization stores weights as int8 only, not "
                                    f"{method.get('dtype')}",
@@ -818,22 +945,41 @@ def _run_torch(src, method: dict, attrs: dict, ctx):
     t0 = time.perf_counter()
     float_module = src.build()
     before = sum(t.numel() * t.element_size() for t in (src.state_dict() or {}).values())
-    qmodule = quantize_module(src.build(), recipe)
+    observers = None
+    probe, where = None, "random inputs"
+    if kind == "static":
+        batches, where = _calibration_batches(src, inputs.get("method.calibrate"), method, ctx.seed)
+        recipe["calibration_rows"] = sum(len(b["x"]) for b in batches)
+        try:
+            observers = calibrate_static(src.build(), recipe, batches)
+            qmodule = quantize_module(src.build(), recipe, observers)
+        except FtdslError:
+            raise
+        except Exception as e:  # FX cannot trace this network
+            raise StageError("FTP530", f"PyTorch cannot quantize `{label}` statically: {type(e).__name__}: "
+                                       f"{_first_line(e)}",
+                             hint=f"export it to ONNX and quantize that (`export e {{ from = {label}, format = "
+                                  "onnx() }`, then `quantize ... { from = e, method = static(...) }`), or use "
+                                  "`method = dynamic()`") from e
+        probe = [{"x": torch.from_numpy(b["x"])} for b in batches]
+    else:
+        qmodule = quantize_module(src.build(), recipe)
     quantize_s = time.perf_counter() - t0
     after = quantized_size_bytes(qmodule)
     agreement = _Agreement(_is_classifier(src.task))
     names = list(float_module.input_names)
     with torch.inference_mode():
-        for b in random_batches(src, float_module, ctx.seed):
+        for b in probe or random_batches(src, float_module, ctx.seed):
             args = [b[n] for n in names]
             agreement.add(float_module(*args).float().numpy(), qmodule(*args).float().numpy())
-    parity = agreement.as_dict("random inputs")
+    parity = agreement.as_dict(where)
     metrics = {"size_mb": after / 1e6, "size_before_mb": before / 1e6, "compression": before / max(1, after),
                "quantize_s": quantize_s, **_parity_metrics(parity)}
     for k in ("valid.accuracy", "test.accuracy", "valid.mse", "test.mse"):
         if isinstance(src.metrics.get(k), (int, float)):
             metrics[f"before.{k}"] = src.metrics[k]
-    art = QuantizedTorchModel(src, recipe, size_bytes=after, metrics=metrics)
+    art = QuantizedTorchModel(src, recipe, size_bytes=after, num_params=parameter_count(qmodule), metrics=metrics,
+                              observers=observers)
     out = Path(ctx.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / REPORT_FILE, {"from": label, "kind": "torch", "method": method, "quantization": recipe,
@@ -867,6 +1013,6 @@ def run(inputs: dict, attrs: dict, ctx):
     from ftdsl.stages.model import TorchModel
 
     if isinstance(src, TorchModel):
-        return _run_torch(src, method, attrs, ctx)
+        return _run_torch(src, method, inputs, attrs, ctx)
     raise StageError("FTP530", f"quantize: `{label}` is a {type(src).__name__}; quantize a trained model or an "
                                "ONNX export (`export ... {{ format = onnx() }}`)")

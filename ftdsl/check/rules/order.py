@@ -16,6 +16,11 @@ def stage_order(ctx):
                 continue
             if b.kind == "export":
                 fmt = b.value("format")
+                if isinstance(fmt, CallV) and fmt.name in ("safetensors", "pt2", "hf"):
+                    yield make("FTP207", f"`export {name}`: a model quantized in PyTorch cannot be exported as "
+                                         f"`{fmt.name}`", fmt.span or ref.span, label="not for quantized models",
+                               hint="export the float model (then quantize the ONNX graph), or use "
+                                    "`format = torchscript()`")
                 if isinstance(fmt, CallV) and fmt.name == "onnx":
                     q = prog.blocks[ref.target]
                     before = q.value("from")
