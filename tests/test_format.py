@@ -205,7 +205,12 @@ def test_nested_breaking_only_where_needed():
 
 
 def test_call_arguments_keep_source_order():
-    assert fmt("param c = f(k = 1, 2)") == "param c = f(k = 1, 2)\n"
+    assert fmt("param c = f(2, 3, k = 1, j = 0)") == "param c = f(2, 3, k = 1, j = 0)\n"
+
+
+def test_positional_after_keyword_is_not_formatted():
+    out, diags = format_source("param c = f(k = 1, 2)")
+    assert out is None and [d.code for d in diags] == ["FTP101"]
 
 
 def test_header_stays_where_it_is():
@@ -331,12 +336,14 @@ def _containers(draw, depth: int) -> str:
     kind = draw(st.sampled_from(["list", "dict", "call"]))
     n = draw(st.integers(0, 5))
     parts = []
+    keywords = False  # positional arguments come first (SPEC §3); once a keyword, always keywords
     for _ in range(n):
         v = draw(_value(depth - 1))
         if kind == "dict":
             key = draw(st.one_of(st.sampled_from(NAMES), st.text(STRING_CHARS, max_size=8).map(_quote)))
             v = key + draw(_gap(need_space=False)) + "=" + draw(_gap(need_space=False)) + v
-        elif kind == "call" and draw(st.booleans()):
+        elif kind == "call" and (keywords or draw(st.booleans())):
+            keywords = True
             v = draw(st.sampled_from(NAMES)) + draw(_gap(need_space=False)) + "=" + draw(_gap(need_space=False)) + v
         parts.append(v)
     body = draw(_gap(need_space=False))
