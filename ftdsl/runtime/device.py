@@ -54,9 +54,16 @@ def cpu_bf16_reason() -> str | None:
     return None
 
 
-def resolve_precision(precision: str, device: str) -> tuple[str, str]:
+# Below this many parameters, bf16 autocast on a CPU costs more (casts, per-op overhead) than its
+# faster matrix products save: the quickstart CNN (53k) ran 11% slower in bf16, MiniLM (22.7M)
+# 1.8x faster (bench/train_overhead.py).
+CPU_BF16_MIN_PARAMS = 1_000_000
+
+
+def resolve_precision(precision: str, device: str, n_params: int | None = None) -> tuple[str, str]:
     """The concrete precision (``"fp32"|"bf16"|"fp16"``) for ``precision`` on ``device``, and a
-    human reason, e.g. ``("bf16", "bf16: CPU has AVX512-BF16")``."""
+    human reason, e.g. ``("bf16", "bf16: CPU has AVX512-BF16")``. On a CPU, `auto` keeps small
+    models (``n_params`` below ``CPU_BF16_MIN_PARAMS``) in fp32."""
     import torch
 
     if precision not in _PRECISIONS:
@@ -68,6 +75,8 @@ def resolve_precision(precision: str, device: str) -> tuple[str, str]:
             return "bf16", "bf16: the GPU supports bfloat16"
         return "fp16", "fp16: the GPU has no bfloat16 support (gradients are scaled)"
     reason = cpu_bf16_reason()
+    if reason is not None and n_params is not None and n_params < CPU_BF16_MIN_PARAMS:
+        return "fp32", f"fp32: {n_params:,} parameters is too small for bf16 to pay off on a CPU ({reason})"
     if reason is not None:
         return "bf16", f"bf16: {reason}"
     return "fp32", "fp32: this CPU has no native bf16 (AVX512-BF16 or AMX)"

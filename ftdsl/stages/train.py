@@ -353,14 +353,17 @@ class _Trainer:
         self.loss_fn, self.after_step = loss_fn, after_step
         self.log = ctx.reporter.log
         self.device = resolve_device(ctx.device or "cpu")
-        self.precision, self.precision_reason = resolve_precision(attrs.get("precision", "auto"), self.device)
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         if (attrs.get("distributed") or "none") != "none":
             raise StageError("FTP530", f"distributed = {attrs['distributed']} is not supported by this engine yet",
                              hint="use distributed = none")
         self.ckpt_dir = Path(ctx.work_dir) / "checkpoints"
         self._setup_data()
         self._setup_model()
+        n_params = sum(p.numel() for p in self.module.parameters())
+        self.precision, self.precision_reason = resolve_precision(attrs.get("precision", "auto"), self.device,
+                                                                  n_params=n_params)
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        self.log(f"precision {self.precision_reason}")
         self._setup_optim()
 
     # -- data ------------------------------------------------------------------------------
@@ -461,7 +464,7 @@ class _Trainer:
         total = sum(p.numel() for p in module.parameters())
         if trainable == 0:
             raise StageError("FTP510", "nothing to train: every parameter is frozen", hint="check `freeze`")
-        self.log(f"{trainable:,} of {total:,} parameters trainable; precision {self.precision_reason}")
+        self.log(f"{trainable:,} of {total:,} parameters trainable")
         self.forward = module
         if self.attrs.get("compile"):
             self.forward = torch.compile(module)
