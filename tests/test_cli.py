@@ -23,39 +23,9 @@ import ftdsl.commands
 from ftdsl.cli import main
 from ftdsl.diagnostics.codes import CODES
 
-VALID = """\
-ftp 1
-# Fine-tune a small pretrained encoder, prune it, export it, quantize the ONNX graph.
-pipeline sentiment { seed = 13 }
+from spec_example import SPEC_EXAMPLE  # noqa: E402
 
-param lr = 3e-5
-
-data reviews {
-  source = csv("data/reviews.csv")
-  text = "sentence", label = "label"
-  split = { train = 0.8, valid = 0.1, test = 0.1 }
-  max_length = 64
-}
-
-model base {
-  pretrained = "sentence-transformers/all-MiniLM-L6-v2"
-  task = classify(labels = 2)
-}
-
-train finetune {
-  model = base, data = reviews
-  epochs = 3, batch = 32
-  optimizer = adamw(lr = lr, weight_decay = 0.01)
-  schedule = linear(warmup = 0.1)
-  precision = auto
-  early_stop = { metric = "valid.accuracy", mode = max, patience = 2 }
-}
-
-prune sparse { from = finetune, method = global_magnitude(amount = 0.3), recover = { epochs = 1 } }
-export onnx  { from = sparse, format = onnx(opset = 17), verify = true }
-quantize q8  { from = onnx, method = dynamic(dtype = int8) }
-evaluate report { models = [finetune, sparse, onnx, q8], data = reviews.test, metrics = [accuracy, f1, latency, size] }
-"""
+VALID = SPEC_EXAMPLE
 # line 21 col 15 is `bacth` in BROKEN
 BROKEN = VALID.replace("epochs = 3, batch = 32", "epochs = 3, bacth = 32")
 # formats.md §2's example: `epoch` at line 21 col 3

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -199,3 +200,19 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any, *, durable: bool =
     """Atomically write ``obj`` as pretty, key-sorted UTF-8 JSON with a trailing newline."""
     text = json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
     write_text_atomic(path, text, durable=durable)
+
+
+def json_safe(x):
+    """Plain JSON values: numpy/torch scalars to Python numbers, NaN/Inf to None, keys to str."""
+    if isinstance(x, dict):
+        return {str(k): json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if hasattr(x, "item") and callable(x.item) and not isinstance(x, (str, bytes)):
+        try:
+            x = x.item()
+        except (ValueError, RuntimeError):
+            return str(x)
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x

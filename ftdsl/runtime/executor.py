@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ftdsl.errors import FtdslError, ResourceError, StageError
 from ftdsl.plan import Plan, PlannedStage
+from ftdsl.runtime.atomic import json_safe
 from ftdsl.runtime.progress import Console, StageReporter
 from ftdsl.stages import ARTIFACTS, STAGES, load_object
 from ftdsl.stages.base import StageContext
@@ -147,7 +148,7 @@ class _Executor:
             (tmp / "artifact").mkdir()
             artifact.save(tmp / "artifact")
             metrics = getattr(artifact, "metrics", None) or {}
-            meta["metrics"] = _jsonable(metrics)
+            meta["metrics"] = json_safe(metrics)
 
         if st.status == "forced":
             self.cache.remove(st.key)  # --force: drop the entry so it is computed again
@@ -285,20 +286,6 @@ def _meta(entry: Path) -> dict:
         return json.loads((entry / "manifest.json").read_text()).get("meta", {})
     except (OSError, ValueError):
         return {}
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (str, int, bool)) or obj is None:
-        return obj
-    try:
-        f = float(obj)
-        return f if f == f and f not in (float("inf"), float("-inf")) else None
-    except (TypeError, ValueError):
-        return str(obj)
 
 
 class _signals_as_exceptions:

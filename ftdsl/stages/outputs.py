@@ -44,20 +44,7 @@ except ImportError:  # pragma: no cover - the shared helper is missing: local eq
 __all__ = ["MetricsWriter", "plot_curves", "json_safe"]
 
 
-def json_safe(x: Any) -> Any:
-    """Plain JSON values: numpy/torch scalars to Python numbers, NaN/Inf to None."""
-    if isinstance(x, dict):
-        return {str(k): json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_safe(v) for v in x]
-    if hasattr(x, "item") and callable(x.item) and not isinstance(x, (str, bytes)):
-        try:
-            x = x.item()
-        except (ValueError, RuntimeError):
-            return str(x)
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
+from ftdsl.runtime.atomic import json_safe  # noqa: E402  (re-exported: one JSON cleaner)
 
 
 class MetricsWriter:

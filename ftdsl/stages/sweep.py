@@ -366,19 +366,7 @@ class _State:
         write_json_atomic(self.path, {"format": STATE_FORMAT, "signature": self.signature, "trials": self.trials})
 
 
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    if hasattr(x, "item") and callable(x.item) and not isinstance(x, (str, bytes)):
-        try:
-            x = x.item()
-        except (ValueError, RuntimeError):
-            return str(x)
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
+from ftdsl.runtime.atomic import json_safe as _json_safe  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------
