@@ -80,15 +80,21 @@ class StageReporter(Reporter):
             self.console.line(f"{self.stage}: {desc}" + (f" ({total_steps} steps)" if total_steps else ""))
 
     def update(self, step: int, **metrics: Any) -> None:
-        info = "  ".join(_fmt_metric(k, v) for k, v in metrics.items() if v is not None)
+        # Called every optimizer step: format and redraw at most ~10 times a second.
+        if self.console.quiet:
+            return
+        now = time.monotonic()
+        last = self._total is not None and step >= self._total
         if self._progress is not None:
-            self._progress.update(self._task, completed=step, info=info)
-        elif not self.console.quiet:
-            now = time.monotonic()
-            if now - self._last_plain >= 10 or (self._total and step >= self._total):
+            if now - self._last_plain >= 0.1 or last:
                 self._last_plain = now
-                total = f"/{self._total}" if self._total else ""
-                self.console.line(f"{self.stage}: step {step}{total}  {info}")
+                info = "  ".join(_fmt_metric(k, v) for k, v in metrics.items() if v is not None)
+                self._progress.update(self._task, completed=step, info=info)
+        elif now - self._last_plain >= 10 or last:
+            self._last_plain = now
+            info = "  ".join(_fmt_metric(k, v) for k, v in metrics.items() if v is not None)
+            total = f"/{self._total}" if self._total else ""
+            self.console.line(f"{self.stage}: step {step}{total}  {info}")
 
     def log(self, text: str) -> None:
         if self._progress is not None:

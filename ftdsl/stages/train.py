@@ -537,8 +537,9 @@ class _Trainer:
         return {k: b[k].to(self.device, non_blocking=True) for k in self.module.input_names}
 
     def _autocast(self):
-        return torch.autocast(device_type=self.device, dtype=self.amp_dtype or torch.bfloat16,
-                              enabled=self.amp_dtype is not None)
+        if self.amp_dtype is None:  # fp32: no autocast context at all (it costs per step)
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device, dtype=self.amp_dtype)
 
     # -- one optimizer step ------------------------------------------------------------------
 
@@ -557,7 +558,7 @@ class _Trainer:
             if not math.isfinite(value):
                 self._nan(value, step)
             # scale for fp16 (a no-op otherwise); divide so the gradient is the group's mean
-            self.scaler.scale(loss / len(group)).backward()
+            self.scaler.scale(loss / len(group) if len(group) > 1 else loss).backward()
             total += value / len(group)
         if self.clip:
             self.scaler.unscale_(self.optimizer)
