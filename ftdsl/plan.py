@@ -15,7 +15,6 @@ from importlib import metadata
 from pathlib import Path
 
 import ftdsl
-from ftdsl.check import graph
 from ftdsl.frontend import Compiled
 from ftdsl.ir.lower import flatten, stage_config
 
@@ -236,10 +235,8 @@ def _decide(st: PlannedStage, pipeline: str, cache, force, by_name, verify: bool
         st.status, st.reasons = "forced", ["forced (--force)"]
         return
     if cache is not None and cache.has(st.key):
-        if upstream:
-            # Cannot happen with content keys unless an upstream entry was evicted: it re-runs with
-            # the same key, so this stage's key is unchanged and stays cached.
-            pass
+        # Keys are content hashes: an upstream stage that re-runs with an unchanged key (evicted,
+        # forced) leaves this key unchanged too, so this stage stays cached.
         st.status = "cached"
         return
     prev = cache.last_run(pipeline, st.name) if cache is not None else None

@@ -90,7 +90,7 @@ class RefT(Type):
     def describe(self) -> str:
         what = " or ".join(self.artifacts)
         if self.split == "required":
-            return f"a split of a data block (`NAME.test`)"
+            return "a split of a data block (`NAME.test`)"
         return f"a reference to a stage producing a {what}"
 
 

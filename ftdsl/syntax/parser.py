@@ -132,10 +132,7 @@ def _parse_items(text: str, path: str, comments: list) -> list:
     return items
 
 
-# Comments are found by a scan that skips strings, so `#` inside a string stays text.
-_COMMENT_RE = re.compile(r'"(?:[^"\\\n]|\\[^\n])*"?(*SKIP)(*FAIL)|#[^\n]*') if False else None
-
-
+# Comments inside strings are text: `_find_comments` skips strings (used by suppression comments).
 def _find_comments(text: str):
     i, n = 0, len(text)
     while i < n:
@@ -154,30 +151,6 @@ def _find_comments(text: str):
             i += 1
 
 
-class _CommentScanner:
-    @staticmethod
-    def finditer(text):
-        for s, e in _find_comments(text):
-            yield _M(text, s, e)
-
-
-class _M:
-    __slots__ = ("_t", "_s", "_e")
-
-    def __init__(self, t, s, e):
-        self._t, self._s, self._e = t, s, e
-
-    def group(self, _=0):
-        return self._t[self._s:self._e]
-
-    def start(self):
-        return self._s
-
-    def end(self):
-        return self._e
-
-
-_COMMENT_RE = _CommentScanner  # noqa: F811
 
 
 def _span_of(text: str, path: str, start: int, end: int) -> A.Span:
@@ -190,12 +163,6 @@ def _span_of(text: str, path: str, start: int, end: int) -> A.Span:
 
 def _tspan(t: Token) -> A.Span:
     return A.Span(_FILE, t.line, t.column, t.end_line, t.end_column, t.start_pos, t.end_pos)
-
-
-def _nspan(node) -> A.Span:
-    if isinstance(node, Token):
-        return _tspan(node)
-    return node.span
 
 
 class _BuildError(Exception):
@@ -241,11 +208,6 @@ def _number(tok: Token) -> A.Number:
     if value.__class__ is float and (value != value or value in (float("inf"), float("-inf"))):
         raise _BuildError(make("FTP203", f"number `{text}` is out of range", _tspan(tok), label="overflows a float"))
     return A.Number(value, text, _tspan(tok))
-
-
-def _span_between(first, last) -> A.Span:
-    a, b = _nspan(first), _nspan(last)
-    return a.to(b)
 
 
 class _Builder(Transformer):
