@@ -1,4 +1,5 @@
-"""The SPEC §8 example pipeline, shared by the front-end tests (one copy)."""
+"""Pipelines shared by several test files (one copy each): the SPEC §8 example and a tiny
+synthetic-data pipeline that trains in seconds."""
 
 SPEC_EXAMPLE = """\
 ftp 1
@@ -32,4 +33,24 @@ prune sparse { from = finetune, method = global_magnitude(amount = 0.3), recover
 export onnx  { from = sparse, format = onnx(opset = 17), verify = true }
 quantize q8  { from = onnx, method = dynamic(dtype = int8) }
 evaluate report { models = [finetune, sparse, onnx, q8], data = reviews.test, metrics = [accuracy, f1, latency, size] }
+"""
+
+TINY = """\
+pipeline tiny { seed = 3 }
+param lr = 0.01
+data d {
+  source = synthetic(task = classify, n = 240, features = 8, classes = 3, seed = 1)
+  split = { train = 0.7, valid = 0.15, test = 0.15 }
+}
+model m {
+  arch = mlp(hidden = [16])
+  task = classify(labels = 3)
+}
+train t {
+  model = m, data = d
+  max_steps = 24, batch = 16
+  optimizer = adamw(lr = lr)
+  checkpoint_every = 4
+  precision = fp32
+}
 """

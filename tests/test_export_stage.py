@@ -25,25 +25,7 @@ import pytest
 
 from ftdsl.cli import main
 
-TINY = """\
-pipeline tiny { seed = 3 }
-param lr = 0.01
-data d {
-  source = synthetic(task = classify, n = 240, features = 8, classes = 3, seed = 1)
-  split = { train = 0.7, valid = 0.15, test = 0.15 }
-}
-model m {
-  arch = mlp(hidden = [16])
-  task = classify(labels = 3)
-}
-train t {
-  model = m, data = d
-  max_steps = 24, batch = 16
-  optimizer = adamw(lr = lr)
-  checkpoint_every = 4
-  precision = fp32
-}
-"""
+from spec_example import TINY  # noqa: E402
 
 FEATURES = TINY + """
 export e { from = t, format = onnx(opset = 17), verify = true }

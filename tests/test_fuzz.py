@@ -33,41 +33,11 @@ settings.register_profile("ftdsl-long", max_examples=5000, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 PROFILE = settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "ftdsl"))
 
+from spec_example import SPEC_EXAMPLE  # noqa: E402
+
 CORPUS = [
     # 1. SPEC §8: fine-tune, prune, export, quantize the ONNX graph, evaluate
-    """\
-ftp 1
-# Fine-tune a small pretrained encoder, prune it, export it, quantize the ONNX graph.
-pipeline sentiment { seed = 13 }
-
-param lr = 3e-5
-
-data reviews {
-  source = csv("data/reviews.csv")
-  text = "sentence", label = "label"
-  split = { train = 0.8, valid = 0.1, test = 0.1 }
-  max_length = 64
-}
-
-model base {
-  pretrained = "sentence-transformers/all-MiniLM-L6-v2"
-  task = classify(labels = 2)
-}
-
-train finetune {
-  model = base, data = reviews
-  epochs = 3, batch = 32
-  optimizer = adamw(lr = lr, weight_decay = 0.01)
-  schedule = linear(warmup = 0.1)
-  precision = auto
-  early_stop = { metric = "valid.accuracy", mode = max, patience = 2 }
-}
-
-prune sparse { from = finetune, method = global_magnitude(amount = 0.3), recover = { epochs = 1 } }
-export onnx  { from = sparse, format = onnx(opset = 17), verify = true }
-quantize q8  { from = onnx, method = dynamic(dtype = int8) }
-evaluate report { models = [finetune, sparse, onnx, q8], data = reviews.test, metrics = [accuracy, f1, latency, size] }
-""",
+    SPEC_EXAMPLE,
     # 2. tabular: an MLP and a CNN from scratch, a distilled student, a sweep
     """\
 ftp 1
