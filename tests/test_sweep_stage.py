@@ -24,7 +24,7 @@ from ftdsl.errors import StageError
 from ftdsl.stages import sweep as sweep_mod
 from ftdsl.stages.base import Reporter, StageContext
 
-from test_run_e2e import TINY
+from spec_example import TINY
 
 FAST = ["--set", "t.max_steps=12"]
 
