@@ -14,9 +14,9 @@ import os
 import re
 from pathlib import Path, PurePosixPath
 
-from ftdsl.errors import ResourceError, StageError
+from ftdsl.errors import FtdslError, ResourceError, StageError
 
-__all__ = ["resolve_input", "check_output_path", "resolve_output"]
+__all__ = ["resolve_input", "check_output_path", "resolve_output", "require_regular_file", "special_file_kind"]
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
@@ -35,6 +35,44 @@ def resolve_input(base_dir: str | os.PathLike[str], p: str | os.PathLike[str]) -
     if not path.is_absolute():
         path = Path(base_dir) / path
     return Path(os.path.abspath(path))
+
+
+def special_file_kind(mode: int) -> str | None:
+    """What a non-regular, non-directory file is ("a FIFO", "a character device", ...), from
+    ``st_mode``; None for a regular file or a directory."""
+    import stat
+
+    for test, what in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return what
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return "not a regular file"
+
+
+def require_regular_file(path: str | os.PathLike[str], *, what: str = "input file", shown: str | None = None,
+                         error: type[FtdslError] = FtdslError) -> os.stat_result:
+    """``os.stat`` of ``path`` (symlinks followed: a link to a regular file is fine), raising
+    ``error`` FTP004 when it is a FIFO, a device, a socket or a folder, so that no caller ever
+    opens it: reading ``/dev/zero`` or a FIFO with no writer would never return. Only stat(2) is
+    called, which does not block on a FIFO. A missing file raises FileNotFoundError (callers
+    report it their own way). ``shown`` is the path as the user wrote it."""
+    st = os.stat(path)
+    kind = "a folder" if _is_dir(st.st_mode) else special_file_kind(st.st_mode)
+    if kind is not None:
+        name = shown if shown is not None else os.fspath(path)
+        where = "" if shown is None or os.fspath(path) == shown else f" ({os.fspath(path)})"
+        raise error("FTP004", f"{what} `{name}`{where} is {kind}, not a regular file",
+                    hint="give the path of a regular file; ftdsl hashes and reads its inputs completely, "
+                         "which never ends for a device or a pipe")
+    return st
+
+
+def _is_dir(mode: int) -> bool:
+    import stat
+
+    return stat.S_ISDIR(mode)
 
 
 def check_output_path(p: str) -> str | None:

@@ -35,6 +35,10 @@ _ALL = [
     Code("FTP003", "file-too-large", _E, "the file is larger than the 4 MiB limit",
          "A pipeline is a small text file; a huge one is almost always a mistake (a data file passed to lint) "
          "and would take long to parse.", "ftdsl lint data/train.csv", "Lint the `.ftp` file, not the data."),
+    Code("FTP004", "not-a-regular-file", _E, "an input is a FIFO, device, socket or folder, not a regular file",
+         "ftdsl reads (and hashes) every input completely; reading `/dev/zero` or a named pipe would never end, "
+         "so such paths are refused before they are opened.",
+         'source = csv("/dev/zero")', 'source = csv("data/train.csv")   # a regular file'),
     Code("FTP090", "unused-suppression", _W, "a `# ftdsl: ignore[...]` comment suppresses nothing",
          "Stale suppressions hide future problems.", "epochs = 3  # ftdsl: ignore[FTP201]",
          "Remove the comment."),
@@ -149,6 +153,11 @@ _ALL = [
     Code("FTP508", "permission-denied", _E, "a file or folder cannot be written", "", "", ""),
     Code("FTP509", "out-of-memory", _E, "the device ran out of memory",
          "", "", "Use a smaller `batch` with a larger `accumulate`."),
+    Code("FTP515", "not-an-ftdsl-cache", _E, "the cache folder exists, is not empty, and is not an ftdsl cache",
+         "`ftdsl` deletes and creates files inside its cache; it only does so in a folder it can prove it created "
+         "(it holds `CACHEDIR.TAG` and `ftdsl-cache.json`), so a mistyped `--cache` never touches user files.",
+         "ftdsl cache gc --all --cache ~/work",
+         "Point `--cache` (or `cache = ...`, `$FTDSL_CACHE`) at an ftdsl cache, or at an empty or new folder."),
     Code("FTP510", "bad-data", _E, "the data does not fit the pipeline (missing column, bad value, empty split)",
          "Reported with the file, row and column.", "", ""),
     Code("FTP511", "data-not-found", _E, "a data file does not exist or cannot be read", "", "", ""),
