@@ -116,7 +116,9 @@ def _cache_for(compiled, override: str | None, lock_timeout: float = 600.0):
     from ftdsl.plan import cache_root
     from ftdsl.runtime.cache import Cache
 
-    return Cache(cache_root(compiled, override), lock_timeout=lock_timeout)
+    cache = Cache(cache_root(compiled, override), lock_timeout=lock_timeout)
+    cache.require_ours()  # FTP515 (exit 4) for a folder that is not an ftdsl cache; writes nothing
+    return cache
 
 
 # --- plan ---------------------------------------------------------------------------------------
@@ -245,6 +247,9 @@ def cmd_cache(args) -> int:
 
     root = Path(args.cache or os.environ.get("FTDSL_CACHE") or Path(".ftdsl") / "cache")
     cache = Cache(root)
+    # ls, verify and gc refuse a folder that is not an ftdsl cache (FTP515, exit 4) before they
+    # read, quarantine or delete anything in it; a missing or empty folder is an empty cache.
+    cache.require_ours()
     if args.action == "ls":
         rows = cache.ls()
         if args.format == "json":
@@ -254,8 +259,8 @@ def cmd_cache(args) -> int:
         total = 0
         for r in rows:
             meta = r.get("meta") or {}
-            total += r.get("size", 0)
-            print(f"{r['key'][:12]}  {_size(r.get('size', 0)):>9}  {str(r.get('created', ''))[:19]:19}  "
+            total += r.get("size") or 0
+            print(f"{r['key'][:12]}  {_size(r.get('size') or 0):>9}  {str(r.get('created', ''))[:19]:19}  "
                   f"{meta.get('kind', '?')}.{meta.get('stage', '?')}  {meta.get('pipeline', '')}")
         print(f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'}, {_size(total)} in {root}", file=sys.stderr)
         return 0

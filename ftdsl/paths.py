@@ -52,14 +52,17 @@ def special_file_kind(mode: int) -> str | None:
 
 
 def require_regular_file(path: str | os.PathLike[str], *, what: str = "input file", shown: str | None = None,
-                         error: type[FtdslError] = FtdslError) -> os.stat_result:
+                         error: type[FtdslError] = FtdslError, allow_dir: bool = False) -> os.stat_result:
     """``os.stat`` of ``path`` (symlinks followed: a link to a regular file is fine), raising
     ``error`` FTP004 when it is a FIFO, a device, a socket or a folder, so that no caller ever
     opens it: reading ``/dev/zero`` or a FIFO with no writer would never return. Only stat(2) is
     called, which does not block on a FIFO. A missing file raises FileNotFoundError (callers
-    report it their own way). ``shown`` is the path as the user wrote it."""
+    report it their own way). ``shown`` is the path as the user wrote it. With ``allow_dir`` a
+    folder passes too (callers that report folders themselves)."""
     st = os.stat(path)
-    kind = "a folder" if _is_dir(st.st_mode) else special_file_kind(st.st_mode)
+    kind = special_file_kind(st.st_mode)
+    if kind is None and _is_dir(st.st_mode) and not allow_dir:
+        kind = "a folder"
     if kind is not None:
         name = shown if shown is not None else os.fspath(path)
         where = "" if shown is None or os.fspath(path) == shown else f" ({os.fspath(path)})"

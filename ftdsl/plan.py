@@ -143,8 +143,10 @@ def _hash(p: Path, cache, verify: bool) -> str:
     try:
         if cache is not None:
             return cache.hash_file(p, memo=not verify)
-        from ftdsl.runtime.cache import sha256_file
+        from ftdsl.paths import require_regular_file
+        from ftdsl.runtime.hashing import sha256_file
 
+        require_regular_file(p, what="data file", allow_dir=True)  # FTP004: a FIFO/device never ends
         return sha256_file(p)
     except OSError:
         return "missing"
@@ -170,11 +172,22 @@ def pretrained_fingerprint(ident: str, root: Path, cache, verify: bool) -> str:
         return "hub:" + ident
 
 
+def stage_key(payload: dict) -> str:
+    """A stage's cache key from its payload: the one computation behind every key `plan` shows."""
+    from ftdsl.runtime.hashing import hash_key
+
+    return hash_key(payload)
+
+
+def trial_key(target_payload: dict, attrs: dict) -> str:
+    """The key of a sweep trial: the key a plain block like the target with `attrs` gets (same
+    kind, inputs, versions and environment; a train/distill block reads no files itself)."""
+    return stage_key({**target_payload, "attrs": attrs})
+
+
 def make_plan(compiled: Compiled, cache=None, *, force: set[str] = frozenset(), only: set[str] | None = None,
               device: str | None = None, verify: bool = False) -> Plan:
     """Build the plan. `cache` (a runtime.cache.Cache or None) decides cached / changed statuses."""
-    from ftdsl.runtime.cache import hash_key
-
     prog = compiled.program
     ctx = compiled.graph
     assert prog is not None and ctx is not None
@@ -204,7 +217,7 @@ def make_plan(compiled: Compiled, cache=None, *, force: set[str] = frozenset(), 
             env["cpu_bf16"] = cpu_has_bf16()
         payload = {"kind": b.kind, "attrs": cfg, "inputs": {a: keys[s] for a, s in sorted(inputs[name].items())},
                    "files": files, "versions": {k: versions[k] for k in sorted(versions)}, "env": env}
-        key = hash_key(payload)
+        key = stage_key(payload)
         keys[name] = key
         st = PlannedStage(name, b.kind, key, cfg, dict(inputs[name]), list(deps[name]), payload,
                           written=tuple(a for a, v in b.attrs.items() if v.written), artifact=ctx.types[name])

@@ -17,6 +17,7 @@ import pytest
 
 from ftdsl.errors import ResourceError
 from ftdsl.runtime import cache as cache_mod
+from ftdsl.runtime import cache_entry, hashing
 from ftdsl.runtime.cache import Cache, canonical_json, hash_key, sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -235,7 +236,7 @@ def test_corruption_quarantined_and_recomputed(c: Cache, case: str) -> None:
 
 
 def test_large_entries_check_sizes_unless_verify(c: Cache, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cache_mod, "SMALL_ENTRY_BYTES", 10)  # everything counts as large
+    monkeypatch.setattr(cache_entry, "SMALL_ENTRY_BYTES", 10)  # everything counts as large
     key = k("large")
     p = c.publish(key, build_simple, {})
     _flip(p)  # same size: only a content hash catches it
@@ -378,8 +379,8 @@ def test_hash_file_memo_touch_and_rewrite(c: Cache, tmp_path: Path, monkeypatch:
     assert c.memo_path.exists()
 
     reads = []
-    real = cache_mod.sha256_file
-    monkeypatch.setattr(cache_mod, "sha256_file", lambda p: reads.append(p) or real(p))
+    real = hashing.sha256_file
+    monkeypatch.setattr(hashing, "sha256_file", lambda p: reads.append(p) or real(p))
     assert c.hash_file(f) == h1 and reads == []  # memo hit
     assert Cache(c.root).hash_file(f) == h1 and reads == []  # memo persisted
 
