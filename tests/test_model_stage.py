@@ -48,13 +48,17 @@ def test_arch_model_is_a_spec_only(tmp_path):
     assert "untrained" in e.value.message
 
 
-def test_unknown_arch_and_bad_task(tmp_path):
-    with pytest.raises(StageError):
-        model_stage.run({}, _attrs(arch={"$call": "resnet9000"}), _ctx(tmp_path))
-    with pytest.raises(StageError):
-        model_stage.run({}, _attrs(arch=MLP, task={"$call": "classify", "labels": 1}), _ctx(tmp_path))
-    with pytest.raises(StageError):
-        model_stage.run({}, _attrs(), _ctx(tmp_path))  # neither pretrained nor arch
+def test_unknown_arch_and_bad_task_are_lint_errors(tmp_path):
+    # The front end guarantees what the stage reads (the stage no longer re-checks it at run time).
+    from ftdsl.frontend import compile_pipeline
+
+    def codes(model_body: str) -> set[str]:
+        src = f"ftp 1\nmodel m {{\n{model_body}\n}}\n"
+        return {d.code for d in compile_pipeline(str(tmp_path / "p.ftp"), text=src).diagnostics}
+
+    assert "FTP215" in codes("arch = resnet9000()\ntask = classify(labels = 2)")
+    assert "FTP203" in codes("arch = mlp()\ntask = classify(labels = 1)")
+    assert "FTP211" in codes("task = classify(labels = 2)")  # neither pretrained nor arch
 
 
 def test_features_module_normalizes_inside_and_round_trips(tmp_path):
@@ -87,10 +91,10 @@ def test_nan_weights_in_artifact_are_ftp507(tmp_path):
 
 
 def test_cnn_conv2d_and_conv1d_shapes():
-    c2 = nets.CNN((1, 8, 8), 10, channels=[16, 32], kernel=3, hidden=64)
+    c2 = nets.CNN((1, 8, 8), 10, channels=[16, 32], kernel=3, hidden=64, dropout=0.0)
     assert isinstance(c2.features[0], torch.nn.Conv2d)
     assert c2(torch.randn(4, 1, 8, 8)).shape == (4, 10)
-    c1 = nets.CNN((64,), 3, channels=[8], kernel=5, hidden=16)
+    c1 = nets.CNN((64,), 3, channels=[8], kernel=5, hidden=16, dropout=0.0)
     assert isinstance(c1.features[0], torch.nn.Conv1d)
     assert c1(torch.randn(4, 64)).shape == (4, 3)
 
@@ -116,7 +120,7 @@ def test_text_nets_mask_padding(arch):
 @pytest.mark.parametrize("init", ["xavier_uniform", "xavier_normal", "kaiming", {"$call": "normal", "std": 0.02}])
 def test_init_schemes(init):
     torch.manual_seed(0)
-    m = nets.MLP((10,), 2, hidden=[200])
+    m = nets.build_net({"$call": "mlp", "hidden": [200]}, 2, input_shape=(10,))
     before = m.body[1].weight.clone()
     nets.apply_init(m, init)
     assert not torch.equal(before, m.body[1].weight)

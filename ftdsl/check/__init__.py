@@ -7,7 +7,7 @@ register its code in `ftdsl/diagnostics/codes.py`, and add it to `RULES`.
 from __future__ import annotations
 
 from ftdsl.check.context import CheckContext
-from ftdsl.check.rules import hygiene, metrics, order, references, safety, structure, sweep
+from ftdsl.check.rules import compat, hygiene, metrics, order, references, safety, structure, sweep
 from ftdsl.diagnostics import Diagnostic
 from ftdsl.ir.nodes import Program
 
@@ -19,6 +19,10 @@ RULES = (
     references.cycles,
     order.stage_order,
     metrics.metrics_produced,
+    compat.modality_and_labels,
+    compat.quantize_support,
+    compat.export_support,
+    compat.install_capabilities,
     sweep.sweep_over_paths,
     safety.trust_remote_code,
     safety.pickle_weights,

@@ -124,6 +124,29 @@ _ALL = [
     Code("FTP232", "task-metric-mismatch", _E, "a metric that does not apply to the task",
          "Accuracy, F1, precision and recall need a classification task; a regression model produces mse/mae.",
          "metrics = [accuracy]   # of a regress() model", "metrics = [mse, mae]"),
+    Code("FTP240", "modality-mismatch", _E, "the model takes another kind of input than the data provides",
+         "A text model (`rnn`, `transformer`, a pretrained encoder) reads tokens and a features model (`mlp`, "
+         "`cnn`) reads numbers; the data block decides which it yields (`text = \"COLUMN\"` makes it text). "
+         "The run would fail at the first batch.",
+         'data d { source = sklearn("digits") }\nmodel m { arch = transformer(), task = classify(labels = 10) }',
+         "model m { arch = cnn(), task = classify(labels = 10) }"),
+    Code("FTP241", "label-mismatch", _E, "the task head cannot fit the data's labels",
+         "Where the labels are known without reading a file (scikit-learn data sets, `synthetic(...)`), a head with "
+         "fewer classes than the data, or a classifier on regression targets, would fail when training starts.",
+         'data d { source = sklearn("digits") }   # 10 classes\nmodel m { arch = mlp(), task = classify(labels = 3) }',
+         "task = classify(labels = 10)"),
+    Code("FTP242", "quantize-unsupported", _E, "a quantization method the artifact does not support",
+         "PyTorch quantizes dynamic weights to int8 only and statically only numeric-feature models; onnxruntime "
+         "takes every method. The table lives in the schema (`QUANTIZE_SUPPORT`).",
+         "quantize q { from = fit, method = dynamic(dtype = uint8) }   # fit is a TorchModel",
+         "method = dynamic(dtype = int8), or export to ONNX and quantize the export"),
+    Code("FTP243", "export-unsupported", _E, "an export format the model's origin does not support",
+         "`hf` writes a Hugging Face folder with `save_pretrained`, which only a pretrained model has.",
+         "export e { from = fit, format = hf }   # fit trains an `arch = mlp(...)` model",
+         "format = safetensors()"),
+    Code("FTP244", "not-on-this-install", _E, "a setting the engine of this install cannot honour",
+         "The engine's capabilities (`ftdsl/capabilities.py`) are known without running; a run would stop at the "
+         "stage.", "distributed = fsdp", "distributed = none"),
     # 3xx: safety
     Code("FTP301", "trust-remote-code", _W, "`trust_remote_code = true` runs Python code shipped with the model",
          "The model's repository can run arbitrary code on your machine; pin a `revision` you have reviewed.",
@@ -132,8 +155,10 @@ _ALL = [
          "Pickle files can run code when loaded. ftdsl loads them only through "
          "`torch.load(weights_only=True)` and refuses anything else.",
          'pretrained = "weights/model.bin"', "Convert the weights to safetensors."),
-    Code("FTP303", "path-escape", _W, "an output path outside the pipeline's folder",
-         "Writing outside the project (absolute paths, `..`) can overwrite unrelated files.",
+    Code("FTP303", "path-escape", _E, "an output path outside the pipeline's folder",
+         "Writing outside the project (absolute paths, `..`, a symlink out) can overwrite unrelated files, so "
+         "`run` refuses it (exit 4). An `out` folder elsewhere is allowed when the pipeline says so with "
+         "`allow_outside_out = true`.",
          'path = "../../etc/model.onnx"', 'path = "exports/model.onnx"'),
     # 5xx: run time
     Code("FTP501", "non-finite-loss", _E, "the training loss became NaN or infinite",
@@ -158,6 +183,12 @@ _ALL = [
          "(it holds `CACHEDIR.TAG` and `ftdsl-cache.json`), so a mistyped `--cache` never touches user files.",
          "ftdsl cache gc --all --cache ~/work",
          "Point `--cache` (or `cache = ...`, `$FTDSL_CACHE`) at an ftdsl cache, or at an empty or new folder."),
+    Code("FTP516", "not-owned", _E, "a file or folder is in the way of an output and ftdsl did not create it",
+         "`ftdsl run` replaces `out/NAME/` with each stage's new outputs. It only deletes or replaces a folder "
+         "that holds the ownership marker it wrote there (`.ftdsl-key`) and nothing but the files it listed in "
+         "it; a user's folder, a symlink or files added by hand are never deleted.",
+         'pipeline p { out = "." }\ndata data { source = csv("data/train.csv") }   # ./data/ is your folder',
+         'pipeline p { out = "out" }   # or rename the block, or move your files out of `out/NAME/`'),
     Code("FTP510", "bad-data", _E, "the data does not fit the pipeline (missing column, bad value, empty split)",
          "Reported with the file, row and column.", "", ""),
     Code("FTP511", "data-not-found", _E, "a data file does not exist or cannot be read", "", "", ""),

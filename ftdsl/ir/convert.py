@@ -143,6 +143,9 @@ class Converter:
         if len(v.items) < t.min_len:
             self.err("FTP203", f"`{what}` needs at least {t.min_len} item{'s' if t.min_len > 1 else ''}",
                      v.span, label="empty list")
+        if t.max_len is not None and len(v.items) > t.max_len:
+            self.err("FTP203", f"`{what}` takes at most {t.max_len} items, found {len(v.items)}", v.span,
+                     label="too many items")
         return ListIR(tuple(items), v.span)
 
     def _c_struct(self, v, t, what):

@@ -7,6 +7,8 @@ invalidates the cache.
 from __future__ import annotations
 
 from ftdsl.ir.nodes import BlockIR, CallV, DictIR, ListIR, Lit, RefV, Sym
+from ftdsl.ir import schema as S
+from ftdsl.ir.schema.metrics import metric_mode
 
 
 def lower_value(v):
@@ -31,8 +33,67 @@ def lower_value(v):
 
 
 def stage_config(block: BlockIR) -> dict:
-    """Every attribute of a block, lowered (defaults included), in schema order."""
-    return {name: lower_value(a.value) for name, a in block.attrs.items()}
+    """Every attribute of a block, lowered (defaults included), in schema order.
+
+    Defaults that depend on another attribute are filled here too, so that `plan` shows (and the
+    cache key hashes) what the stage will use: `early_stop.mode` and a sweep's `mode` come from
+    the metric registry's direction (`valid.loss` -> `min`, `valid.accuracy` -> `max`).
+    """
+    cfg = {name: lower_value(a.value) for name, a in block.attrs.items()}
+    fill_derived(block.kind, cfg)
+    return cfg
+
+
+def fill_derived(kind: str, cfg: dict) -> dict:
+    """Fill the defaults that the schema derives from other values (in place; returns `cfg`)."""
+    if kind in ("train", "distill"):
+        es = cfg.get("early_stop")
+        if isinstance(es, dict) and es.get("mode") is None and isinstance(es.get("metric"), str):
+            cfg["early_stop"] = {**es, "mode": metric_mode(es["metric"])}
+    elif kind == "sweep" and cfg.get("mode") is None and isinstance(cfg.get("metric"), str):
+        cfg["mode"] = metric_mode(cfg["metric"])
+    return cfg
+
+
+def default_of(kind: str, attr: str):
+    """The lowered schema default of a block attribute (`default_of("train", "batch")` -> 32)."""
+    from ftdsl.ir.convert import default_value
+
+    f = S.KINDS[kind].field(attr)
+    if f is None:
+        raise KeyError(f"{kind} has no attribute {attr!r}")
+    return lower_value(default_value(f))
+
+
+def complete_attrs(kind: str, attrs: dict) -> dict:
+    """`attrs` with every attribute of `kind` present: missing ones get the schema's lowered default
+    (what `stage_config` gives a block that does not write them). For stages called directly
+    (tests, sweeps) with a partial configuration; a lowered configuration comes back unchanged."""
+    out = dict(attrs)
+    for f in S.KINDS[kind].fields:
+        if f.name not in out:
+            out[f.name] = default_of(kind, f.name)
+    return fill_derived(kind, out)
+
+
+def complete_call(value, family: str) -> dict:
+    """A lowered constructor call with every argument the schema declares.
+
+    `value` is a lowered call, a bare constructor name, or None (the family's attribute default
+    cannot be known here: pass the name). Arguments missing from it (a stage called directly, a
+    spec saved by an older version) get the schema's defaults, so that an engine never needs a
+    default of its own. A name the schema does not know is returned as given.
+    """
+    from ftdsl.ir.convert import default_value
+
+    call = {"$call": value} if isinstance(value, str) else dict(value)
+    ctor = S.CONSTRUCTORS.get(family, {}).get(call.get("$call"))
+    if ctor is None:
+        return call
+    for a in ctor.args:
+        if a.name not in call and not a.required:
+            call[a.name] = lower_value(default_value(a))
+    return call
 
 
 def flatten(cfg, prefix: str = "") -> dict[str, object]:

@@ -483,33 +483,24 @@ class TorchModel:
 # The stage
 
 
-def _check_task(task: Any) -> dict:
-    if not isinstance(task, dict) or task.get("$call") not in ("classify", "regress"):
-        raise StageError("FTP530", f"task must be classify(labels = N) or regress(outputs = N), got {task!r}")
-    key = "labels" if task["$call"] == "classify" else "outputs"
-    n = task.get(key)
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1 or (key == "labels" and n < 2):
-        raise StageError("FTP530", f"{task['$call']}({key} = {n!r}): needs an integer >= {2 if key == 'labels' else 1}")
-    return dict(task)
-
-
 def run(inputs: dict[str, object], attrs: dict, ctx) -> TorchModel:
-    """Validate the model block and write its spec (weights stay where they are)."""
-    from ftdsl.stages import nets
+    """Write the model block's spec (weights stay where they are).
 
-    task = _check_task(attrs.get("task"))
-    pretrained, arch = attrs.get("pretrained"), attrs.get("arch")
-    if (pretrained is None) == (arch is None):
-        raise StageError("FTP530", "a model needs exactly one of `pretrained` or `arch`")
-    init = attrs.get("init", "default")
-    base = {"task": task, "init": init, "trust_remote_code": bool(attrs.get("trust_remote_code", False)),
-            "revision": attrs.get("revision"), "seed": int(ctx.seed)}
+    The front end guarantees what this reads: a `task` constructor with a valid count, exactly one
+    of `pretrained` / `arch` (FTP211), a known architecture (FTP215); defaults come from the schema.
+    """
+    from ftdsl.ir.lower import complete_attrs, complete_call
+    from ftdsl.ir.schema.modality import arch_modality
+
+    attrs = complete_attrs("model", attrs)
+    task = complete_call(attrs["task"], "task")
+    pretrained, arch = attrs["pretrained"], attrs["arch"]
+    base = {"task": task, "init": attrs["init"], "trust_remote_code": bool(attrs["trust_remote_code"]),
+            "revision": attrs["revision"], "seed": int(ctx.seed)}
     if arch is not None:
-        name = arch.get("$call") if isinstance(arch, dict) else None
-        if name not in nets.ARCHS:
-            raise StageError("FTP530", f"unknown architecture {name!r} (use {', '.join(nets.ARCHS)})")
-        spec = {**base, "source": "arch", "arch": dict(arch), "input_shape": None,
-                "modality": "text" if name in nets.TEXT_ARCHS else "features", "norm": False}
+        arch = complete_call(arch, "arch")
+        spec = {**base, "source": "arch", "arch": arch, "input_shape": None,
+                "modality": arch_modality(arch["$call"]), "norm": False}
         return TorchModel(spec)
     path, where = resolve_pretrained(str(pretrained), Path(ctx.pipeline_dir), attrs.get("revision"))
     use_safetensors = _weights_format(path)

@@ -4,6 +4,10 @@ Every net maps its input to ``[batch, out_dim]`` outputs (logits or regression v
 nets (MLP, CNN) take a float tensor ``[batch, *input_shape]``, already normalized by the
 wrapper; text nets (RNN, TransformerEncoder) take ``input_ids`` and ``attention_mask``
 ``[batch, seq]``. The final layer is always called ``head`` (LoRA keeps it trainable).
+
+No constructor here has a default: the schema (``ftdsl/ir/schema``) is the one declaration of
+each architecture's arguments, and ``build_net`` fills what a lowered call leaves out from it
+(tests/test_schema_contract.py ties the two).
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from torch import nn
 
 __all__ = ["MLP", "CNN", "RNN", "TransformerEncoder", "ARCHS", "build_net", "apply_init"]
 
-_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU, "sigmoid": nn.Sigmoid}
+_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}  # = the schema's `mlp(activation)` choices
+CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}  # = the schema's `rnn(cell)` choices
 
 
 def _activation(name: str) -> nn.Module:
@@ -28,7 +33,7 @@ def _activation(name: str) -> nn.Module:
 class MLP(nn.Module):
     """Flatten, then ``Linear -> activation -> dropout`` per hidden size, then a linear head."""
 
-    def __init__(self, input_shape, out_dim: int, hidden=(64,), dropout: float = 0.0, activation: str = "relu"):
+    def __init__(self, input_shape, out_dim: int, *, hidden, dropout: float, activation: str):
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
         width = int(math.prod(input_shape))
@@ -52,7 +57,7 @@ class CNN(nn.Module):
     every spatial side is at least 2.
     """
 
-    def __init__(self, input_shape, out_dim: int, channels=(16, 32), kernel: int = 3, hidden: int = 64, dropout: float = 0.0):
+    def __init__(self, input_shape, out_dim: int, *, channels, kernel: int, hidden: int, dropout: float):
         super().__init__()
         shape = tuple(int(s) for s in input_shape)
         if len(shape) == 3:
@@ -98,13 +103,13 @@ class RNN(nn.Module):
     unidirectional RNN never sees the padding before a real token.
     """
 
-    def __init__(self, vocab_size: int, out_dim: int, cell: str = "lstm", hidden: int = 64, layers: int = 1,
-                 bidirectional: bool = False, pad_id: int = 0, embed: int | None = None, dropout: float = 0.0):
+    def __init__(self, vocab_size: int, out_dim: int, *, cell: str, hidden: int, layers: int,
+                 bidirectional: bool, pad_id: int, embed: int | None, dropout: float):
         super().__init__()
-        cls = {"lstm": nn.LSTM, "gru": nn.GRU}.get(cell)
+        cls = CELLS.get(cell)
         if cls is None:
             raise ValueError(f"unknown rnn cell {cell!r} (use lstm or gru)")
-        width = int(embed or hidden)
+        width = int(embed if embed is not None else hidden)  # `embed = null`: as wide as the RNN
         self.embed = nn.Embedding(vocab_size, width, padding_idx=pad_id)
         # dropout between stacked layers (PyTorch's RNN dropout) and before the head
         self.rnn = cls(width, int(hidden), num_layers=int(layers), batch_first=True,
@@ -120,8 +125,8 @@ class RNN(nn.Module):
 class TransformerEncoder(nn.Module):
     """Token + learned position embeddings, pre-norm ``nn.TransformerEncoder``, masked mean, head."""
 
-    def __init__(self, vocab_size: int, out_dim: int, layers: int = 2, dim: int = 64, heads: int = 4,
-                 ff: int = 128, max_len: int = 128, dropout: float = 0.1, pad_id: int = 0):
+    def __init__(self, vocab_size: int, out_dim: int, *, layers: int, dim: int, heads: int,
+                 ff: int, max_len: int, dropout: float, pad_id: int):
         super().__init__()
         self.max_len = int(max_len)
         self.embed = nn.Embedding(vocab_size, int(dim), padding_idx=pad_id)
@@ -145,14 +150,29 @@ TEXT_ARCHS = frozenset({"rnn", "transformer"})
 
 
 def build_net(arch: dict, out_dim: int, *, input_shape=None, vocab_size: int | None = None, pad_id: int = 0) -> nn.Module:
-    """Instantiate the lowered ``arch`` call (``{"$call": "mlp", ...}``) for ``out_dim`` outputs."""
-    name = arch["$call"]
-    args = {k: v for k, v in arch.items() if k != "$call"}
+    """Instantiate the lowered ``arch`` call (``{"$call": "mlp", ...}``) for ``out_dim`` outputs.
+
+    Arguments the call leaves out get the schema's defaults (a spec saved by an older version)."""
+    from ftdsl.ir.lower import complete_call
+
+    full = complete_call(arch, "arch")
+    name = full["$call"]
+    args = {k: v for k, v in full.items() if k != "$call"}
     if name in TEXT_ARCHS:
         return ARCHS[name](int(vocab_size), out_dim, pad_id=pad_id, **args)
     if name in ARCHS:
         return ARCHS[name](tuple(input_shape), out_dim, **args)
     raise ValueError(f"unknown architecture {name!r}")
+
+
+# init schemes: the schema's `init` symbols (without `default`) and `init` constructors
+INITS = {
+    "xavier_uniform": nn.init.xavier_uniform_,
+    "xavier_normal": nn.init.xavier_normal_,
+    "kaiming": lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"),
+    "normal": lambda w, std: nn.init.normal_(w, mean=0.0, std=float(std)),
+}
+INIT_CALLS = frozenset({"normal"})  # schemes that take arguments (constructors in the schema)
 
 
 def apply_init(module: nn.Module, init) -> None:
@@ -163,25 +183,23 @@ def apply_init(module: nn.Module, init) -> None:
     """
     if init in (None, "default"):
         return
-    if isinstance(init, dict):
-        name, std = init.get("$call"), float(init.get("std", 0.02))
+    if isinstance(init, dict) or init in INIT_CALLS:  # a constructor (`normal(std = ...)`): complete it
+        from ftdsl.ir.lower import complete_call
+
+        init = complete_call(init, "init")
+        name, kw = init["$call"], {k: v for k, v in init.items() if k != "$call"}
     else:
-        name, std = init, 0.02
-    fns = {
-        "xavier_uniform": nn.init.xavier_uniform_,
-        "xavier_normal": nn.init.xavier_normal_,
-        "kaiming": lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"),
-        "normal": lambda w: nn.init.normal_(w, mean=0.0, std=std),
-    }
-    if name not in fns:
-        raise ValueError(f"unknown init {name!r} (use default, {', '.join(fns)})")
+        name, kw = init, {}
+    if name not in INITS:
+        raise ValueError(f"unknown init {name!r} (use default, {', '.join(INITS)})")
+    fn = INITS[name]
     with torch.no_grad():
         for mod in module.modules():
             if isinstance(mod, (nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm)):
                 continue
             for pname, p in mod.named_parameters(recurse=False):
                 if p.ndim >= 2:
-                    fns[name](p)
+                    fn(p, **kw)
                 elif "bias" in pname:
                     p.zero_()
             if isinstance(mod, nn.Embedding) and mod.padding_idx is not None:

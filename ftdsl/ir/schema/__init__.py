@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ftdsl.ir.schema.metrics import METRIC_REGISTRY, METRICS, Metric, metric_mode, metrics_for  # noqa: F401
+
 # --- value types ---------------------------------------------------------------------------
 
 
@@ -98,6 +100,7 @@ class RefT(Type):
 class ListT(Type):
     item: Type = field(default_factory=Type)
     min_len: int = 0
+    max_len: int | None = None
 
     def describe(self) -> str:
         inner = self.item.describe()
@@ -192,15 +195,26 @@ class Ctor:
 
 # --- shared pieces ------------------------------------------------------------------------
 
-POS_FLOAT = Float(min=0, min_open=True)
 FRACTION = Float(min=0, max=1, min_open=True, max_open=True)  # (0, 1)
 PROB = Float(min=0, max=1, max_open=True)  # [0, 1)
-WARMUP = Float(min=0)  # < 1: a fraction of the steps; >= 1: a number of steps
 SPLIT = RefT(("Dataset",), split="required")
 DATASET = RefT(("Dataset",), split="forbidden")
 TORCH_MODEL = RefT(("TorchModel",))
 ANY_MODEL = RefT(("TorchModel", "OnnxModel"))
-METRICS = ("accuracy", "f1", "precision", "recall", "loss", "mse", "mae", "latency", "size")
+
+# Bounds (issue 6): every number has a generous but sane range, so an absurd value is a lint error
+# at its span instead of a huge allocation or an overflow deep inside the engine.
+WIDTH = Int(min=1, max=65536)  # layer widths, channels, embedding sizes
+WIDE = Int(min=1, max=262144)  # feed-forward widths (4 x a wide model's dim)
+DEPTH = Int(min=1, max=1024)  # layers, heads
+SEED = Int(min=0, max=2**32 - 1)  # numpy's seed range
+CLASSES = Int(min=2, max=1048576)
+COUNT = Int(min=1, max=10**9)  # step counts and intervals
+LR = Float(min=0, max=10, min_open=True)
+DECAY = Float(min=0, max=10)
+WARMUP = Float(min=0, max=10**9)  # < 1: a fraction of the steps; >= 1: a number of steps
+SEQ_LEN = Int(min=1, max=1048576)
+MAX_LIST = 1024  # items of a list of layer sizes
 
 C = Ctor
 F = Field
@@ -217,72 +231,72 @@ _CTORS: list[Ctor] = [
                               "a dataset bundled with scikit-learn"),),
       "A dataset that ships with scikit-learn (no download). `digits` gives 1x8x8 images."),
     C("synthetic", "source", (F("task", Enum(("classify", "regress")), "classify"),
-                              F("n", Int(min=2), 1000, "number of rows"),
-                              F("features", Int(min=1), 16, "number of features"),
-                              F("classes", Int(min=2), 2, "number of classes (classify)"),
-                              F("seed", Int(min=0), 0, "generator seed")),
+                              F("n", Int(min=2, max=10_000_000), 1000, "number of rows"),
+                              F("features", Int(min=1, max=10_000), 16, "number of features"),
+                              F("classes", Int(min=2, max=1000), 2, "number of classes (classify)"),
+                              F("seed", SEED, 0, "generator seed")),
       "Generated data (scikit-learn's make_classification / make_regression)."),
     # tokenizers
-    C("wordpiece", "tokenizer", (F("vocab", Int(min=50), 8000, "vocabulary size"),
+    C("wordpiece", "tokenizer", (F("vocab", Int(min=50, max=1048576), 8000, "vocabulary size"),
                                  F("lowercase", Bool(), True, "lowercase before tokenizing")),
       "Train a WordPiece tokenizer on the train split (for text models built from scratch)."),
     # architectures
-    C("mlp", "arch", (F("hidden", ListT(Int(min=1)), [128], "hidden layer widths"),
+    C("mlp", "arch", (F("hidden", ListT(WIDTH, max_len=MAX_LIST), [128], "hidden layer widths"),
                       F("dropout", PROB, 0.0), F("activation", Enum(("relu", "gelu", "tanh")), "relu")),
       "A multi-layer perceptron over numeric features."),
-    C("cnn", "arch", (F("channels", ListT(Int(min=1), min_len=1), [16, 32], "channels per conv layer"),
-                      F("kernel", Int(min=1), 3, "kernel size"), F("hidden", Int(min=1), 64, "width of the dense layer"),
+    C("cnn", "arch", (F("channels", ListT(WIDTH, min_len=1, max_len=MAX_LIST), [16, 32], "channels per conv layer"),
+                      F("kernel", Int(min=1, max=1024), 3, "kernel size"), F("hidden", WIDTH, 64, "width of the dense layer"),
                       F("dropout", PROB, 0.0)),
       "A convolutional network: Conv2d for image-shaped data (C,H,W), Conv1d over a feature vector."),
-    C("rnn", "arch", (F("cell", Enum(("lstm", "gru")), "lstm"), F("hidden", Int(min=1), 64),
-                      F("layers", Int(min=1), 1), F("bidirectional", Bool(), False),
-                      F("embed", Int(min=1), 64, "token embedding size"), F("dropout", PROB, 0.0)),
+    C("rnn", "arch", (F("cell", Enum(("lstm", "gru")), "lstm"), F("hidden", WIDTH, 64),
+                      F("layers", DEPTH, 1), F("bidirectional", Bool(), False),
+                      F("embed", WIDTH, 64, "token embedding size"), F("dropout", PROB, 0.0)),
       "A recurrent text encoder (embedding, LSTM/GRU, masked mean pooling)."),
-    C("transformer", "arch", (F("layers", Int(min=1), 2), F("dim", Int(min=1), 64), F("heads", Int(min=1), 4),
-                              F("ff", Int(min=1), 128), F("max_len", Int(min=1), 128), F("dropout", PROB, 0.1)),
+    C("transformer", "arch", (F("layers", DEPTH, 2), F("dim", WIDTH, 64), F("heads", DEPTH, 4),
+                              F("ff", WIDE, 128), F("max_len", SEQ_LEN, 128), F("dropout", PROB, 0.1)),
       "A Transformer encoder for text built from scratch (needs a tokenizer: `wordpiece(...)`)."),
     # tasks
-    C("classify", "task", (F("labels", Int(min=2), REQUIRED, "number of classes"),), "Classification head."),
-    C("regress", "task", (F("outputs", Int(min=1), 1, "number of targets"),), "Regression head."),
+    C("classify", "task", (F("labels", CLASSES, REQUIRED, "number of classes"),), "Classification head."),
+    C("regress", "task", (F("outputs", WIDTH, 1, "number of targets"),), "Regression head."),
     # init
-    C("normal", "init", (F("std", POS_FLOAT, 0.02),), "Normal(0, std) weights, zero biases."),
+    C("normal", "init", (F("std", Float(min=0, max=10, min_open=True), 0.02),), "Normal(0, std) weights, zero biases."),
     # optimizers
-    C("sgd", "optimizer", (F("lr", POS_FLOAT, 0.01, "learning rate"), F("momentum", PROB, 0.0),
-                           F("weight_decay", Float(min=0), 0.0), F("nesterov", Bool(), False)), "SGD."),
-    C("adam", "optimizer", (F("lr", POS_FLOAT, 1e-3), F("weight_decay", Float(min=0), 0.0)), "Adam."),
-    C("adamw", "optimizer", (F("lr", POS_FLOAT, 1e-3), F("weight_decay", Float(min=0), 0.01)),
+    C("sgd", "optimizer", (F("lr", LR, 0.01, "learning rate"), F("momentum", PROB, 0.0),
+                           F("weight_decay", DECAY, 0.0), F("nesterov", Bool(), False)), "SGD."),
+    C("adam", "optimizer", (F("lr", LR, 1e-3), F("weight_decay", DECAY, 0.0)), "Adam."),
+    C("adamw", "optimizer", (F("lr", LR, 1e-3), F("weight_decay", DECAY, 0.01)),
       "AdamW (decoupled weight decay)."),
     # schedules
     C("constant", "schedule", (F("warmup", WARMUP, 0),), "Constant learning rate (after an optional warmup)."),
     C("linear", "schedule", (F("warmup", WARMUP, 0),), "Linear warmup, then linear decay to 0."),
-    C("cosine", "schedule", (F("warmup", WARMUP, 0), F("min_lr", Float(min=0), 0.0)),
+    C("cosine", "schedule", (F("warmup", WARMUP, 0), F("min_lr", Float(min=0, max=10), 0.0)),
       "Linear warmup, then cosine decay to `min_lr`."),
-    C("step", "schedule", (F("every", Int(min=1), REQUIRED, "steps between decays"),
+    C("step", "schedule", (F("every", COUNT, REQUIRED, "steps between decays"),
                            F("gamma", Float(min=0, max=1, min_open=True), 0.1)), "Multiply the LR by gamma every N steps."),
     # losses
-    C("cross_entropy", "loss", (F("weights", OneOf((Enum(("balanced",)), ListT(Float(min=0)))), None,
+    C("cross_entropy", "loss", (F("weights", OneOf((Enum(("balanced",)), ListT(Float(min=0, max=1e6), max_len=1048576))), None,
                                   "`balanced` (inverse class frequency) or one weight per class"),
                                 F("label_smoothing", PROB, 0.0)), "Cross-entropy for classification."),
     C("bce", "loss", (), "Binary cross-entropy with logits (multi-label or 2-class)."),
     C("mse", "loss", (), "Mean squared error for regression."),
     # adapters
-    C("lora", "adapter", (F("r", Int(min=1), 8), F("alpha", POS_FLOAT, 16), F("dropout", PROB, 0.0),
+    C("lora", "adapter", (F("r", Int(min=1, max=4096), 8), F("alpha", Float(min=0, max=1e6, min_open=True), 16), F("dropout", PROB, 0.0),
                           F("targets", ListT(Str(), min_len=1), ["query", "value"], "module names to adapt")),
       "LoRA adapters (peft), merged into the weights after training."),
-    C("adalora", "adapter", (F("r", Int(min=1), 12), F("target_r", Int(min=1), 8),
+    C("adalora", "adapter", (F("r", Int(min=1, max=4096), 12), F("target_r", Int(min=1, max=4096), 8),
                              F("targets", ListT(Str(), min_len=1), ["query", "value"])), "AdaLoRA adapters (peft)."),
     # pruning
     C("magnitude", "prune_method", (F("amount", FRACTION, REQUIRED, "fraction of weights to zero, per layer"),),
       "L1 unstructured pruning of each Linear/Conv layer."),
     C("global_magnitude", "prune_method", (F("amount", FRACTION, REQUIRED, "fraction of all weights to zero"),),
       "L1 unstructured pruning across all layers at once."),
-    C("structured", "prune_method", (F("amount", FRACTION, REQUIRED), F("dim", Int(min=0), 0),
-                                     F("norm", Float(min=1), 2)), "Remove whole rows/channels by Ln norm."),
+    C("structured", "prune_method", (F("amount", FRACTION, REQUIRED), F("dim", Int(min=0, max=7), 0),
+                                     F("norm", Float(min=1, max=1000), 2)), "Remove whole rows/channels by Ln norm."),
     # quantization
     C("dynamic", "quantize_method", (F("dtype", Enum(("int8", "uint8")), "int8"), F("per_channel", Bool(), True)),
       "Dynamic int8 quantization of weights."),
     C("static", "quantize_method", (F("calibrate", SPLIT, REQUIRED, "split used for calibration"),
-                                    F("samples", Int(min=1), 256)), "Static int8 quantization with calibration."),
+                                    F("samples", Int(min=1, max=1_000_000), 256)), "Static int8 quantization with calibration."),
     C("fp16", "quantize_method", (), "Convert weights to float16."),
     # export formats
     C("onnx", "export_format", (F("opset", Int(min=17, max=23), 17),), "ONNX (checked with onnxruntime)."),
@@ -292,8 +306,8 @@ _CTORS: list[Ctor] = [
     C("hf", "export_format", (), "A Hugging Face folder (pretrained models)."),
     # sweep strategies
     C("grid", "strategy", (), "Every combination of `over`."),
-    C("random", "strategy", (F("n", Int(min=1), REQUIRED), F("seed", Int(min=0), 0)), "n random combinations."),
-    C("optuna", "strategy", (F("n", Int(min=1), REQUIRED), F("seed", Int(min=0), 0)), "n trials of Optuna's TPE."),
+    C("random", "strategy", (F("n", Int(min=1, max=100_000), REQUIRED), F("seed", SEED, 0)), "n random combinations."),
+    C("optuna", "strategy", (F("n", Int(min=1, max=100_000), REQUIRED), F("seed", SEED, 0)), "n trials of Optuna's TPE."),
 ]
 
 CONSTRUCTORS: dict[str, dict[str, Ctor]] = {}
@@ -309,27 +323,27 @@ def all_constructors() -> dict[str, Ctor]:
 
 _TRAIN_FIELDS: tuple[Field, ...] = (
     F("data", DATASET, REQUIRED, "the data block to train on (its train split; valid for evaluation)"),
-    F("epochs", Int(min=1), None, "passes over the train split (or `max_steps`)"),
-    F("max_steps", Int(min=1), None, "optimizer steps (instead of `epochs`)"),
-    F("batch", Int(min=1), 32, "examples per micro-batch"),
-    F("accumulate", Int(min=1), 1, "micro-batches per optimizer step"),
+    F("epochs", Int(min=1, max=100_000), None, "passes over the train split (or `max_steps`)"),
+    F("max_steps", COUNT, None, "optimizer steps (instead of `epochs`)"),
+    F("batch", Int(min=1, max=1048576), 32, "examples per micro-batch"),
+    F("accumulate", Int(min=1, max=65536), 1, "micro-batches per optimizer step"),
     F("optimizer", CtorT("optimizer"), "adamw", "the optimizer"),
     F("schedule", CtorT("schedule"), "constant", "the learning-rate schedule"),
     F("loss", CtorT("loss"), None, "the loss (default: cross_entropy for classify, mse for regress)"),
     F("precision", Enum(("auto", "fp32", "bf16", "fp16")), "auto", "mixed precision (`auto`: bf16 where fast)"),
-    F("clip", POS_FLOAT, None, "gradient-norm clipping"),
+    F("clip", Float(min=0, max=1e6, min_open=True), None, "gradient-norm clipping"),
     F("compile", Bool(), False, "torch.compile the model"),
     F("freeze", ListT(Str()), [], "glob patterns of parameter names to freeze"),
     F("lora", CtorT("adapter"), None, "train LoRA/AdaLoRA adapters instead of all weights"),
     F("early_stop", StructT((F("metric", Str(), REQUIRED, "`valid.accuracy`, `valid.loss`, `train.loss`, ..."),
-                             F("mode", Enum(("min", "max")), None, "default: max for accuracy/f1, min for losses"),
-                             F("patience", Int(min=1), 2), F("min_delta", Float(min=0), 0.0))), None,
+                             F("mode", Enum(("min", "max")), None, "default: the metric's direction (`max` for accuracy, `min` for loss)"),
+                             F("patience", Int(min=1, max=100_000), 2), F("min_delta", Float(min=0, max=1e6), 0.0))), None,
       "stop when a metric stops improving; the best weights are restored"),
-    F("eval_every", Int(min=1), None, "evaluate every N steps (default: each epoch)"),
-    F("checkpoint_every", Int(min=1), 100, "checkpoint every N optimizer steps (and at each epoch end)"),
+    F("eval_every", COUNT, None, "evaluate every N steps (default: each epoch)"),
+    F("checkpoint_every", COUNT, 100, "checkpoint every N optimizer steps (and at each epoch end)"),
     F("distributed", Enum(("none", "ddp", "fsdp")), "none", "multi-process training"),
-    F("max_length", Int(min=1), None, "truncate text to this many tokens (default: the data's)"),
-    F("threads", Int(min=1), None, "CPU threads (default: torch's)"),
+    F("max_length", SEQ_LEN, None, "truncate text to this many tokens (default: the data's)"),
+    F("threads", Int(min=1, max=4096), None, "CPU threads (default: torch's)"),
 )
 
 
@@ -350,7 +364,7 @@ class Kind:
 
 KINDS: dict[str, Kind] = {k.name: k for k in [
     Kind("pipeline", (
-        F("seed", Int(min=0), 0, "global seed (splits, init, shuffling)"),
+        F("seed", SEED, 0, "global seed (splits, init, shuffling)"),
         F("device", Enum(("auto", "cpu", "cuda")), "auto", "where stages run"),
         F("cache", PathT(), None, "cache folder (default `.ftdsl/cache` or $FTDSL_CACHE)"),
         F("out", PathT(output=True), "out", "where stage outputs go (default `out/` beside the file)"),
@@ -360,13 +374,13 @@ KINDS: dict[str, Kind] = {k.name: k for k in [
         F("source", CtorT("source"), None, "where the rows come from (or give `train`/`valid`/`test`)"),
         F("text", Str(), None, "the text column (text tasks)"),
         F("label", Str(), "label", "the label column"),
-        F("features", ListT(Str(), min_len=1), None, "numeric feature columns (default: all but text/label)"),
+        F("features", ListT(Str(), min_len=1, max_len=100_000), None, "numeric feature columns (default: all but text/label)"),
         F("split", StructT((F("train", FRACTION, None), F("valid", FRACTION, None), F("test", FRACTION, None))),
           None, "fractions of `source` per split (default 0.8 / 0.1 / 0.1)"),
         F("train", CtorT("source"), None, "an explicit train file"),
         F("valid", CtorT("source"), None, "an explicit validation file"),
         F("test", CtorT("source"), None, "an explicit test file"),
-        F("max_length", Int(min=1), None, "maximum tokens per text"),
+        F("max_length", SEQ_LEN, None, "maximum tokens per text"),
         F("tokenizer", CtorT("tokenizer"), None, "train a tokenizer for from-scratch text models"),
         F("sampler", Enum(("shuffle", "balanced")), "shuffle", "`balanced` oversamples rare classes"),
     ), "Dataset", "Load, split and prepare data. Produces a Dataset with splits `NAME.train`, `NAME.valid`, `NAME.test`."),
@@ -382,13 +396,13 @@ KINDS: dict[str, Kind] = {k.name: k for k in [
     Kind("train", (F("model", TORCH_MODEL, REQUIRED, "the model to train"),) + _TRAIN_FIELDS,
          "TorchModel", "Train (fine-tune) a model. Produces the trained model and its metrics.", ("model", "data")),
     Kind("distill", (F("teacher", TORCH_MODEL, REQUIRED), F("student", TORCH_MODEL, REQUIRED),
-                     F("temperature", POS_FLOAT, 2.0, "softmax temperature"),
+                     F("temperature", Float(min=0, max=1000, min_open=True), 2.0, "softmax temperature"),
                      F("alpha", Float(min=0, max=1), 0.5, "weight of the distillation loss")) + _TRAIN_FIELDS,
          "TorchModel", "Train a student to match a teacher (knowledge distillation).", ("teacher", "student", "data")),
     Kind("prune", (
         F("from", TORCH_MODEL, REQUIRED, "the model to prune"),
         F("method", CtorT("prune_method"), REQUIRED, "how to prune"),
-        F("recover", StructT((F("epochs", Int(min=1), 1), F("data", DATASET, None), F("batch", Int(min=1), 32),
+        F("recover", StructT((F("epochs", Int(min=1, max=100_000), 1), F("data", DATASET, None), F("batch", Int(min=1, max=1048576), 32),
                               F("optimizer", CtorT("optimizer"), "adamw"))), None,
           "fine-tune after pruning (`data` defaults to the training data)"),
     ), "TorchModel", "Prune weights; the pruning is made permanent in the artifact.", ("from",)),
@@ -399,8 +413,8 @@ KINDS: dict[str, Kind] = {k.name: k for k in [
     Kind("export", (
         F("from", TORCH_MODEL, REQUIRED, "the model to export"),
         F("format", CtorT("export_format"), "onnx", "the file format"),
-        F("verify", OneOf((Bool(), StructT((F("data", SPLIT, None), F("atol", POS_FLOAT, 1e-4),
-                                            F("rtol", Float(min=0), 1e-3))))), False,
+        F("verify", OneOf((Bool(), StructT((F("data", SPLIT, None), F("atol", Float(min=0, max=1e6, min_open=True), 1e-4),
+                                            F("rtol", Float(min=0, max=1e6), 1e-3))))), False,
           "check the export against PyTorch (`true` or `{ data, atol, rtol }`)"),
         F("path", PathT(output=True), None, "where to write the file (default `out/NAME/`)"),
     ), "export", "Export a model to a deployable file.", ("from",)),
@@ -408,15 +422,15 @@ KINDS: dict[str, Kind] = {k.name: k for k in [
         F("models", ListT(ANY_MODEL, min_len=1), REQUIRED, "the models to compare"),
         F("data", SPLIT, REQUIRED, "the split to evaluate on (`NAME.test`)"),
         F("metrics", ListT(Enum(METRICS), min_len=1), ["accuracy", "f1"], "what to measure"),
-        F("batch", Int(min=1), 64, "batch size for evaluation"),
+        F("batch", Int(min=1, max=1048576), 64, "batch size for evaluation"),
     ), "Report", "Compare models on a split: a table, JSON and plots.", ("models", "data")),
     Kind("sweep", (
         F("target", RefT(("TorchModel",)), REQUIRED, "a `train` or `distill` stage"),
-        F("over", MapT(ListT(OneOf((Int(), Float(), Str(), Bool())), min_len=1)), REQUIRED,
+        F("over", MapT(ListT(OneOf((Int(), Float(), Str(), Bool())), min_len=1, max_len=100_000)), REQUIRED,
           'attribute paths to values: `{ "optimizer.lr" = [1e-5, 3e-5] }`'),
         F("strategy", CtorT("strategy"), "grid", "how to pick trials"),
         F("metric", Str(), REQUIRED, "the metric to optimize (`valid.accuracy`)"),
-        F("mode", Enum(("min", "max")), "max"),
+        F("mode", Enum(("min", "max")), None, "default: the metric's direction (`max` for accuracy, `min` for loss)"),
     ), "target", "Hyperparameter search over a train stage; produces the best trial's model.", ("target",)),
 ]}
 

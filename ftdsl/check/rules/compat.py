@@ -1,0 +1,225 @@
+"""Static compatibility between data, models and tasks, and what each artifact and this install support.
+
+FTP240 (the model takes another modality than the data has), FTP241 (labels that cannot fit the
+task head), FTP242 (a quantization method the artifact does not support), FTP243 (an export
+format the model's origin does not support), FTP244 (a setting this install cannot honour), and
+FTP207 for re-quantizing a quantized ONNX graph. Everything here is read from the schema's tables
+(`ftdsl/ir/schema/modality.py`, `ftdsl/capabilities.py`), which the engine shares.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ftdsl import capabilities
+from ftdsl.diagnostics import Label, make
+from ftdsl.ir.lower import lower_value
+from ftdsl.ir.nodes import CallV, DictIR, ListIR, Lit, RefV, Sym
+from ftdsl.ir.schema import modality as M
+
+_FOLLOW = ("model", "student", "from", "target")  # how a model-producing stage names its model
+
+
+@dataclass(frozen=True)
+class Origin:
+    """The `model` block a model-producing stage goes back to, and what it consumes."""
+
+    name: str
+    source: str  # "arch" | "pretrained"
+    what: str  # `mlp(...)`, `pretrained "ID"`
+    inputs: tuple[str, ...]
+    span: object
+
+
+def origin(prog, name: str, seen=None) -> Origin | None:
+    seen = seen or set()
+    if name in seen or name not in prog.blocks:
+        return None
+    seen.add(name)
+    b = prog.blocks[name]
+    if b.kind == "model":
+        arch, pre = b.value("arch"), b.value("pretrained")
+        if isinstance(arch, CallV) and arch.name in M.ARCH_INPUTS:
+            return Origin(name, "arch", f"arch = {arch.name}(...)", M.ARCH_INPUTS[arch.name], arch.span)
+        if isinstance(pre, Lit) and isinstance(pre.value, str):
+            return Origin(name, "pretrained", f"pretrained \"{pre.value}\"", M.PRETRAINED_INPUTS, pre.span)
+        return None
+    for attr in _FOLLOW:
+        v = b.value(attr)
+        if isinstance(v, RefV):
+            return origin(prog, v.target, seen)
+    return None
+
+
+@dataclass(frozen=True)
+class Data:
+    name: str
+    modality: str
+    info: M.DataInfo | None  # labels known without reading (sklearn, synthetic)
+    source_span: object
+
+
+def data_of(prog, name: str) -> Data | None:
+    b = prog.blocks.get(name)
+    if b is None or b.kind != "data":
+        return None
+    src = b.value("source")
+    info = None
+    if isinstance(src, CallV):
+        info = M.source_info(src.name, {k: lower_value(v) for k, v in src.args})
+    text = b.value("text")
+    if isinstance(text, Lit) and isinstance(text.value, str):
+        modality = M.TEXT
+    else:
+        modality = info.modality if info is not None else M.FEATURES
+    return Data(name, modality, info, src.span if isinstance(src, CallV) else b.name_span)
+
+
+def _pairs(b):
+    """(model reference, data reference) pairs a stage feeds together."""
+    data = b.value("data")
+    if b.kind == "train":
+        yield b.value("model"), data
+    elif b.kind == "distill":
+        yield b.value("teacher"), data
+        yield b.value("student"), data
+    elif b.kind == "evaluate":
+        models = b.value("models")
+        for m in models.items if isinstance(models, ListIR) else ():
+            yield m, data
+    elif b.kind == "export":
+        v = b.value("verify")
+        if isinstance(v, DictIR):
+            yield b.value("from"), v.get("data")
+    elif b.kind == "quantize":
+        m = b.value("method")
+        if isinstance(m, CallV):
+            yield b.value("from"), m.get("calibrate")
+    elif b.kind == "prune":
+        r = b.value("recover")
+        if isinstance(r, DictIR):
+            yield b.value("from"), r.get("data")
+
+
+def _hint_for(d: Data) -> str:
+    if d.modality == M.TEXT:
+        return "text needs a text model: `arch = rnn(...)`, `arch = transformer(...)` or `pretrained = \"ID\"`"
+    return "numeric data needs a features model: `arch = mlp(...)` or `arch = cnn(...)`"
+
+
+def modality_and_labels(ctx):
+    """FTP240/FTP241: the model must take the data's modality, and its head must fit the labels."""
+    prog = ctx.program
+    seen: set[tuple[str, str, str]] = set()
+    for name, b in prog.blocks.items():
+        for mref, dref in _pairs(b):
+            if not isinstance(mref, RefV) or not isinstance(dref, RefV):
+                continue
+            o, d = origin(prog, mref.target), data_of(prog, dref.target)
+            if o is None or d is None:
+                continue
+            if d.modality not in o.inputs and ("modality", o.name, d.name) not in seen:
+                seen.add(("modality", o.name, d.name))
+                yield make("FTP240", f"`{b.kind} {name}` feeds {M.describe_modality(d.modality)} from `{d.name}` to "
+                                     f"`{mref.target}`, whose model takes {' or '.join(M.describe_modality(m) for m in o.inputs[:1])}",
+                           dref.span, label=f"{M.describe_modality(d.modality)}",
+                           secondary=(Label(o.span, f"{o.what} takes {M.describe_modality(o.inputs[0])}"),)
+                           if o.span is not None else (), hint=_hint_for(d))
+            if b.kind in ("train", "distill") and ("labels", o.name, d.name) not in seen:
+                seen.add(("labels", o.name, d.name))
+                yield from _labels(prog, o, d)
+
+
+def _labels(prog, o: Origin, d: Data):
+    info = d.info
+    task = prog.blocks[o.name].value("task")
+    if info is None or not isinstance(task, CallV):
+        return
+    if task.name == "classify":
+        n = task.get("labels")
+        if info.task == "regress":
+            yield make("FTP241", f"model `{o.name}` classifies, but `{d.name}` has real-valued (regression) labels",
+                       task.span, label="classify(...)", secondary=(Label(d.source_span, "regression data"),),
+                       hint="use `task = regress(outputs = 1)`, or a classification data set")
+        elif isinstance(n, Lit) and isinstance(n.value, int) and info.classes and n.value < info.classes:
+            yield make("FTP241", f"model `{o.name}` has {n.value} classes, but `{d.name}` has {info.classes}",
+                       n.span or task.span, label=f"{info.classes} classes in the data",
+                       secondary=(Label(d.source_span, f"{info.classes} classes"),),
+                       hint=f"use `task = classify(labels = {info.classes})`")
+    elif task.name == "regress" and info.task == "regress":
+        n = task.get("outputs")
+        if isinstance(n, Lit) and isinstance(n.value, int) and n.value != info.outputs:
+            yield make("FTP241", f"model `{o.name}` predicts {n.value} outputs, but `{d.name}` has "
+                                 f"{info.outputs} target column(s)", n.span or task.span,
+                       label="outputs", hint=f"use `task = regress(outputs = {info.outputs})`")
+
+
+def quantize_support(ctx):
+    """FTP242/FTP207: the quantization method must suit the artifact it quantizes."""
+    prog = ctx.program
+    for name, b in prog.blocks.items():
+        if b.kind != "quantize":
+            continue
+        src, method = b.value("from"), b.value("method")
+        if not isinstance(src, RefV) or not isinstance(method, CallV):
+            continue
+        art = ctx.types.get(src.target)
+        table = M.QUANTIZE_SUPPORT.get(art)
+        if table is None:
+            continue  # a QuantizedTorchModel: FTP207 (order rules)
+        upstream = prog.blocks.get(src.target)
+        if upstream is not None and upstream.kind == "quantize":
+            yield make("FTP207", f"`quantize {name}` would quantize `{src.target}` again", src.span,
+                       label="already quantized", hint="quantize the float export, once")
+            continue
+        where = "in PyTorch" if art == "TorchModel" else "with onnxruntime"
+        rules = table.get(method.name)
+        if rules is None:
+            yield make("FTP242", f"`{method.name}` quantization is not supported {where}", method.span,
+                       label="unsupported method", hint="supported: " + ", ".join(table))
+            continue
+        dtype = method.get("dtype")
+        if "dtype" in rules and isinstance(dtype, Sym) and dtype.name not in rules["dtype"]:
+            yield make("FTP242", f"`quantize {name}`: {method.name} quantization {where} stores weights as "
+                                 f"{' or '.join(rules['dtype'])}, not {dtype.name}", dtype.span or method.span,
+                       label=f"not supported {where}",
+                       hint=f"use `dtype = {rules['dtype'][0]}`, or export to ONNX and quantize that "
+                            "(onnxruntime takes uint8 weights)")
+        o = origin(prog, src.target)
+        if "inputs" in rules and o is not None and not set(o.inputs) & set(rules["inputs"]):
+            yield make("FTP242", f"`quantize {name}`: {method.name} quantization {where} is for numeric-feature "
+                                 f"models (mlp, cnn), but `{src.target}` takes {M.describe_modality(o.inputs[0])}",
+                       method.span, label=f"not for {M.describe_modality(o.inputs[0])} models",
+                       hint="use `method = dynamic()`, or export to ONNX and quantize that export "
+                            "(static int8 also costs transformers much accuracy)")
+
+
+def export_support(ctx):
+    """FTP243: the export format must suit where the model comes from (`hf` needs a pretrained model)."""
+    prog = ctx.program
+    for name, b in prog.blocks.items():
+        if b.kind != "export":
+            continue
+        src, fmt = b.value("from"), b.value("format")
+        if not isinstance(src, RefV) or not isinstance(fmt, CallV):
+            continue
+        allowed = M.EXPORT_ORIGINS.get(fmt.name)
+        o = origin(prog, src.target)
+        if allowed is None or o is None or o.source in allowed:
+            continue
+        yield make("FTP243", f"`export {name}`: `{fmt.name}` needs a {' or '.join(allowed)} model, but `{src.target}` "
+                             f"is built from scratch ({o.what})", fmt.span or src.span, label="not for this model",
+                   secondary=(Label(o.span, "built from scratch"),) if o.span is not None else (),
+                   hint="use `format = safetensors()` (weights + spec), `onnx()` or `pt2()` for a from-scratch model")
+
+
+def install_capabilities(ctx):
+    """FTP244: settings the engine of this install cannot honour (e.g. `distributed`)."""
+    for name, b in ctx.program.blocks.items():
+        if b.kind not in ("train", "distill"):
+            continue
+        v = b.value("distributed")
+        if isinstance(v, Sym) and not capabilities.distributed_supported(v.name):
+            ok = ", ".join(capabilities.distributed_modes())
+            yield make("FTP244", f"`{b.kind} {name}`: `distributed = {v.name}` is not supported by this install's engine",
+                       v.span, label="not supported here", hint=f"supported: {ok}")

@@ -1,0 +1,65 @@
+"""The metric registry: every metric ftdsl computes, the tasks it applies to, and its direction.
+
+This is the one place that says whether higher is better. `early_stop.mode` and `sweep.mode`
+default from it (the lowering fills them in, so `plan` shows the direction `run` uses), the
+checker validates `SPLIT.METRIC` names against it, and the engine's metric functions
+(`ftdsl/stages/metrics.py: FUNCTIONS`) are tied to it by tests/test_schema_contract.py.
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CLASSIFY, REGRESS = "classify", "regress"
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    tasks: tuple[str, ...]  # the model tasks it applies to; () for any model (latency, size)
+    higher_is_better: bool
+    doc: str  # how it is computed
+    tracked: bool = True  # computed on `valid` during training (usable as `valid.NAME`); else evaluate-only
+
+    @property
+    def mode(self) -> str:
+        return "max" if self.higher_is_better else "min"
+
+
+_METRICS = (
+    Metric("accuracy", (CLASSIFY,), True, "fraction of rows whose arg-max class is the label"),
+    Metric("f1", (CLASSIFY,), True, "macro-averaged F1 over the classes present (scikit-learn's `average=\"macro\"`)"),
+    Metric("precision", (CLASSIFY,), True, "macro-averaged precision (a class never predicted counts 0)"),
+    Metric("recall", (CLASSIFY,), True, "macro-averaged recall"),
+    Metric("loss", (CLASSIFY, REGRESS), False,
+           "mean cross-entropy of the logits (classify) or mean squared error (regress)"),
+    Metric("mse", (REGRESS,), False, "mean squared error over all outputs"),
+    Metric("mae", (REGRESS,), False, "mean absolute error over all outputs"),
+    Metric("r2", (REGRESS,), True, "coefficient of determination, 1 - SSE/SST averaged over the outputs"),
+    Metric("latency", (), False, "milliseconds per row: the fastest timed batch, divided by its rows", tracked=False),
+    Metric("size", (), False, "size of the model's files on disk, in MB", tracked=False),
+)
+
+METRIC_REGISTRY: dict[str, Metric] = {m.name: m for m in _METRICS}
+METRICS: tuple[str, ...] = tuple(METRIC_REGISTRY)  # the symbols `evaluate.metrics` accepts
+QUALITY_METRICS: tuple[str, ...] = tuple(m.name for m in _METRICS if m.tasks)  # computed from predictions
+TRAIN_SPLIT_METRICS: tuple[str, ...] = ("loss",)  # what the train split reports while training
+
+
+def metrics_for(task: str | None, *, tracked_only: bool = False) -> tuple[str, ...]:
+    """Metric names that apply to a model of `task` (None: unknown task, every quality metric)."""
+    return tuple(m.name for m in _METRICS
+                 if (not tracked_only or m.tracked) and (not m.tasks or task is None or task in m.tasks))
+
+
+def metric_mode(metric: str, default: str = "max") -> str:
+    """`max` or `min` for a metric name or a `SPLIT.METRIC` path (`valid.loss` -> `min`)."""
+    name = metric.rpartition(".")[2]
+    m = METRIC_REGISTRY.get(name)
+    return m.mode if m is not None else default
+
+
+def better(mode: str, value: float, best: float, min_delta: float = 0.0) -> bool:
+    """Whether `value` improves on `best` by more than `min_delta` in direction `mode`."""
+    return value > best + min_delta if mode == "max" else value < best - min_delta

@@ -1,0 +1,101 @@
+"""What flows between stages, declared once: modalities, known data sets, and what each artifact supports.
+
+The checker's compatibility rules (`ftdsl/check/rules/compat.py`) read these tables to report at
+lint time what the engine would otherwise refuse at run time; the engine reads the same tables
+(`arch_modality`) so the two cannot drift. tests/test_schema_contract.py ties them to the
+engine's implementations. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# --- modalities -----------------------------------------------------------------------------
+# `features`: a numeric vector per row (CSV columns, iris); `image`: numeric (C, H, W) pixels
+# (sklearn digits: 1x8x8) -- still numbers, so every features model takes them too; `text`:
+# strings, tokenized by the model's tokenizer.
+FEATURES, IMAGE, TEXT = "features", "image", "text"
+MODALITIES = (FEATURES, IMAGE, TEXT)
+NUMERIC = (FEATURES, IMAGE)
+
+# What each from-scratch architecture consumes (its engine side: ftdsl/stages/nets.py ARCHS).
+ARCH_INPUTS: dict[str, tuple[str, ...]] = {
+    "mlp": NUMERIC,
+    "cnn": NUMERIC,
+    "rnn": (TEXT,),
+    "transformer": (TEXT,),
+}
+# Pretrained models are Hugging Face text encoders (AutoModelForSequenceClassification).
+PRETRAINED_INPUTS: tuple[str, ...] = (TEXT,)
+
+
+def arch_modality(arch: str) -> str:
+    """The engine's coarse modality of a from-scratch architecture: `text` or `features`."""
+    return TEXT if ARCH_INPUTS.get(arch) == (TEXT,) else FEATURES
+
+
+def describe_modality(m: str) -> str:
+    return {FEATURES: "numeric features", IMAGE: "numeric images", TEXT: "text"}.get(m, m)
+
+
+# --- data sets known without reading them ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    modality: str
+    task: str  # the kind of labels: "classify" (integer classes) or "regress" (real numbers)
+    classes: int | None = None  # number of classes (classify)
+    outputs: int = 1  # number of regression targets (regress)
+    shape: tuple[int, ...] | None = None
+
+
+# scikit-learn's bundled data sets (ftdsl/stages/_sources.py reads them).
+SKLEARN_DATASETS: dict[str, DataInfo] = {
+    "digits": DataInfo(IMAGE, "classify", 10, shape=(1, 8, 8)),
+    "iris": DataInfo(FEATURES, "classify", 3, shape=(4,)),
+    "wine": DataInfo(FEATURES, "classify", 3, shape=(13,)),
+    "breast_cancer": DataInfo(FEATURES, "classify", 2, shape=(30,)),
+}
+
+
+def source_info(call: str, args: dict) -> DataInfo | None:
+    """What a data source yields, when it is known without reading a file (`args`: lowered values).
+    Files (csv, jsonl, parquet) are only known by reading them: None."""
+    if call == "sklearn":
+        return SKLEARN_DATASETS.get(args.get("name"))
+    if call == "synthetic":
+        task = args.get("task") or "classify"
+        k = args.get("features")
+        shape = (int(k),) if isinstance(k, int) else None
+        if task == "classify":
+            return DataInfo(FEATURES, "classify", args.get("classes"), shape=shape)
+        return DataInfo(FEATURES, "regress", None, shape=shape)
+    return None
+
+
+# --- what each artifact supports ------------------------------------------------------------
+# quantize: artifact type of `from` -> method -> restrictions. A method missing from an
+# artifact's table is not supported for it. `inputs`: modalities the method handles;
+# `dtype`: the `dtype` values it accepts. (Engine: ftdsl/stages/quantize.py.)
+QUANTIZE_SUPPORT: dict[str, dict[str, dict[str, tuple[str, ...]]]] = {
+    "TorchModel": {
+        "dynamic": {"dtype": ("int8",)},  # torch.ao stores dynamic weights as qint8 only
+        "static": {"inputs": NUMERIC},  # FX graph mode: features nets (mlp, cnn)
+        "fp16": {},
+    },
+    "OnnxModel": {
+        "dynamic": {},
+        "static": {},
+        "fp16": {},
+    },
+}
+
+# export: format -> the model origins it can write ("arch": built from scratch; "pretrained").
+EXPORT_ORIGINS: dict[str, tuple[str, ...]] = {
+    "onnx": ("arch", "pretrained"),
+    "torchscript": ("arch", "pretrained"),
+    "pt2": ("arch", "pretrained"),
+    "safetensors": ("arch", "pretrained"),
+    "hf": ("pretrained",),  # save_pretrained needs a Hugging Face model
+}
