@@ -142,7 +142,10 @@ def test_amp_precisions_run_on_cpu(tmp_path, precision):
     art, ctx = _run(tmp_path, _model(tmp_path), ds, epochs=None, max_steps=2, precision=precision,
                     clip=1.0, batch=32)
     assert art.metrics["steps"] == 2 and art.spec["precision"] == precision
-    assert all(np.isfinite(u[1]["loss"]) for u in ctx.reporter.updates)
+    # the loss reaches the host only at log points (here: the last step), not every step
+    shown = [u[1]["loss"] for u in ctx.reporter.updates if u[1].get("loss") is not None]
+    assert shown and all(np.isfinite(v) for v in shown)
+    assert np.isfinite(art.metrics["train.loss"])
     assert any(f"{precision}: requested" in line for line in ctx.reporter.lines)
     for v in art.state_dict().values():
         assert v.dtype == torch.float32  # master weights stay fp32
