@@ -58,11 +58,14 @@ def _compile(path, overrides, text) -> Compiled:
     r = resolve(path, overrides, text=text)
     diags = list(r.diagnostics)
     ctx = None
-    # After a syntax error some blocks are missing, so whole-pipeline rules (unused blocks, no
-    # stages, types of references) would only add noise: they run on files that parsed.
+    # Syntax recovery keeps the items that parsed, so they are checked like any others. The broken
+    # items are missing from the program: rules that judge the whole pipeline by what is absent
+    # (no stages, unused blocks and params) would only blame the syntax error on good code.
     syntax_error = any(d.severity == "error" and d.code[3] in "01" for d in diags)
-    if r.program is not None and not syntax_error:
+    if r.program is not None:
         more, ctx = check(r.program)
+        if syntax_error:
+            more = [d for d in more if d.code not in _PILE_ON]
         diags.extend(more)
     diags = _dedupe(diags)
     # A misspelled reference makes its intended target look unused: when an FTP204 already
@@ -76,6 +79,9 @@ def _compile(path, overrides, text) -> Compiled:
     diags = apply_suppressions(diags, r.sources)
     diags.sort(key=lambda d: d.sort_key())
     return Compiled(r.program, diags, r.sources, ctx)
+
+
+_PILE_ON = frozenset({"FTP213", "FTP220", "FTP221"})
 
 
 def _dedupe(diags):

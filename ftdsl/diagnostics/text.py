@@ -155,16 +155,43 @@ def _snippet(labels: list[_Label], lines: list[str], w: int, sev: str, primary_c
         if prev is not None and n > prev + 1:
             rows.append([("lineno", "...")])
         prev = n
-        text, cells = _display(lines[n - 1])
+        here = sorted((lab for lab in labels if lab.span.line == n),
+                      key=lambda lab: (lab.span.col, not lab.primary))
+        line, here = _clip(lines[n - 1], here)
+        text, cells = _display(line)
         row: Row = [("lineno", f"{n:>{w}} |")]
         if text.strip():
             row.append((None, " " + text.rstrip()))
         rows.append(row)
-        here = sorted((lab for lab in labels if lab.span.line == n),
-                      key=lambda lab: (lab.span.col, not lab.primary))
         for lab in here:
-            rows.append(_marker_row(lab, cells, len(lines[n - 1]), marker_gutter, sev))
+            rows.append(_marker_row(lab, cells, len(line), marker_gutter, sev))
     return rows
+
+
+MAX_SHOWN = 160  # characters of one source line in a snippet
+
+
+def _clip(line: str, labels: list[_Label]) -> tuple[str, list[_Label]]:
+    """A window of a very long line (a 4 MB one-line list) around its labels, `…` marking the cut,
+    with the labels' columns moved into it: rendering stays fast and readable."""
+    if len(line) <= MAX_SHOWN:
+        return line, labels
+    first = min((lab.span.col for lab in labels), default=1) - 1
+    lo = max(0, first - 40)
+    hi = min(len(line), lo + MAX_SHOWN)
+    lead = 1 if lo else 0
+    shown = ("\u2026" if lo else "") + line[lo:hi] + ("\u2026" if hi < len(line) else "")
+
+    def move(col: int) -> int:
+        return min(max(col - lo + lead, 1), len(shown) + 1)
+
+    moved = []
+    for lab in labels:
+        sp = lab.span
+        end = sp.end_col if sp.end_line == sp.line else len(line) + 1
+        span = Span(sp.file, sp.line, move(sp.col), sp.line, move(end), sp.start, sp.end)
+        moved.append(_Label(span, lab.message, lab.primary))
+    return shown, moved
 
 
 def _footer(kind: str, text: str, w: int) -> list[Row]:

@@ -28,6 +28,8 @@ class Scope:
     param_uses: dict = field(default_factory=dict)
     _expanding: tuple = ()  # params being expanded (a param cannot refer to itself)
     path_base: str = "."  # folder of the file being converted, relative to the root pipeline's folder
+    cyclic: frozenset = frozenset()  # params on a cycle: reported once where they are defined
+    broken: frozenset = frozenset()  # names of items lost to syntax errors: not "undefined"
 
 
 def did_you_mean(word: str, options) -> str | None:
@@ -39,7 +41,8 @@ def did_you_mean(word: str, options) -> str | None:
 
 def _shape(v: A.Value) -> str:
     return {A.Number: "a number", A.String: "a string", A.Bool: "a boolean", A.Null: "`null`",
-            A.Ref: "a name", A.ListV: "a list", A.DictV: "a dict", A.Call: "a constructor call"}[type(v)]
+            A.Ref: "a name", A.ListV: "a list", A.DictV: "a dict", A.Call: "a constructor call",
+            A.Invalid: "an invalid value"}[type(v)]
 
 
 def _accepts(t: S.Type, kind: type) -> bool:
@@ -89,6 +92,8 @@ class Converter:
         vt = v.__class__
         if vt is A.Null:
             return Lit(None, v.span)
+        if vt is A.Invalid:  # its error was reported by the parser
+            return None
         if vt is A.Ref:
             return self._ref(v, t, what)
         # dispatch on the declared type (a dict lookup: this runs for every value of the file)
@@ -236,6 +241,8 @@ class Converter:
                 if name in e.choices:
                     return Sym(name, v.span)
             if name in scope.params:
+                if name in scope.cyclic:
+                    return None  # FTP205 is reported at the params themselves
                 if name in scope._expanding:
                     self.err("FTP205", f"param `{name}` refers to itself", v.span, label="cycle")
                     return None
@@ -256,6 +263,8 @@ class Converter:
                          hint=f"write `{name}` or `{name}.SPLIT`")
                 return None
             return RefV(name, v.parts[1] if len(v.parts) == 2 else None, v.span)
+        if name in scope.broken:
+            return None  # the item of that name has a syntax error: that error says it all
         # Nothing matched: explain with the names that would have been valid here.
         options: list[str] = []
         for e in _options(t, S.Enum):

@@ -76,7 +76,7 @@ def _load(abs_path: Path, shown: str, use: A.Use | None, stack: tuple, diags, so
     else:
         src = text
     sources[shown] = src
-    f, errs = parse(src, shown)
+    f, errs = parse(src, shown, recover=True)
     diags.extend(errs)
     if f is None:
         files.append(A.File(shown, (), (), src))
@@ -140,7 +140,10 @@ def _build(files: list[A.File], root: Path, shown: str, overrides: list[str], di
     for i, ov in enumerate(overrides):
         _apply_override(ov, i, params, blocks, param_over, diags, sources)
 
-    scope = Scope({k: p.value for k, p in params.items()}, {k: b.kind for k, b in blocks.items()}, diags)
+    cyclic = _param_cycles(params, diags)
+    broken = frozenset().union(*(f.broken for f in files)) - params.keys() - blocks.keys()
+    scope = Scope({k: p.value for k, p in params.items()}, {k: b.kind for k, b in blocks.items()}, diags,
+                  cyclic=cyclic, broken=broken)
     conv = Converter(scope)
     root_dir = posixpath.dirname(shown)
 
@@ -162,6 +165,79 @@ def _build(files: list[A.File], root: Path, shown: str, overrides: list[str], di
     return Resolved(program, diags, sources)
 
 
+def _param_refs(v: A.Value, params) -> list[A.Ref]:
+    """References to params inside one param's value (syntax only: nothing is typed yet)."""
+    out, stack = [], [v]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, A.Ref):
+            if len(x.parts) == 1 and x.parts[0] in params:
+                out.append(x)
+        elif isinstance(x, A.ListV):
+            if not isinstance(x.items, A.PackedItems):
+                stack.extend(x.items)
+        elif isinstance(x, A.DictV):
+            stack.extend(e.value for e in x.entries)
+        elif isinstance(x, A.Call):
+            stack.extend(x.args)
+            stack.extend(k.value for k in x.kwargs)
+    out.reverse()
+    return out
+
+
+def _param_cycles(params: dict[str, A.Param], diags) -> frozenset[str]:
+    """FTP205 for params that refer to each other in a circle (`param x = y`, `param y = x`), used or
+    not: one diagnostic per cycle, pointing at every param in it. Returns the params on a cycle
+    (their uses are not reported again)."""
+    deps = {name: _param_refs(p.value, params) for name, p in params.items()}
+    state: dict[str, int] = {}
+    seen: set[frozenset] = set()
+    on_cycle: set[str] = set()
+    for root in params:
+        if state.get(root):
+            continue
+        stack: list[tuple[str, int]] = [(root, 0)]
+        path: list[str] = []
+        while stack:  # iterative DFS: 10,000 chained params must not hit the recursion limit
+            node, i = stack.pop()
+            if i == 0:
+                if state.get(node):
+                    continue
+                state[node] = 1
+                path.append(node)
+            refs = deps[node]
+            if i < len(refs):
+                stack.append((node, i + 1))
+                nxt = refs[i].parts[0]
+                if state.get(nxt) == 1:
+                    cyc = path[path.index(nxt):]
+                    key = frozenset(cyc)
+                    if key not in seen:
+                        seen.add(key)
+                        on_cycle.update(cyc)
+                        diags.append(_cycle_diag(cyc, refs[i], params, deps))
+                elif not state.get(nxt):
+                    stack.append((nxt, 0))
+            else:
+                state[node] = 2
+                path.pop()
+    return frozenset(on_cycle)
+
+
+def _cycle_diag(cyc: list[str], closing: A.Ref, params, deps) -> Diagnostic:
+    if len(cyc) == 1:
+        return make("FTP205", f"param `{cyc[0]}` refers to itself", closing.span, label="refers to itself",
+                    secondary=(Label(params[cyc[0]].name_span, "defined here"),),
+                    hint="a param's value must not depend on the param itself")
+    chain = " -> ".join(cyc + [cyc[0]])
+    others = []
+    for a, b in zip(cyc, cyc[1:]):
+        ref = next((r for r in deps[a] if r.parts[0] == b), None)
+        others.append(Label(ref.span if ref else params[a].name_span, f"`{a}` refers to `{b}`"))
+    return make("FTP205", f"params form a cycle: {chain}", closing.span, label=f"`{cyc[-1]}` refers back to `{cyc[0]}`",
+                secondary=tuple(others), hint="give one of them a value that does not refer back")
+
+
 def _count_refs(values, params) -> dict[str, int]:
     counts: dict[str, int] = {}
     stack = list(values)
@@ -171,7 +247,8 @@ def _count_refs(values, params) -> dict[str, int]:
             if len(v.parts) == 1 and v.parts[0] in params:
                 counts[v.parts[0]] = counts.get(v.parts[0], 0) + 1
         elif isinstance(v, A.ListV):
-            stack.extend(v.items)
+            if not isinstance(v.items, A.PackedItems):  # packed lists hold literals only
+                stack.extend(v.items)
         elif isinstance(v, A.DictV):
             stack.extend(e.value for e in v.entries)
         elif isinstance(v, A.Call):
@@ -340,7 +417,7 @@ def _shift(v: A.Value, line: int, dcol: int) -> A.Value:
     def walk(x):
         if isinstance(x, A.Span):
             return sp(x)
-        if isinstance(x, tuple):
+        if isinstance(x, (tuple, A.PackedItems)):
             return tuple(walk(y) for y in x)
         if dataclasses.is_dataclass(x):
             return type(x)(*(walk(getattr(x, f.name)) for f in dataclasses.fields(x)))

@@ -5,6 +5,13 @@ most of `lint`'s time. This one compiles every terminal of `grammar/ftp.lark` in
 alternation (one regex match per token), so the grammar stays the one definition of the syntax.
 Keyword terminals (`true`, `false`, `null`) are recognized as whole names, as Lark's priorities do.
 Comments are collected on the side for `fmt` and suppression comments.
+
+Long lists of plain literals (`[1, 1, 1, ...]`, 32 elements or more) are packed: right after the
+`[` the lexer matches the whole run with one regular expression, records it (`FastLexer.packed`,
+keyed by the bracket's offset) and skips to the `]`, so the parser sees an empty list and the AST
+builder attaches a lazy `ast.PackedItems`. The run pattern accepts only literals that the token
+rules would split the same way and that cannot overflow (at most 18 integer digits, 2 exponent
+digits, no `_`), and no comments; anything else falls back to ordinary tokens.
 """
 
 from __future__ import annotations
@@ -15,8 +22,17 @@ from lark.exceptions import UnexpectedCharacters
 from lark.lexer import Lexer, Token
 
 
+_WS = r"[ \t\f\r\n]*"
+_NUM = r"[+-]?[0-9]{1,18}(?:\.[0-9]+)?(?:[eE][+-]?[0-9]{1,2})?"
+_ELEM = rf'(?:{_NUM}|"[^"\\\n]*"|true|false|null)(?![0-9A-Za-z_.])'
+PACK_MIN = 32
+# Possessive repetition (Python 3.11): linear, never backtracks into the run.
+_RUN = re.compile(rf"{_WS}{_ELEM}(?:{_WS},?{_WS}{_ELEM}){{{PACK_MIN - 1},}}+{_WS},?{_WS}(?=\])")
+
+
 class FastLexer(Lexer):
     comments: list | None = None  # set by the parser before each parse: (start, end) offsets
+    packed: dict | None = None  # set by the parser: `[` offset -> (start, end, line, line_start) of a run
 
     def __init__(self, lexer_conf):
         self.ignore = set(lexer_conf.ignore)
@@ -46,6 +62,8 @@ class FastLexer(Lexer):
         match = self.regex.match
         ignore, keywords, punct = self.ignore, self.keywords, self.punct
         comments = FastLexer.comments
+        packed = FastLexer.packed
+        run = _RUN.match
         pos, n, line, line_start = 0, len(text), 1, 0
         while pos < n:
             m = match(text, pos)
@@ -67,6 +85,19 @@ class FastLexer(Lexer):
             value = m.group()
             if kind == "PUNCT":
                 kind = punct[value]
+                if kind == "LSQB" and packed is not None:
+                    r = run(text, end)
+                    if r is not None:
+                        rend = r.end()
+                        packed[pos] = (end, rend, line, line_start)
+                        col = pos - line_start + 1
+                        yield Token(kind, value, pos, line, col, line, col + 1, end)
+                        nl = text.count("\n", end, rend)
+                        if nl:
+                            line += nl
+                            line_start = text.rfind("\n", end, rend) + 1
+                        pos = rend
+                        continue
             elif kind == "NAME" and value in keywords:
                 kind = keywords[value]
             col = pos - line_start + 1

@@ -15,7 +15,7 @@ from pathlib import Path
 from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken, VisitError
 
-from ftdsl.diagnostics import Diagnostic, make
+from ftdsl.diagnostics import Diagnostic, Label, make
 from ftdsl.syntax import ast as A
 from ftdsl.syntax.lexer import FastLexer
 
@@ -78,49 +78,70 @@ def decode(data: bytes, shown: str) -> tuple[str | None, list[Diagnostic]]:
     return text, []
 
 
-def parse(text: str, path: str = "<string>") -> tuple[A.File | None, list[Diagnostic]]:
-    """Parse `text`; returns the AST (None on a syntax error) and the diagnostics."""
+def parse(text: str, path: str = "<string>", recover: bool = False) -> tuple[A.File | None, list[Diagnostic]]:
+    """Parse `text`; returns the AST and the diagnostics.
+
+    Without `recover` the AST is None when there is any error (what `fmt` and `--set` need). With
+    `recover` (the compiler) the items that parsed are kept: each broken top-level item is blanked
+    out and the rest parsed again, so later phases still resolve and check the good blocks;
+    `File.broken` names the items that were lost. Value errors (`1e999`, a bad escape) never stop
+    the parse: the value becomes `ast.Invalid` and every such error is reported.
+    """
     deep = _too_deep(text, path)
     if deep:
         return None, [deep]
     comments: list[A.Comment] = []
+    diags: list[Diagnostic] = []
+    broken: set[str] = set()
     try:
-        items = _parse_items(text, path, comments)
-    except UnexpectedInput as e:
-        return None, _more_syntax_errors(text, path, e)
-    except VisitError as e:  # a builder bug or a value error raised while building
-        orig = e.orig_exc
-        if isinstance(orig, _BuildError):
-            return None, [orig.diag]
-        raise
-    except _BuildError as e:
-        return None, [e.diag]
+        try:
+            items = _parse_items(text, path, comments, diags)
+        except UnexpectedInput as e:
+            syntax, masked, broken = _recover(text, path, e)
+            if not recover or masked is None:
+                return None, syntax
+            diags = []
+            comments = []
+            items = _parse_items(masked, path, comments, diags)
+            diags = syntax + diags
+    except VisitError as e:  # a builder bug
+        raise e.orig_exc from e
     except (RecursionError, MemoryError):
         return None, [make("FTP105", "the file is nested too deeply to parse", A.Span(path, 1, 1, 1, 2))]
-    diags: list[Diagnostic] = []
+    global _ERRORS
     out_items = []
-    for it in items:
-        try:
-            out_items.append(_classify_item(it, path, diags))
-        except _BuildError as e:  # e.g. `ftp 1e999`: like every value error, the file is unusable
-            return None, diags + [e.diag]
-    return A.File(path, tuple(i for i in out_items if i is not None), tuple(comments), text), diags
+    _ERRORS = diags
+    try:
+        for it in items:
+            x = _classify_item(it, path, diags)
+            if x is not None:
+                out_items.append(x)
+    finally:
+        _ERRORS = None
+    if not recover and any(d.severity == "error" for d in diags):
+        return None, diags
+    return A.File(path, tuple(out_items), tuple(comments), text, frozenset(broken)), diags
 
 
 # --- internals -------------------------------------------------------------------------------
 
 _FILE = ""  # path of the file being built; the builder is shared (Lark instance is cached)
+_TEXT = ""  # the text being parsed (packed lists keep a reference to it)
+_ERRORS: list | None = None  # value errors found while building (the builder records, never raises)
 
 
-def _parse_items(text: str, path: str, comments: list) -> list:
-    global _FILE
-    _FILE = path
+def _parse_items(text: str, path: str, comments: list, errors: list) -> list:
+    global _FILE, _TEXT, _ERRORS
+    _FILE, _TEXT, _ERRORS = path, text, errors
     found: list[tuple[int, int]] = []
     FastLexer.comments = found
+    FastLexer.packed = {}
     try:
         items = _parser().parse(text)
     finally:
         FastLexer.comments = None
+        FastLexer.packed = None
+        _TEXT, _ERRORS = "", None
         # Comments come in order: count lines incrementally (a scan from the start for each
         # comment made 20,000 comment lines take seconds).
         line, last = 1, 0
@@ -132,25 +153,19 @@ def _parse_items(text: str, path: str, comments: list) -> list:
     return items
 
 
+def _error(diag: Diagnostic) -> None:
+    if _ERRORS is not None:
+        _ERRORS.append(diag)
+
+
 # Comments inside strings are text: `_find_comments` skips strings (used by suppression comments).
+_STRING_OR_COMMENT = re.compile(r'"(?:[^"\\\n]|\\.)*"?|#[^\n]*')
+
+
 def _find_comments(text: str):
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if c == '"':
-            j = i + 1
-            while j < n and text[j] not in '"\n':
-                j += 2 if text[j] == "\\" else 1
-            i = j + 1
-        elif c == "#":
-            j = text.find("\n", i)
-            j = n if j < 0 else j
-            yield i, j
-            i = j
-        else:
-            i += 1
-
-
+    for m in _STRING_OR_COMMENT.finditer(text):
+        if m.group().startswith("#"):
+            yield m.span()
 
 
 def _span_of(text: str, path: str, start: int, end: int) -> A.Span:
@@ -197,17 +212,40 @@ def _unquote(tok: Token) -> str:
     return "".join(out)
 
 
-def _number(tok: Token) -> A.Number:
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+
+
+def _number(tok: Token) -> A.Number | A.Invalid:
+    """A number token's value, or `Invalid` (error recorded) when it does not fit: integers beyond
+    64 bits (every engine library stores them as int64) and floats that overflow to infinity."""
     text = tok.value
     clean = text.replace("_", "") if "_" in text else text
+    is_float = "." in clean or "e" in clean or "E" in clean
+    if not is_float and len(clean.lstrip("+-")) > 19:  # also keeps int() away from huge digit strings
+        return _out_of_range(tok, "does not fit in 64 bits")
     try:
         # The lexer guarantees the shape; only the int/float choice is left.
-        value: int | float = float(clean) if ("." in clean or "e" in clean or "E" in clean) else int(clean)
+        value: int | float = float(clean) if is_float else int(clean)
     except ValueError:
-        raise _BuildError(make("FTP101", f"malformed number `{text}`", _tspan(tok), label="not a number"))
-    if value.__class__ is float and (value != value or value in (float("inf"), float("-inf"))):
-        raise _BuildError(make("FTP203", f"number `{text}` is out of range", _tspan(tok), label="overflows a float"))
+        _error(make("FTP101", f"malformed number `{text}`", _tspan(tok), label="not a number"))
+        return A.Invalid(_tspan(tok))
+    if is_float:
+        if value != value or value in (float("inf"), float("-inf")):
+            return _out_of_range(tok, "overflows a float")
+    elif not INT64_MIN <= value <= INT64_MAX:
+        return _out_of_range(tok, "does not fit in 64 bits")
     return A.Number(value, text, _tspan(tok))
+
+
+def _out_of_range(tok: Token, label: str) -> A.Invalid:
+    span = _tspan(tok)
+    _error(make("FTP203", f"number `{_short_text(tok.value)}` is out of range", span, label=label,
+                hint="integers are 64-bit (at most 9223372036854775807) and floats at most about 1.8e308"))
+    return A.Invalid(span)
+
+
+def _short_text(t: str) -> str:
+    return t if len(t) <= 40 else f"{t[:20]}...{t[-8:]} ({len(t)} characters)"
 
 
 class _Builder(Transformer):
@@ -217,7 +255,11 @@ class _Builder(Transformer):
         return _number(c[0])
 
     def string(self, c):
-        return A.String(_unquote(c[0]), _tspan(c[0]))
+        try:
+            return A.String(_unquote(c[0]), _tspan(c[0]))
+        except _BuildError as e:
+            _error(e.diag)
+            return A.Invalid(_tspan(c[0]))
 
     def true(self, c):
         return A.Bool(True, _tspan(c[0]))
@@ -235,15 +277,24 @@ class _Builder(Transformer):
     # Lists, dicts and calls need their bracket positions; the grammar drops anonymous tokens,
     # so we recover the span from the children (or keep a point span for empty ones).
     def list(self, c):
-        return A.ListV(tuple(c[1:-1]), _tspan(c[0]).to(_tspan(c[-1])))
+        span = _tspan(c[0]).to(_tspan(c[-1]))
+        if len(c) == 2 and FastLexer.packed:
+            run = FastLexer.packed.get(c[0].start_pos)
+            if run is not None:
+                return A.ListV(A.PackedItems(_TEXT, _FILE, *run), span)
+        return A.ListV(tuple(c[1:-1]), span)
 
     def dict(self, c):
-        return A.DictV(tuple(c[1:-1]), _tspan(c[0]).to(_tspan(c[-1])))
+        return A.DictV(tuple(x for x in c[1:-1] if x is not None), _tspan(c[0]).to(_tspan(c[-1])))
 
     def entry(self, c):
         k, v = c
         if k.type == "STRING":
-            return A.Entry(_unquote(k), _tspan(k), v, quoted=True)
+            try:
+                return A.Entry(_unquote(k), _tspan(k), v, quoted=True)
+            except _BuildError as e:  # the entry is dropped; its error is reported
+                _error(e.diag)
+                return None
         return A.Entry(str(k), _tspan(k), v)
 
     def kwarg(self, c):
@@ -254,17 +305,19 @@ class _Builder(Transformer):
         args, kwargs = [], []
         for a in rest:
             if kwargs and not isinstance(a, A.KwArg):
-                raise _BuildError(make("FTP101", f"positional argument after a keyword argument in `{name}(...)`",
-                                       a.span, label="positional after keyword",
-                                       hint="positional arguments come first: `f(1, k = 2)`"))
+                _error(make("FTP101", f"positional argument after a keyword argument in `{name}(...)`",
+                            a.span, label="positional after keyword",
+                            hint="positional arguments come first: `f(1, k = 2)`"))
+                return A.Invalid(_tspan(name).to(_tspan(rpar)))
             (kwargs if isinstance(a, A.KwArg) else args).append(a)
         return A.Call(str(name), _tspan(name), tuple(args), tuple(kwargs), _tspan(name).to(_tspan(rpar)))
 
     def attr(self, c):
         name, value = c
-        if name in RESERVED:
-            raise _BuildError(make("FTP101", f"`{name}` is reserved and cannot be used as a name", _tspan(name),
-                                   label="reserved word", hint="`true`, `false` and `null` are values"))
+        if name in RESERVED:  # the attribute is dropped; its error is reported
+            _error(make("FTP101", f"`{name}` is reserved and cannot be used as a name", _tspan(name),
+                        label="reserved word", hint="`true`, `false` and `null` are values"))
+            return None
         return A.Attr(str(name), _tspan(name), value, _tspan(name).to(value.span))
 
     def block(self, c):
@@ -307,13 +360,20 @@ def _classify_item(it, path: str, diags: list):
             diags.append(make("FTP106", f"`{word} \"...\"` is not a top-level item", wspan,
                               label="expected `use`", hint="include another file with `use \"path.ftp\"`"))
             return None
-        return A.Use(_unquote(c[1]), _tspan_path(c[1], path), wspan.to(_tspan_path(c[1], path)))
+        try:
+            target = _unquote(c[1])
+        except _BuildError as e:
+            diags.append(e.diag)
+            return None
+        return A.Use(target, _tspan_path(c[1], path), wspan.to(_tspan_path(c[1], path)))
     # header
     if str(word) != "ftp":
         diags.append(make("FTP106", f"`{word} {c[1]}` is not a top-level item", wspan,
                           label="unexpected", hint="the language version header is written `ftp 1`"))
         return None
     num = _number(c[1])
+    if isinstance(num, A.Invalid):
+        return None
     return A.Header(num, wspan.to(num.span))
 
 
@@ -382,33 +442,80 @@ def _error_pos(e: UnexpectedInput, text: str) -> int:
     return len(text)
 
 
-def _more_syntax_errors(text: str, path: str, first: UnexpectedInput) -> list[Diagnostic]:
-    """Panic-mode recovery at item level: after an error, blank out everything up to the next line
-    that starts a top-level item and parse again, so one run reports every broken item (positions
-    stay right because blanking keeps the newlines)."""
-    diags = [_syntax_diagnostic(first, text, path)]
-    pos = _error_pos(first, text)
-    while len(diags) < MAX_SYNTAX_ERRORS:
-        nxt = _ITEM_START.search(text, text.find("\n", pos) + 1 if "\n" in text[pos:] else len(text))
-        if nxt is None or text.find("\n", pos) < 0:
-            break
-        start = nxt.start()
-        masked = re.sub(r"[^\n]", " ", text[:start]) + text[start:]
+_ITEM_NAME = re.compile(r"[ \t]*([A-Za-z_][A-Za-z0-9_]*)[ \t]+([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _recover(text: str, path: str, first: UnexpectedInput) -> tuple[list[Diagnostic], str | None, set[str]]:
+    """Panic-mode recovery at item level. The top-level item holding each error is blanked out
+    (spaces, newlines kept, so every position stays right) and the text parsed again, until it
+    parses: one run reports every broken item, and the returned masked text holds the good ones.
+    Returns (syntax diagnostics, the masked text or None when recovery gave up, broken names)."""
+    diags: list[Diagnostic] = []
+    masked, broken = text, set()
+    pos, err = _error_pos(first, text), first
+    while True:
+        start, end, opener = _broken_item(masked, pos)
+        if len(diags) < MAX_SYNTAX_ERRORS:
+            d = _syntax_diagnostic(err, masked, path)
+            if opener is not None:  # the error is only where the parser noticed the missing bracket
+                d = _unclosed(masked, path, opener, d)
+            if not (d.code == "FTP103" and diags and diags[-1].code == "FTP103"):
+                diags.append(d)
+        name = _ITEM_NAME.match(masked, start)
+        if name is not None and name.group(1) not in ("use", "ftp"):
+            broken.add(name.group(2))
+        if not masked[start:end].strip():
+            return diags, None, broken  # no progress possible
+        masked = masked[:start] + re.sub(r"[^\n]", " ", masked[start:end]) + masked[end:]
         try:
-            _parser().parse(masked)
-            break
-        except UnexpectedInput as e:
-            new = _error_pos(e, masked)
-            if new <= pos:
-                break
-            d = _syntax_diagnostic(e, masked, path)
-            if d.code == "FTP103" and diags[-1].code == "FTP103":
-                break
-            diags.append(d)
-            pos = new
-        except Exception:  # noqa: BLE001 - a value error in a later item: reported when the file parses
-            break
-    return diags
+            _parser().parse(masked)  # a throw-away parse: builder output and its errors are dropped
+            return diags, masked, broken
+        except UnexpectedInput as e:  # blanking goes on past MAX_SYNTAX_ERRORS, reporting stops
+            pos, err = _error_pos(e, masked), e
+        except Exception:  # noqa: BLE001 - a builder failure in a later item: give up recovering
+            return diags, None, broken
+
+
+def _unclosed(text: str, path: str, opener: int, noticed: Diagnostic) -> Diagnostic:
+    ch = text[opener]
+    close = {"{": "}", "[": "]", "(": ")"}[ch]
+    return make("FTP103", f"`{ch}` is never closed: expected `{close}` before the next item",
+                _span_of(text, path, opener, opener + 1), label="opened here",
+                secondary=(Label(noticed.span, "the next item starts here"),) if noticed.span else (),
+                hint=f"add `{close}` where the item ends")
+
+
+def _broken_item(text: str, pos: int) -> tuple[int, int, int | None]:
+    """The region [start, end) of the top-level item that holds the error at `pos`: from the last
+    line that starts an item at or before `pos` to the next one after it. When that item start sits
+    inside a bracket the previous item left open (`train t {` without its `}`, then `model m {`),
+    the open item is the broken one (the third value is then the offset of its unclosed bracket)."""
+    line_end = text.find("\n", pos)
+    line_end = len(text) if line_end < 0 else line_end
+    starts = [m.start() for m in _ITEM_START.finditer(text, 0, line_end)]
+    if not starts:
+        start = text.rfind("\n", 0, pos) + 1
+        nxt = _ITEM_START.search(text, line_end)
+        return start, nxt.start() if nxt else len(text), None
+    start = starts[-1]
+    if len(starts) > 1 and pos > start:
+        opener = _unclosed_bracket(text, starts[-2], start)
+        if opener is not None:
+            return starts[-2], start, opener
+    nxt = _ITEM_START.search(text, line_end)
+    return start, nxt.start() if nxt else len(text), None
+
+
+def _unclosed_bracket(text: str, start: int, end: int) -> int | None:
+    """Offset of the innermost bracket opened in [start, end) and not closed there."""
+    opened: list[int] = []
+    for m in _DEEP_RE.finditer(text, start, end):
+        ch = m.group()
+        if ch in "[{(":
+            opened.append(m.start())
+        elif ch in "]})" and opened:
+            opened.pop()
+    return opened[-1] if opened else None
 
 
 def _expected_at(text: str, pos: int) -> list[str]:
