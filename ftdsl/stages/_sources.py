@@ -162,6 +162,7 @@ def _read_text(path: Path, shown: str) -> str:
         )
     if path.is_dir():
         raise StageError(NOT_FOUND, f"`{shown}` is a folder, not a data file ({path})")
+    _require_regular(path, shown)
     try:
         raw = path.read_bytes()
     except OSError as e:
@@ -175,6 +176,16 @@ def _read_text(path: Path, shown: str) -> str:
             f"`{shown}`, line {line}: not UTF-8 text (byte {e.start})",
             "save the file as UTF-8",
         ) from None
+
+
+def _require_regular(path: Path, shown: str) -> None:
+    """FTP004 before opening a FIFO, device or socket (reading one never ends)."""
+    from ftdsl.paths import require_regular_file
+
+    try:
+        require_regular_file(path, what="data file", shown=shown, error=StageError)
+    except OSError as e:
+        raise StageError(NOT_FOUND, f"cannot read `{shown}` ({path}): {e.strerror or e}") from None
 
 
 def read_csv(path: Path, shown: str, delimiter: str = ",", header: bool = True) -> Table:
@@ -277,8 +288,9 @@ def read_jsonl(path: Path, shown: str) -> Table:
 
 
 def read_parquet(path: Path, shown: str) -> Table:
-    if not path.exists():
-        _read_text(path, shown)  # raises the not-found error
+    if not path.exists() or path.is_dir():
+        _read_text(path, shown)  # raises the not-found / folder error
+    _require_regular(path, shown)
     import pyarrow as pa
     import pyarrow.parquet as pq
 
