@@ -8,7 +8,7 @@ What is generated:
 - `docs/language.md`, between `<!-- BEGIN GENERATED REFERENCE -->` and
   `<!-- END GENERATED REFERENCE -->`: every block kind (description, attributes with their type,
   default and meaning, inputs, what it produces) and every constructor family (each constructor
-  with its arguments), read from `ftdsl/ir/schema.py`. The rest of the file is hand-written.
+  with its arguments), read from `ftdsl/ir/schema/`. The rest of the file is hand-written.
 - `docs/diagnostics.md`, whole: `ftdsl.explain.diagnostics_markdown()` over
   `ftdsl/diagnostics/codes.py`.
 - `docs/cli.md`, between `<!-- BEGIN GENERATED: NAME -->` / `<!-- END GENERATED: NAME -->`
@@ -204,11 +204,13 @@ def reference_markdown() -> str:
     """The generated reference section of docs/language.md (without the markers)."""
     users = family_users()
     lines = ["## Reference", "",
-             "*Generated from `ftdsl/ir/schema.py` by `python -m ftdsl.docgen`; do not edit by hand.*", "",
+             "*Generated from `ftdsl/ir/schema/` by `python -m ftdsl.docgen`; do not edit by hand.*", "",
              "Types: *a number* accepts integers and decimals; *an integer* does not accept `3.0`. "
              "Ranges use interval notation: `(0, 1)` excludes both ends, `[0, 1)` includes 0. "
              "A default of `—` means *unset* (`null`): the stage decides, as the description says. "
-             "Any attribute that is not required may also be written `null`.", "",
+             "Any attribute that is not required may also be written `null`. Every number has a range "
+             "(generous, but an absurd value such as `hidden = [1000000000]` or `epochs = 1e9` is FTP203 at lint "
+             "time instead of a failed allocation at run time).", "",
              "### Block kinds", "",
              "| kind | produces | description |", "|---|---|---|"]
     for kind in S.KINDS.values():
@@ -235,12 +237,60 @@ def reference_markdown() -> str:
         for c in ctors.values():
             lines += ctor_section(c)
 
-    lines += ["### Metrics", "",
-              "Symbols accepted in `evaluate.metrics`: " + ", ".join(f"`{m}`" for m in S.METRICS) + ". "
-              "`early_stop.metric` and `sweep.metric` name a metric measured during training as "
-              "`SPLIT.METRIC`: `train.loss`, or `valid.` followed by `loss`, `accuracy`, `f1`, `precision`, "
-              "`recall` (classification) or `mse`, `mae` (regression).", ""]
+    lines += metrics_section() + compatibility_section()
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def metrics_section() -> list[str]:
+    """The metric registry (`ftdsl/ir/schema/metrics.py`) as a table."""
+    from ftdsl.ir.schema.metrics import METRIC_REGISTRY
+
+    lines = ["### Metrics", "",
+             "Symbols accepted in `evaluate.metrics`: every row below. `early_stop.metric` and `sweep.metric` "
+             "name a metric tracked during training as `SPLIT.METRIC`: `train.loss`, or `valid.` followed by a "
+             "tracked metric of the model's task. Their `mode` defaults to the metric's direction (`plan` shows "
+             "it).", "",
+             "| metric | tasks | better | tracked in training | how it is computed |", "|---|---|---|---|---|"]
+    for m in METRIC_REGISTRY.values():
+        tasks = ", ".join(f"`{t}`" for t in m.tasks) or "any model"
+        better = "higher (`max`)" if m.higher_is_better else "lower (`min`)"
+        lines.append(f"| `{m.name}` | {tasks} | {better} | {'yes' if m.tracked else 'no (evaluate only)'} | "
+                     f"{_cell(m.doc)} |")
+    return lines + [""]
+
+
+def compatibility_section() -> list[str]:
+    """What each model consumes, what known data sets yield, and what each artifact supports
+    (`ftdsl/ir/schema/modality.py`): the tables behind FTP240-FTP243."""
+    from ftdsl.ir.schema import modality as M
+
+    lines = ["### Compatibility", "",
+             "Checked by `ftdsl lint` (FTP240-FTP244) from these tables, so a run does not fail on them.", "",
+             "| model | takes |", "|---|---|"]
+    for arch, ins in M.ARCH_INPUTS.items():
+        lines.append(f"| `arch = {arch}(...)` | {', '.join(M.describe_modality(i) for i in ins)} |")
+    lines.append(f"| `pretrained = \"ID\"` | {', '.join(M.describe_modality(i) for i in M.PRETRAINED_INPUTS)} |")
+    lines += ["", "A data block yields text when it sets `text = \"COLUMN\"`, numeric features otherwise. "
+              "Data sets known without reading a file:", "",
+              "| source | yields | labels |", "|---|---|---|"]
+    for name, info in M.SKLEARN_DATASETS.items():
+        shape = "x".join(map(str, info.shape)) if info.shape else ""
+        lines.append(f"| `sklearn(\"{name}\")` | {M.describe_modality(info.modality)} ({shape}) | "
+                     f"{info.classes} classes |")
+    lines.append("| `synthetic(task = classify, classes = K)` | numeric features | K classes |")
+    lines.append("| `synthetic(task = regress)` | numeric features | 1 real-valued target |")
+    lines += ["", "| quantize `from` | method | restriction |", "|---|---|---|"]
+    words = {"TorchModel": "a TorchModel (PyTorch)", "OnnxModel": "an ONNX export (onnxruntime)"}
+    for art, methods in M.QUANTIZE_SUPPORT.items():
+        for meth, rules in methods.items():
+            r = "; ".join(f"{k}: {', '.join(M.describe_modality(x) if k == 'inputs' else x for x in v)}"
+                          for k, v in rules.items()) or "—"
+            lines.append(f"| {words.get(art, art)} | `{meth}` | {_cell(r)} |")
+    lines += ["", "| export format | models |", "|---|---|"]
+    origin = {"arch": "built from scratch (`arch`)", "pretrained": "pretrained"}
+    for fmt, origins in M.EXPORT_ORIGINS.items():
+        lines.append(f"| `{fmt}` | {', '.join(origin[o] for o in origins)} |")
+    return lines + [""]
 
 
 # --- CLI examples for docs/cli.md ------------------------------------------------------------

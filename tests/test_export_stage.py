@@ -179,14 +179,18 @@ def test_other_formats_reload_and_match(feat):
         assert json.loads(f.metadata()["ftdsl_spec"])["input_shape"] == [8]
 
 
-def test_untrained_and_hf_of_a_scratch_model_are_stage_errors(feat, capsys):
+def test_untrained_is_a_stage_error_and_hf_of_a_scratch_model_a_lint_error(feat, capsys):
     p = feat["root"] / "errors.ftp"
-    p.write_text(TINY + "export u { from = m }\nexport h { from = t, format = hf }\n")
+    p.write_text(TINY + "export u { from = m }\n")
     code, stages = run_pipeline(p, feat["cache"])
     err = capsys.readouterr().err
     assert code == 3 and "Traceback" not in err
     assert stages["u"]["note"] == "FTP510" and "`m` is an untrained model" in err
-    assert stages["h"]["note"] == "FTP530" and "format = safetensors" in err
+    # issue 7: `hf` of an `arch` model is known statically (schema EXPORT_ORIGINS): FTP243 at lint
+    p.write_text(TINY + "export h { from = t, format = hf }\n")
+    assert main(["lint", str(p)]) == 1
+    out = capsys.readouterr()
+    assert "FTP243" in out.out + out.err and "format = safetensors" in out.out + out.err
 
 
 def test_f14_perturbed_initializer_verify_function(feat):

@@ -429,14 +429,16 @@ def test_torch_static_int8_is_calibrated_and_reloads_exactly(feat):
     assert par["data"] == "d.valid" and par["rows"] == 64
 
 
-def test_uint8_on_a_torch_model_is_ftp530_with_a_hint(feat, capsys):
+def test_uint8_on_a_torch_model_is_a_lint_error_with_a_hint(feat, capsys):
+    # issue 7: known without running (schema QUANTIZE_SUPPORT), so lint says it and run never starts
     p = feat["root"] / "bad_torch.ftp"
     p.write_text(textwrap.dedent(BASE) + "quantize u { from = t, method = dynamic(dtype = uint8) }\n")
     capsys.readouterr()
-    code, stages = run_pipeline(p, feat["cache"])
-    err = capsys.readouterr().err
-    assert code == 3 and stages["u"]["status"] == "failed" and stages["t"]["status"] == "cached"
-    assert "FTP530" in err and "int8 only" in err and "dtype = int8" in err
+    assert main(["lint", str(p)]) == 1
+    out = capsys.readouterr()
+    err = out.out + out.err
+    assert "FTP242" in err and "int8, not uint8" in err and "dtype = int8" in err
+    assert main(["run", str(p), "--cache", str(feat["cache"]), "--quiet"]) == 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -477,11 +479,11 @@ def test_text_quantization_tokenizes_calibration_and_ships_the_tokenizer(tmp_pat
     rows = {r["model"]: r for r in json.loads((tmp_path / "out" / "r" / "report.json").read_text())["rows"]}
     assert set(rows) == {"t", "e", "q8", "qs", "tq"}
     assert rows["q8"]["accuracy"] >= rows["e"]["accuracy"] - 0.2
-    # static int8 of a text model in PyTorch: FTP530, pointing at dynamic() and at ONNX
+    # static int8 of a text model in PyTorch: a lint error (FTP242), pointing at dynamic() and at ONNX
     p2 = tmp_path / "static_text.ftp"
     p2.write_text(textwrap.dedent(TEXT) + "quantize bad { from = t, method = static(calibrate = d.valid) }\n")
     capsys.readouterr()
-    code, stages = run_pipeline(p2, cache)
-    err = capsys.readouterr().err
-    assert code == 3 and stages["bad"]["status"] == "failed" and stages["t"]["status"] == "cached"
-    assert "FTP530" in err and "method = dynamic()" in err and "format = onnx()" in err
+    assert main(["lint", str(p2)]) == 1
+    out = capsys.readouterr()
+    err = out.out + out.err
+    assert "FTP242" in err and "method = dynamic()" in err and "export to ONNX" in err

@@ -194,8 +194,21 @@ _ALL = [
     Code("FTP511", "data-not-found", _E, "a data file does not exist or cannot be read", "", "", ""),
     Code("FTP520", "model-not-found", _E, "a pretrained model cannot be found locally or offline",
          "ftdsl looks in a local folder, the Hugging Face cache, packages that ship models, then the hub.", "", ""),
-    Code("FTP530", "unsupported-stage", _E, "this version's engine cannot run a stage of this kind or setting",
-         "The language and checker know the kind, but no lowering for it exists yet.", "", ""),
+    Code("FTP530", "unsupported-stage", _E, "the engine cannot do what a stage asks, with this model or on this machine",
+         "Everything that can be known from the pipeline alone is a lint error (FTP2xx): modalities, label counts "
+         "of known data sets, quantization methods per artifact, export formats per model origin, settings this "
+         "install cannot honour. FTP530 is left for what depends on the machine or on the contents of a model or "
+         "data file, which only the run sees:\n\n"
+         "- an exporter (`torch.onnx`, TorchScript, `torch.export`) fails on this model's code, or produces a graph "
+         "the ONNX checker rejects: a pretrained model is arbitrary code from its repository;\n"
+         "- a text model whose vocabulary size or a features model whose input shape cannot be read from its "
+         "files (a pretrained folder without a tokenizer or config entry);\n"
+         "- onnxruntime cannot quantize the graph's operators, or the ONNX file already holds quantized operators "
+         "(its contents, not the pipeline, say so);\n"
+         "- PyTorch cannot trace the network for static quantization (FX), or this PyTorch build has no quantized "
+         "engine for this CPU (`x86`/`fbgemm`/`qnnpack`);\n"
+         "- multi-process training that this machine cannot run (fewer devices or processes than asked for).",
+         "", ""),
     Code("FTP901", "internal-error", _E, "an unexpected exception inside ftdsl (a bug)", "", "", ""),
 ]
 

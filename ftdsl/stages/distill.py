@@ -230,7 +230,8 @@ def run(inputs: dict[str, object], attrs: dict, ctx) -> TorchModel:
     teacher_art, student, data = inputs.get("teacher"), inputs.get("student"), inputs.get("data")
     for role, art in (("teacher", teacher_art), ("student", student)):
         if not isinstance(art, TorchModel):
-            raise StageError("FTP530", f"distill needs a TorchModel as `{role}`, got {type(art).__name__}")
+            # the front end guarantees a float TorchModel here (FTP209, FTP207): anything else is a bug
+            raise TypeError(f"distill needs a TorchModel as `{role}`, got {type(art).__name__}")
     teacher_name = (attrs.get("teacher") or {}).get("$ref", "teacher") if isinstance(attrs.get("teacher"), dict) \
         else "teacher"
     if not teacher_art.trained:

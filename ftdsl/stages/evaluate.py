@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from ftdsl.errors import StageError
-
-QUALITY = ("accuracy", "f1", "precision", "recall", "loss", "mse", "mae")
+from ftdsl.ir.schema.metrics import QUALITY_METRICS as QUALITY  # computed from predictions (the registry's)
+MEASURED = ("latency", "size")  # the registry's evaluate-only metrics, measured here rather than computed
 
 
 @dataclass
@@ -126,8 +126,8 @@ def _runner(art, name: str):
         n = getattr(art, "num_params", None)
         n = n() if callable(n) else n
         return module, size, int(n if n is not None else sum(p.numel() for p in module.parameters()))
-    raise StageError("FTP530", f"`{name}`: evaluating a {type(art).__name__} is not supported (evaluate a "
-                               "TorchModel or an ONNX export)")
+    # the front end lets only models reach `evaluate.models` (FTP209): anything else is a bug
+    raise TypeError(f"`{name}`: evaluate got a {type(art).__name__}, not a model")
 
 
 def run(inputs: dict, attrs: dict, ctx) -> Report:
@@ -159,18 +159,13 @@ def run(inputs: dict, attrs: dict, ctx) -> Report:
         pred, y = _predict(runner, split, batch=attrs["batch"], tokenizer=tokenizer, max_length=max_length)
         task = art.task.get("$call", "classify") if isinstance(art.task, dict) else "classify"
         row: dict = {"model": name}
-        if task == "classify":
-            q = M.classification_metrics(pred, y, pred.shape[-1])
-            q["loss"] = M.cross_entropy(pred, y)
-        else:
-            q = M.regression_metrics(pred, y.reshape(pred.shape))
-            q["loss"] = q.get("mse")
+        q = M.quality_metrics(task, pred, y if task == "classify" else y.reshape(pred.shape))
         for m in wanted:
             if m in QUALITY and m in q:
                 row[m] = float(q[m])
-        if "latency" in wanted:
+        if MEASURED[0] in wanted:
             row.update(_latency(runner, split, batch=attrs["batch"], tokenizer=tokenizer, max_length=max_length))
-        if "size" in wanted:
+        if MEASURED[1] in wanted:
             row["size_mb"] = size_bytes() / 1e6
             if params is not None:
                 row["params"] = params

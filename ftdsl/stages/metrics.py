@@ -1,5 +1,10 @@
 """Evaluation metrics in plain numpy (checked against sklearn.metrics in tests).
 
+Which metrics exist, the tasks they apply to and their direction are declared once, in the schema's
+metric registry (``ftdsl/ir/schema/metrics.py``); ``quality_metrics(task, ...)`` computes exactly
+the registry's quality metrics of a task (tests/test_schema_contract.py ties the two). Latency and
+size are measured by the evaluate stage, not computed from predictions.
+
 Conventions follow scikit-learn's defaults: macro averages run over the labels that occur in
 ``y_true`` or ``y_pred`` (unless ``labels`` is given), and a class whose precision or recall is
 undefined (0/0) counts as 0.
@@ -16,8 +21,11 @@ __all__ = [
     "cross_entropy",
     "mse",
     "mae",
+    "r2",
     "classification_metrics",
     "regression_metrics",
+    "quality_metrics",
+    "BY_TASK",
 ]
 
 
@@ -88,6 +96,21 @@ def mae(y_true, y_pred) -> float:
     return float(np.mean(np.abs(a - b)))
 
 
+def r2(y_true, y_pred) -> float:
+    """Coefficient of determination averaged over the outputs (scikit-learn's ``r2_score`` with
+    ``multioutput="uniform_average"``: an output with constant targets scores 1 if predicted
+    exactly, else 0)."""
+    a, b = np.asarray(y_true, dtype=np.float64), np.asarray(y_pred, dtype=np.float64)
+    if a.size == 0:
+        return float("nan")
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    sse = ((a - b) ** 2).sum(axis=0)
+    sst = ((a - a.mean(axis=0)) ** 2).sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per = np.where(sst > 0, 1.0 - sse / np.where(sst > 0, sst, 1.0), np.where(sse == 0, 1.0, 0.0))
+    return float(per.mean())
+
+
 def classification_metrics(logits, y_true, num_classes: int | None = None) -> dict[str, float]:
     """accuracy, macro precision/recall/F1 and cross-entropy ``loss`` from raw logits."""
     logits = np.asarray(logits)
@@ -106,4 +129,15 @@ def classification_metrics(logits, y_true, num_classes: int | None = None) -> di
 
 
 def regression_metrics(pred, y_true) -> dict[str, float]:
-    return {"mse": mse(y_true, pred), "mae": mae(y_true, pred), "loss": mse(y_true, pred)}
+    """mse, mae, r2 and ``loss`` (= mse) of regression outputs."""
+    err = mse(y_true, pred)
+    return {"mse": err, "mae": mae(y_true, pred), "r2": r2(y_true, pred), "loss": err}
+
+
+# task -> (outputs, labels) -> every quality metric the schema's registry lists for that task
+BY_TASK = {"classify": classification_metrics, "regress": regression_metrics}
+
+
+def quality_metrics(task: str, outputs, y_true) -> dict[str, float]:
+    """The registry's quality metrics of ``task`` (``metrics_for(task)`` less latency and size)."""
+    return BY_TASK[task](outputs, y_true)

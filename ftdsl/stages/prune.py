@@ -107,8 +107,7 @@ def _method(call: Any) -> dict:
     if isinstance(call, str):
         call = {"$call": call}
     if not isinstance(call, dict) or call.get("$call") not in ("magnitude", "global_magnitude", "structured"):
-        raise StageError("FTP530", f"unknown pruning method {call!r}",
-                         hint="use magnitude(amount), global_magnitude(amount) or structured(amount, dim, norm)")
+        raise TypeError(f"unknown pruning method {call!r}")  # the schema guarantees a known one (FTP215)
     amount = call.get("amount")
     if not isinstance(amount, (int, float)) or isinstance(amount, bool) or not 0 < float(amount) < 1:
         raise StageError("FTP510", f"{call['$call']}(amount = {amount!r}): amount must be a fraction in (0, 1)")
@@ -236,7 +235,8 @@ def run(inputs: dict[str, object], attrs: dict, ctx) -> TorchModel:
     """Prune ``inputs["from"]`` (a trained TorchModel); optionally recover on ``recover.data``."""
     src = inputs.get("from")
     if not isinstance(src, TorchModel):
-        raise StageError("FTP530", f"prune needs a TorchModel as `from`, got {type(src).__name__}")
+        # the front end guarantees a float TorchModel here (FTP209, FTP207): anything else is a bug
+        raise TypeError(f"prune needs a TorchModel as `from`, got {type(src).__name__}")
     if not src.trained:
         raise StageError("FTP510", "prune: `from` is an untrained model (a `model` block); there are no weights "
                          "to prune", hint="prune a trained model: `from = <a train or distill stage>`")

@@ -1,4 +1,9 @@
-"""FTP210 (a metric nothing produces) and FTP232 (a metric that does not fit the task)."""
+"""FTP210 (a metric nothing produces) and FTP232 (a metric that does not fit the task).
+
+Metric names, the tasks they apply to and whether they are tracked during training come from the
+schema's metric registry (`ftdsl/ir/schema/metrics.py`), the same table the engine and the
+lowering (`mode` defaults) read.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,7 @@ from ftdsl.check.graph import declared_splits, model_task, training_data
 from ftdsl.diagnostics import make
 from ftdsl.ir.convert import did_you_mean
 from ftdsl.ir.nodes import DictIR, ListIR, Lit, RefV, Sym
-
-CLASSIFY_METRICS = ("accuracy", "f1", "precision", "recall", "loss")
-REGRESS_METRICS = ("mse", "mae", "loss")
-TASK_ONLY = {"accuracy": "classify", "f1": "classify", "precision": "classify", "recall": "classify",
-             "mse": "regress", "mae": "regress"}
+from ftdsl.ir.schema.metrics import METRIC_REGISTRY, TRAIN_SPLIT_METRICS, metrics_for
 
 
 def _check_metric(ctx, text: str, span, data_name: str | None, task: str | None, where: str):
@@ -24,16 +25,19 @@ def _check_metric(ctx, text: str, span, data_name: str | None, task: str | None,
         yield make("FTP210", f"`{where}`: metrics are produced for `train` and `valid`, not `{split}`", span,
                    label="unknown split", hint=hint or did_you_mean(split, ["train", "valid"]))
         return
-    known = CLASSIFY_METRICS if task == "classify" else REGRESS_METRICS if task == "regress" else \
-        CLASSIFY_METRICS + REGRESS_METRICS[:2]
-    if split == "train" and metric != "loss":
+    known = metrics_for(task, tracked_only=True)
+    if split == "train" and metric not in TRAIN_SPLIT_METRICS:
         yield make("FTP210", f"`{where}`: only `train.loss` is tracked on the train split", span,
-                   label="not produced", hint="use `valid.{metric}` with a `valid` split")
+                   label="not produced", hint=f"use `valid.{metric}` with a `valid` split")
         return
     if metric not in known:
-        if task and metric in TASK_ONLY:
+        m = METRIC_REGISTRY.get(metric)
+        if task and m is not None and m.tracked:
             yield make("FTP232", f"`{where}`: `{metric}` does not apply to a {task} model", span,
                        label="wrong metric for the task", hint=f"{task} models produce: {', '.join(known)}")
+        elif m is not None:
+            yield make("FTP210", f"`{where}`: `{metric}` is measured by `evaluate`, not tracked during training",
+                       span, label="not produced while training", hint=f"tracked: {', '.join(known)}")
         else:
             yield make("FTP210", f"`{where}`: unknown metric `{metric}`", span, label="unknown metric",
                        hint=did_you_mean(metric, known) or f"known: {', '.join(known)}")
@@ -72,8 +76,7 @@ def metrics_produced(ctx):
             if isinstance(ms, ListIR) and len(tasks) == 1:
                 task = tasks.pop()
                 for s in ms.items:
-                    if isinstance(s, Sym) and TASK_ONLY.get(s.name, task) != task:
+                    if isinstance(s, Sym) and s.name not in metrics_for(task):
                         yield make("FTP232", f"`{name}.metrics`: `{s.name}` does not apply to a {task} model", s.span,
                                    label="wrong metric for the task",
-                                   hint=f"{task} models: {', '.join(CLASSIFY_METRICS if task == 'classify' else REGRESS_METRICS)}"
-                                        ", latency, size")
+                                   hint=f"{task} models: {', '.join(metrics_for(task))}")
