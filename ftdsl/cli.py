@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 import ftdsl
 from ftdsl.errors import FtdslError, ResourceError, StageError, UsageError
@@ -126,17 +125,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def internal_error() -> int:
     import platform
-    import tempfile
-    import time
     import traceback
 
-    report = Path(tempfile.gettempdir()) / f"ftdsl-crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
-    try:
-        report.write_text(f"ftdsl {ftdsl.__version__}, Python {platform.python_version()}, {platform.platform()}\n"
-                          f"argv: {sys.argv}\n\n{traceback.format_exc()}", encoding="utf-8")
-        where = str(report)
-    except OSError:
-        where = "(could not write a crash report)"
+    from ftdsl.runtime.crash import write_crash_report
+
+    # Created with O_EXCL|O_NOFOLLOW (mode 0600): a symlink planted at the predictable name is never followed.
+    where = write_crash_report(f"ftdsl {ftdsl.__version__}, Python {platform.python_version()}, "
+                               f"{platform.platform()}\nargv: {sys.argv}\n\n{traceback.format_exc()}")
+    where = where or "(could not write a crash report)"
     exc = sys.exc_info()[1]
     _err("error: internal error: unexpected exception. this is a bug.\n"
          f"  = note: {type(exc).__name__}: {str(exc)[:200]}\n"

@@ -93,7 +93,7 @@ def check_output_path(p: str) -> str | None:
     if "\\" in p:
         return "contains a backslash (use `/` as the separator)"
     if p.startswith("/"):
-        return "is absolute (write paths relative to the output folder)"
+        return "is absolute"
     if ".." in PurePosixPath(p).parts:
         return "contains a `..` segment"
     return None

@@ -57,6 +57,7 @@ class Plan:
     cache_dir: Path
     out_dir: Path
     pipeline_abs: str = ""
+    allow_outside_out: bool = False  # the pipeline's `allow_outside_out`: `out` may leave its folder
 
     def by_name(self) -> dict[str, PlannedStage]:
         return {s.name: s for s in self.stages}
@@ -228,7 +229,7 @@ def make_plan(compiled: Compiled, cache=None, *, force: set[str] = frozenset(), 
     if cache is not None:
         cache.save_memo()
     return Plan(prog.path, root, stages, seed, dev, cache.root if cache is not None else Path(), out_root(compiled),
-                pipeline_abs)
+                pipeline_abs, allow_outside_out=prog.setting("allow_outside_out") is True)
 
 
 def _closure(only: set[str], deps) -> set[str]:

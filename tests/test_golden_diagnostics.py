@@ -33,7 +33,7 @@ THEMES = {
     "duplicates.ftp": ({"FTP206"}, 1),
     "invisible_char.ftp": ({"FTP102"}, 1),
     "metrics.ftp": ({"FTP210", "FTP232"}, 1),
-    "safety.ftp": ({"FTP301", "FTP302", "FTP303", "FTP230"}, 0),
+    "safety.ftp": ({"FTP301", "FTP302", "FTP303", "FTP230"}, 1),
     "stage_order.ftp": ({"FTP207"}, 1),
     "suppressions.ftp": ({"FTP090"}, 0),
     "syntax_eof.ftp": ({"FTP103"}, 1),

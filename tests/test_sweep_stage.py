@@ -88,7 +88,7 @@ def fresh_cache(warm: Path, dest: Path) -> Path:
 
 def entry_of(cache: Path, p: Path, name: str) -> Path:
     """The cache entry `out/<name>/` of pipeline `p` was synced from."""
-    key = (p.parent / "out" / name / ".ftdsl-key").read_text().strip()
+    key = json.loads((p.parent / "out" / name / ".ftdsl-key").read_text())["key"]  # the ownership marker
     return cache / "entries" / key[:2] / key
 
 

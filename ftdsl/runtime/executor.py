@@ -9,7 +9,6 @@ cached run never imports it.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import sys
 import time
@@ -45,13 +44,20 @@ def execute(plan: Plan, cache, *, verify: bool = False, force_resume: bool = Fal
             nproc: int = 1, console: Console | None = None, summary_json: str | None = None) -> int:
     """Run `plan` with `cache`; returns the exit code (0, 3 stage failed, 4 resource, 70 bug, 130/143)."""
     console = console or Console(quiet=quiet)
+    from ftdsl.runtime import outdir
+
+    # Before anything runs: `out` must be inside the pipeline's folder (or opted out of it), and no
+    # `out/NAME` in the way may be a folder, file or symlink that ftdsl did not create (FTP303/FTP516).
+    out_root = outdir.resolve_out_root(plan.root_dir, plan.out_dir,
+                                       allow_outside=plan.allow_outside_out)
+    outdir.preflight(out_root, [st.name for st in plan.stages])
     cache.check_writable()
     cache.clean_stale_temps(0)
     cache.on_warning = lambda code, message: console.error(f"warning[{code}]: {message}")
     if nproc != 1:
         console.error("warning: --nproc: distributed training is not supported by this engine yet; "
                       "running in one process")
-    ex = _Executor(plan, cache, console, verify, force_resume)
+    ex = _Executor(plan, cache, console, verify, force_resume, out_root)
     code = ex.run()
     ex.summary()
     if summary_json:
@@ -65,8 +71,10 @@ def execute(plan: Plan, cache, *, verify: bool = False, force_resume: bool = Fal
 
 
 class _Executor:
-    def __init__(self, plan: Plan, cache, console: Console, verify: bool, force_resume: bool):
+    def __init__(self, plan: Plan, cache, console: Console, verify: bool, force_resume: bool, out_root: Path):
         self.plan, self.cache, self.console = plan, cache, console
+        self.out_root = out_root
+        self.sync_failed: set[str] = set()  # stages whose outputs could not be copied to out/
         self.verify, self.force_resume = verify, force_resume
         self.results: dict[str, StageResult] = {}
         self.loaded: dict[str, object] = {}
@@ -81,28 +89,32 @@ class _Executor:
             if bad:
                 self.results[st.name] = StageResult(st.name, st.kind, "skipped", note=f"upstream `{bad[0]}` "
                                                     f"{self.results[bad[0]].status}")
+                self._withdraw(st)
                 continue
-            if st.status == "cached":
-                entry = self.cache.lookup(st.key, verify=self.verify, label=st.name)
-                if entry is not None:
-                    self.entries[st.name] = entry
-                    meta = _meta(entry)
-                    self._sync_outputs(st, entry)
-                    self.results[st.name] = StageResult(st.name, st.kind, "cached", 0.0, meta.get("metrics", {}))
-                    continue
-                # corrupt or evicted since planning: compute it again below
             try:
+                if st.status == "cached":
+                    entry = self.cache.lookup(st.key, verify=self.verify, label=st.name)
+                    if entry is not None:
+                        self.entries[st.name] = entry
+                        meta = _meta(entry)
+                        self._sync_outputs(st, entry)
+                        self.results[st.name] = StageResult(st.name, st.kind, "cached", 0.0,
+                                                            meta.get("metrics", {}))
+                        continue
+                    # corrupt or evicted since planning: compute it again below
                 self._run_stage(st, by_name)
             except ResourceError as e:
                 self._fail(st, e)
                 return 4
             except _Interrupted as e:
                 self.results[st.name] = StageResult(st.name, st.kind, "failed", note="interrupted; checkpoint kept")
+                self._withdraw(st)
                 self.console.error(f"{st.name}: interrupted; the last checkpoint is kept and the next `ftdsl run` "
                                    "resumes from it")
                 return 128 + e.signum
             except KeyboardInterrupt as e:  # Ctrl-C, or the train stage's StageInterrupted (SIGTERM/SIGINT)
                 self.results[st.name] = StageResult(st.name, st.kind, "failed", note="interrupted; checkpoint kept")
+                self._withdraw(st)
                 self.console.error(f"{st.name}: interrupted; the next `ftdsl run` resumes from the last checkpoint")
                 return 128 + int(getattr(e, "signum", signal.SIGINT))
             except FtdslError as e:
@@ -125,7 +137,8 @@ class _Executor:
             # configuration, not the target's trained artifact.
             target = by_name[st.config["target"]["$ref"]]
             inputs = {attr: self._artifact(src, by_name) for attr, src in target.inputs.items()}
-            config = {**st.config, "$target": {"name": target.name, "kind": target.kind, "config": target.config}}
+            config = {**st.config, "$target": {"name": target.name, "kind": target.kind, "config": target.config,
+                                               "payload": target.payload}}
         else:
             inputs = {attr: self._artifact(src, by_name) for attr, src in st.inputs.items()}
         try:
@@ -141,7 +154,8 @@ class _Executor:
         def compute(tmp: Path) -> None:
             ctx = StageContext(name=st.name, kind=st.kind, pipeline_dir=self.plan.root_dir, out_dir=tmp / "out",
                                work_dir=self.cache.work_dir(st.key), seed=self.plan.seed, device=self.plan.device,
-                               reporter=reporter, verify=self.verify, key=st.key, force_resume=self.force_resume)
+                               reporter=reporter, verify=self.verify, key=st.key, force_resume=self.force_resume,
+                               cache=self.cache)
             ctx.out_dir.mkdir(parents=True, exist_ok=True)
             with _signals_as_exceptions():
                 artifact = fn(inputs, config, ctx)
@@ -181,37 +195,38 @@ class _Executor:
 
     # -- outputs ------------------------------------------------------------------------------
     def _sync_outputs(self, st: PlannedStage, entry: Path) -> None:
-        """Copy the entry's user-facing files (metrics, plots, exports) to `out/<stage>/`."""
+        """Copy the entry's user-facing files (metrics, plots, exports) to `out/<stage>/`, atomically,
+        replacing only a folder ftdsl owns (runtime/outdir.py). Disk full is FTP505 and keeps the
+        previous `out/<stage>/` intact; a folder in the way that is not ftdsl's is FTP516."""
+        from ftdsl.runtime import outdir
+
         src = entry / "out"
         if not src.is_dir():
             return
-        from ftdsl.paths import resolve_output
-
-        # Outputs must stay where the pipeline says: inside its folder (a symlinked `out/` pointing
-        # elsewhere is refused, FTP303), or inside an `out` the user set outside it (lint warned).
-        out = Path(os.path.abspath(self.plan.out_dir))
-        root = Path(self.plan.root_dir)
-        base = root if out.is_relative_to(root) else out
-        dest = resolve_output(base, out / st.name)
-        marker = dest / ".ftdsl-key"
         try:
-            if marker.read_text().strip() == st.key:
-                return
-        except OSError:
-            pass
-        tmp = dest.parent / f".{st.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(src, tmp)
-        for p in tmp.rglob("*"):
-            if p.is_file():
-                os.chmod(p, 0o644)
-        (tmp / ".ftdsl-key").write_text(st.key + "\n")
-        old = dest.parent / f".{st.name}.old-{os.getpid()}"
-        if dest.exists():
-            os.rename(dest, old)
-        os.rename(tmp, dest)
-        shutil.rmtree(old, ignore_errors=True)
+            outdir.publish(self.out_root, st.name, src, st.key)
+        except BaseException:
+            self.sync_failed.add(st.name)
+            raise
+
+    def _withdraw(self, st: PlannedStage) -> None:
+        """A stage that failed (or was skipped because an input failed) leaves nothing of its own in
+        `out/`: its folder from an earlier run would look like this run's result. Only a folder
+        ftdsl owns is removed; the earlier result stays in the cache."""
+        from ftdsl.runtime import outdir
+
+        if st.name in self.sync_failed:
+            return  # the stage itself succeeded; its previous outputs stay intact (FTP505 said why)
+        try:
+            done = outdir.withdraw(self.out_root, st.name)
+        except FtdslError as e:
+            self.console.error(f"warning[{e.code}]: {e.message}")
+            return
+        if done == "removed":
+            self.console.error(f"note: removed {self.out_root / st.name}: it held the outputs of an earlier run "
+                               f"of `{st.name}`")
+        elif done:
+            self.console.error(f"note: {done}")
 
     # -- failures -----------------------------------------------------------------------------
     def _fail(self, st: PlannedStage, e: FtdslError) -> None:
@@ -223,19 +238,19 @@ class _Executor:
         self.console.error(f"error[{e.code}]: stage `{st.name}` failed: {e.message}"
                            + (f"\n  = help: {e.hint}" if e.hint else "")
                            + (f"\n  = note: {kept[2:]}" if kept else ""))
+        self._withdraw(st)
 
     def _internal(self, st: PlannedStage, e: Exception) -> None:
-        import tempfile
+        from ftdsl.runtime.crash import write_crash_report
 
         self.internal_error = True
-        report = Path(tempfile.gettempdir()) / f"ftdsl-crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
-        try:
-            report.write_text(f"stage {st.name} ({st.kind})\n\n{traceback.format_exc()}", encoding="utf-8")
-        except OSError:
-            report = Path("(could not write a crash report)")
+        # O_EXCL|O_NOFOLLOW, mode 0600: never follows a symlink planted at the predictable name.
+        report = write_crash_report(f"stage {st.name} ({st.kind})\n\n{traceback.format_exc()}") \
+            or "(could not write a crash report)"
         if os.environ.get("FTDSL_DEBUG") == "1":
             traceback.print_exc()
         self.results[st.name] = StageResult(st.name, st.kind, "failed", note="internal error")
+        self._withdraw(st)
         self.console.error(f"error: internal error in stage `{st.name}`: unexpected exception. this is a bug.\n"
                            f"  = note: {type(e).__name__}: {str(e)[:300]}\n"
                            f"  = note: crash report: {report}\n"

@@ -1,4 +1,4 @@
-"""FTP301 (trust_remote_code), FTP302 (pickle weights), FTP303 (output path outside the pipeline)."""
+"""FTP301 (trust_remote_code), FTP302 (pickle weights), FTP303 (output path outside the pipeline: an error)."""
 
 from __future__ import annotations
 
@@ -37,11 +37,12 @@ def pickle_weights(ctx):
 
 
 def output_paths(ctx):
-    """FTP303: an output path that leaves the pipeline's folder."""
+    """FTP303 (an error: `run` refuses these paths, exit 4): an output path that leaves the
+    pipeline's folder. `out` may leave it when the pipeline says `allow_outside_out = true`."""
     from ftdsl.paths import check_output_path
 
     targets = []
-    if ctx.program.pipeline is not None:
+    if ctx.program.pipeline is not None and ctx.program.setting("allow_outside_out") is not True:
         targets.append(("pipeline.out", ctx.program.pipeline.attrs.get("out")))
     for name, b in ctx.program.blocks.items():
         if b.kind == "export":
@@ -53,5 +54,7 @@ def output_paths(ctx):
         if why:
             hint = ("use a path relative to the pipeline's folder" if "absolute" in why
                     else "use a path relative to the pipeline, without `..`")
+            if where == "pipeline.out" and ("absolute" in why or "`..`" in why):
+                hint += "; to write outside it on purpose, add `allow_outside_out = true` to the `pipeline` block"
             yield make("FTP303", f"`{where}` writes outside the pipeline's folder: {why}", a.value.span,
                        label="outside the pipeline folder", hint=hint)

@@ -368,6 +368,8 @@ KINDS: dict[str, Kind] = {k.name: k for k in [
         F("device", Enum(("auto", "cpu", "cuda")), "auto", "where stages run"),
         F("cache", PathT(), None, "cache folder (default `.ftdsl/cache` or $FTDSL_CACHE)"),
         F("out", PathT(output=True), "out", "where stage outputs go (default `out/` beside the file)"),
+        F("allow_outside_out", Bool(), False, "let `out` be a folder outside the pipeline's folder (absolute or "
+          "`..`); without it that is FTP303"),
         F("description", Str(), None, "free text"),
     ), "Settings", "Pipeline-wide settings (at most one block)."),
     Kind("data", (
