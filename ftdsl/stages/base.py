@@ -37,3 +37,5 @@ class StageContext:
     key: str = ""
     force_resume: bool = False
     threads: int | None = None
+    cache: Any = None  # the run's runtime.cache.Cache (a sweep publishes its trials as entries)
+    on_eval: Any = None  # (step, {"valid": {...}, "train": {...}}) -> None after each evaluation; may raise

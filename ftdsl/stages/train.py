@@ -390,7 +390,7 @@ class _Trainer:
             else None, scheduler=self.scheduler, scaler=self.scaler, step=st.step, epoch=st.epoch,
             batch_in_epoch=st.batch_in_epoch, epoch_gen_state=gen_state, best=st.best, best_state=st.best_state,
             history=self.writer.records, config_hash=self.config_hash, config=self.config,
-            extra={"loop": st.scalars(), **extra}, extra_tensors=extra_tensors)
+            extra={"loop": st.scalars(), "total_steps": self.total_steps, **extra}, extra_tensors=extra_tensors)
 
     def _resume(self) -> torch.Tensor | None:
         """Restore the newest checkpoint, if any (every rank reads it); the epoch generator state."""
@@ -545,6 +545,13 @@ class _Trainer:
             shown = ", ".join(f"{k} {v:.4g}" for k, v in res.items() if k in ("loss", "accuracy", "f1", "mse", "mae"))
             self.log(f"step {step}: valid {shown}")
             st.last_eval = {"step": step, "metrics": res}
+        hook = getattr(self.ctx, "on_eval", None)
+        if hook is not None:  # a sweep's pruner: may raise to stop this trial (its checkpoints stay)
+            try:
+                hook(step, evals)
+            except BaseException:
+                self.writer.close()
+                raise
         return early_stop(self.attrs.get("early_stop"), st, step, evals, self._weights_on_cpu, self.log)
 
     def _oom(self, step: int) -> StageError:
@@ -634,7 +641,8 @@ def run(inputs: dict[str, object], attrs: dict, ctx) -> TorchModel:
     """Train ``inputs["model"]`` on ``inputs["data"]``; returns the trained TorchModel."""
     model_art, data = inputs["model"], inputs["data"]
     if not isinstance(model_art, TorchModel):
-        raise StageError("FTP530", f"train needs a TorchModel as `model`, got {type(model_art).__name__}")
+        # the front end guarantees a float TorchModel here (FTP209, FTP207): anything else is a bug
+        raise TypeError(f"train needs a TorchModel as `model`, got {type(model_art).__name__}")
     return fit(model_art, data, attrs, ctx)
 
 
