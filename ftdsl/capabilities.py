@@ -1,25 +1,44 @@
 """What the engine of this install can do, declared without importing torch.
 
 The checker consults these functions so that a setting the engine would refuse at run time is a
-lint error instead (FTP244). The engine that implements a capability flips it here; the
-training stage keeps its own run-time check only for what depends on the machine (for example
-the number of GPUs actually present).
+lint error instead (FTP244). The engine that implements a capability declares it here; the
+training stage keeps a run-time check only for what depends on the machine (for example the
+number of devices actually present).
 """
 
 from __future__ import annotations
 
-# `train { distributed = ... }`: which modes the training engine implements.
+import functools
+import importlib.util
+from pathlib import Path
+
+# `train { distributed = ... }`: the modes the training engine implements (ftdsl/stages/train_parallel.py),
+# and the part of torch each one needs.
 DISTRIBUTED: dict[str, bool] = {
     "none": True,
-    "ddp": False,
-    "fsdp": False,
+    "ddp": True,
+    "fsdp": True,
 }
+_NEEDS = {"ddp": ("distributed",), "fsdp": ("distributed", "distributed/fsdp")}
+
+
+@functools.lru_cache(maxsize=None)
+def _torch_has(*parts: str) -> bool:
+    """Whether this install's torch ships the given subpackages (found on disk, torch not imported)."""
+    try:
+        spec = importlib.util.find_spec("torch")
+    except (ImportError, ValueError):
+        return False
+    if spec is None or not spec.origin:
+        return False
+    root = Path(spec.origin).parent
+    return all((root / p / "__init__.py").is_file() for p in parts)
 
 
 def distributed_supported(mode: str) -> bool:
     """Whether `distributed = mode` can run on this install."""
-    return bool(DISTRIBUTED.get(mode, False))
+    return bool(DISTRIBUTED.get(mode, False)) and _torch_has(*_NEEDS.get(mode, ()))
 
 
 def distributed_modes() -> tuple[str, ...]:
-    return tuple(m for m, ok in DISTRIBUTED.items() if ok)
+    return tuple(m for m in DISTRIBUTED if distributed_supported(m))

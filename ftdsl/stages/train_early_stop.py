@@ -7,9 +7,10 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+from ftdsl.ir.schema.metrics import better, metric_mode
+
 __all__ = ["early_stop"]
 
-HIGHER_IS_BETTER = ("accuracy", "f1", "precision", "recall", "agreement")
 
 
 def early_stop(es: dict | None, state, step: int, evals: dict[str, dict], weights: Callable[[], dict],
@@ -23,12 +24,11 @@ def early_stop(es: dict | None, state, step: int, evals: dict[str, dict], weight
     value = evals.get(split, {}).get(key)
     if value is None or not math.isfinite(value):
         return False
-    # `mode` defaults by metric: higher is better for accuracy/f1/precision/recall, lower for losses
-    mode = es.get("mode") or ("max" if key in HIGHER_IS_BETTER else "min")
+    # the lowering fills `mode` from the schema's metric registry; a direct caller may leave it out
+    mode = es.get("mode") or metric_mode(metric)
     delta = float(es.get("min_delta") or 0.0)
     best = state.best
-    better = best is None or (value > best["value"] + delta if mode == "max" else value < best["value"] - delta)
-    if better:
+    if best is None or better(mode, value, best["value"], delta):
         state.best = {"metric": metric, "value": value, "step": step, "bad": 0}
         state.best_state = weights()
         return False

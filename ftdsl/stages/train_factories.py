@@ -16,6 +16,8 @@ from torch import nn
 
 from ftdsl.errors import StageError
 
+from ftdsl.ir.schema.modality import TASK_LOSS
+
 __all__ = ["OPTIMIZERS", "SCHEDULES", "LOSSES", "call_of", "build_optim"]
 
 
@@ -34,13 +36,13 @@ def _fused_ok(groups) -> bool:
 OPTIMIZERS: dict[str, Callable[[list[dict], dict], torch.optim.Optimizer]] = {
     # fused=True: one kernel over all parameters (Hugging Face Trainer's default, adamw_torch_fused);
     # the per-tensor loop cost MiniLM 94 ms per step on this CPU (bench/train_overhead.py).
-    "adamw": lambda groups, c: torch.optim.AdamW(groups, lr=c["lr"], weight_decay=c.get("weight_decay", 0.01),
+    "adamw": lambda groups, c: torch.optim.AdamW(groups, lr=c["lr"], weight_decay=c["weight_decay"],
                                                  fused=_fused_ok(groups)),
-    "adam": lambda groups, c: torch.optim.Adam(groups, lr=c["lr"], weight_decay=c.get("weight_decay", 0.0),
+    "adam": lambda groups, c: torch.optim.Adam(groups, lr=c["lr"], weight_decay=c["weight_decay"],
                                                fused=_fused_ok(groups)),
     "sgd": lambda groups, c: torch.optim.SGD(
-        groups, lr=c["lr"], momentum=c.get("momentum", 0.0), weight_decay=c.get("weight_decay", 0.0),
-        nesterov=bool(c.get("nesterov", False))),
+        groups, lr=c["lr"], momentum=c["momentum"], weight_decay=c["weight_decay"],
+        nesterov=bool(c["nesterov"])),
 }
 
 
@@ -76,7 +78,7 @@ def _cosine(c: dict, total: int, base_lr: float):
 
 
 def _step_decay(c: dict, total: int, base_lr: float):
-    every, gamma = max(1, int(c.get("every", 1))), float(c.get("gamma", 0.1))
+    every, gamma = int(c["every"]), float(c["gamma"])
     return _with_warmup(_warmup_steps(c.get("warmup"), total), lambda s: gamma ** (s // every))
 
 
@@ -141,12 +143,12 @@ LOSSES: dict[str, Callable[[dict, dict], nn.Module]] = {
 
 
 def call_of(value: Any, default: str) -> dict:
-    """Lowered call value (or a bare name) as ``{"$call": name, ...}``."""
-    if value is None:
-        return {"$call": default}
-    if isinstance(value, str):
-        return {"$call": value}
-    return dict(value)
+    """Lowered call value (or a bare name, or None for ``default``) as ``{"$call": name, ...}`` with
+    every argument: what the call leaves out comes from the schema, the one declaration of defaults."""
+    from ftdsl.ir.lower import complete_call
+    from ftdsl.ir.schema import all_constructors
+
+    return complete_call(default if value is None else value, all_constructors()[default].family)
 
 
 def build_optim(module: nn.Module, attrs: dict, *, total_steps: int, device: str, precision: str, task: str,
@@ -162,20 +164,20 @@ def build_optim(module: nn.Module, attrs: dict, *, total_steps: int, device: str
     groups = [g for g in ({"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0})
               if g["params"]]
     if opt_call["$call"] not in OPTIMIZERS:
-        raise StageError("FTP530", f"unknown optimizer {opt_call['$call']!r} (use {', '.join(OPTIMIZERS)})")
+        raise TypeError(f"unknown optimizer {opt_call['$call']!r}")  # the schema guarantees a known one (FTP215)
     try:
         optimizer = OPTIMIZERS[opt_call["$call"]](groups, opt_call)
     except ValueError as e:
         raise StageError("FTP510", f"optimizer {opt_call['$call']}(...): {e}") from e
     sched_call = call_of(attrs.get("schedule"), "constant")
     if sched_call["$call"] not in SCHEDULES:
-        raise StageError("FTP530", f"unknown schedule {sched_call['$call']!r} (use {', '.join(SCHEDULES)})")
+        raise TypeError(f"unknown schedule {sched_call['$call']!r}")  # the schema guarantees a known one (FTP215)
     lambdas = [SCHEDULES[sched_call["$call"]](sched_call, total_steps, float(g["lr"])) for g in optimizer.param_groups]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
     scaler = torch.amp.GradScaler(device, enabled=precision == "fp16")
-    loss_call = call_of(attrs.get("loss"), "cross_entropy" if task == "classify" else "mse")
+    loss_call = call_of(attrs.get("loss"), TASK_LOSS[task])
     if loss_call["$call"] not in LOSSES:
-        raise StageError("FTP530", f"unknown loss {loss_call['$call']!r} (use {', '.join(LOSSES)})")
+        raise TypeError(f"unknown loss {loss_call['$call']!r}")  # the schema guarantees a known one (FTP215)
     info = {"task": task, "num_outputs": num_outputs, "train_labels": train_labels}
     criterion = LOSSES[loss_call["$call"]](loss_call, info).to(device)
     return decay + no_decay, optimizer, scheduler, scaler, criterion

@@ -71,16 +71,16 @@ def apply_lora(module: FtdslModule, call: dict, total_steps: int) -> None:
     else:
         common["modules_to_save"] = ["head"]
     if call["$call"] == "lora":
-        cfg = peft.LoraConfig(r=int(call.get("r", 8)), lora_alpha=float(call.get("alpha", 16)),
-                              lora_dropout=float(call.get("dropout") or 0.0), **common)
+        cfg = peft.LoraConfig(r=int(call["r"]), lora_alpha=float(call["alpha"]),
+                              lora_dropout=float(call["dropout"]), **common)
     elif call["$call"] == "adalora":
         tinit, tfinal = total_steps // 10, total_steps // 5
         if tinit >= total_steps - tfinal:
             tinit, tfinal = 0, 0
-        cfg = peft.AdaLoraConfig(init_r=int(call.get("r", 8)), target_r=int(call.get("target_r", 4)),
+        cfg = peft.AdaLoraConfig(init_r=int(call["r"]), target_r=int(call["target_r"]),
                                  total_step=max(1, total_steps), tinit=tinit, tfinal=tfinal, **common)
     else:
-        raise StageError("FTP530", f"unknown adapter {call['$call']!r} (use lora or adalora)")
+        raise TypeError(f"unknown adapter {call['$call']!r}")  # the schema guarantees a known one (FTP215)
     try:
         with quiet_transformers(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # transformers deprecations peft triggers

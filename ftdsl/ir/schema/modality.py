@@ -29,6 +29,10 @@ ARCH_INPUTS: dict[str, tuple[str, ...]] = {
 PRETRAINED_INPUTS: tuple[str, ...] = (TEXT,)
 
 
+# The loss a train stage uses when `loss` is not written, by the model's task.
+TASK_LOSS: dict[str, str] = {"classify": "cross_entropy", "regress": "mse"}
+
+
 def arch_modality(arch: str) -> str:
     """The engine's coarse modality of a from-scratch architecture: `text` or `features`."""
     return TEXT if ARCH_INPUTS.get(arch) == (TEXT,) else FEATURES
