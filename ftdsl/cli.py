@@ -60,7 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--only", action="append", default=[], metavar="STAGE", help="run this stage and its inputs")
     sp.add_argument("--force", action="append", default=[], metavar="STAGE", help="re-run this stage")
     sp.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    sp.add_argument("--nproc", type=int, default=1, metavar="N", help="processes for distributed training")
+    sp.add_argument("--nproc", type=int, default=1, metavar="N",
+                    help="processes per machine for stages with distributed = ddp | fsdp (through torchrun)")
+    sp.add_argument("--nnodes", default="1", metavar="N", help="machines in the job (torchrun's --nnodes; 1:4 elastic)")
+    sp.add_argument("--node-rank", type=int, metavar="R", help="this machine's rank (static rendezvous)")
+    sp.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="rendezvous address (torchrun's --rdzv-endpoint)")
+    sp.add_argument("--rdzv-id", metavar="ID", help="the job's id, the same on every machine")
+    sp.add_argument("--rdzv-backend", choices=["c10d", "static"], help="default: static with --node-rank, else c10d")
+    sp.add_argument("--max-restarts", type=int, default=0, metavar="N",
+                    help="restart the distributed workers up to N times after a failure (resuming from checkpoints)")
     sp.add_argument("--verify", action="store_true", help="verify every cache entry's checksums on load")
     sp.add_argument("--force-resume", action="store_true", help="resume a checkpoint written with other settings")
     sp.add_argument("--lock-timeout", type=float, default=600.0, metavar="S")

@@ -162,7 +162,6 @@ def _check_stage_names(c, names) -> None:
 
 def cmd_run(args) -> int:
     from ftdsl.plan import make_plan
-    from ftdsl.runtime.executor import execute
 
     c = _compile_or_report(args.file, args.overrides)
     if c is None:
@@ -171,8 +170,26 @@ def cmd_run(args) -> int:
     cache = _cache_for(c, args.cache, args.lock_timeout)
     plan = make_plan(c, cache, force=set(args.force), only=set(args.only) or None, device=args.device,
                      verify=args.verify)
-    return execute(plan, cache, verify=args.verify, force_resume=args.force_resume, quiet=args.quiet,
-                   nproc=args.nproc, summary_json=args.summary_json)
+    return _execute_run(plan, cache, args)
+
+
+def _execute_run(plan, cache, args) -> int:
+    from ftdsl.runtime import distributed
+    from ftdsl.runtime.executor import execute
+
+    if args.nproc < 1 or (args.max_restarts or 0) < 0:
+        raise UsageError("FTP001", "--nproc must be at least 1 and --max-restarts at least 0")
+    launch = distributed.LaunchOptions(nproc=args.nproc, nnodes=str(args.nnodes), node_rank=args.node_rank,
+                                       rdzv_endpoint=args.rdzv_endpoint, rdzv_id=args.rdzv_id,
+                                       rdzv_backend=args.rdzv_backend, max_restarts=args.max_restarts,
+                                       quiet=args.quiet)
+    world = distributed.external_world()
+    quiet = args.quiet or (world is not None and world.rank != 0)  # one rank talks under an outside launcher
+    try:
+        return execute(plan, cache, verify=args.verify, force_resume=args.force_resume, quiet=quiet,
+                       summary_json=args.summary_json if world is None or world.rank == 0 else None, launch=launch)
+    finally:
+        distributed.leave()
 
 
 # --- fmt ----------------------------------------------------------------------------------------

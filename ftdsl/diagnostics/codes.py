@@ -209,6 +209,17 @@ _ALL = [
          "engine for this CPU (`x86`/`fbgemm`/`qnnpack`);\n"
          "- multi-process training that this machine cannot run (fewer devices or processes than asked for).",
          "", ""),
+    Code("FTP540", "distributed-failed", _E, "multi-process training could not start or a worker process died",
+         "`ftdsl run --nproc N` hands a stage with `distributed = ddp | fsdp` to torchrun. The job fails when the "
+         "rendezvous cannot be reached (`--rdzv-endpoint`, a firewall), when a worker dies and `--max-restarts` "
+         "is used up, or when the ranks see different checkpoints (several machines without a shared cache). "
+         "The last checkpoint is kept; the next run resumes from it.",
+         "ftdsl run p.ftp --nproc 2   # a worker killed by the OOM killer",
+         "Rerun (it resumes), allow restarts with `--max-restarts 1`, or give every machine the same cache."),
+    Code("FTP541", "batch-world-size", _E, "`batch` does not divide among the processes of a distributed stage",
+         "`batch` is the global batch: each of the N processes takes `batch / N` rows of every step, so that the "
+         "run computes the same steps as one process. A remainder would change the numbers.",
+         "batch = 30   # with --nproc 4", "batch = 32   # with --nproc 4 (8 rows per process)"),
     Code("FTP901", "internal-error", _E, "an unexpected exception inside ftdsl (a bug)", "", "", ""),
 ]
 

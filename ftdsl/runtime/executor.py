@@ -41,8 +41,11 @@ class _Interrupted(Exception):
 
 
 def execute(plan: Plan, cache, *, verify: bool = False, force_resume: bool = False, quiet: bool = False,
-            nproc: int = 1, console: Console | None = None, summary_json: str | None = None) -> int:
-    """Run `plan` with `cache`; returns the exit code (0, 3 stage failed, 4 resource, 70 bug, 130/143)."""
+            nproc: int = 1, console: Console | None = None, summary_json: str | None = None,
+            launch=None) -> int:
+    """Run `plan` with `cache`; returns the exit code (0, 3 stage failed, 4 resource, 70 bug, 130/143).
+    `launch` (runtime.distributed.LaunchOptions; `nproc` is its short form) sends the stages with
+    `distributed = ddp | fsdp` to torchrun."""
     console = console or Console(quiet=quiet)
     from ftdsl.runtime import outdir
 
@@ -54,10 +57,12 @@ def execute(plan: Plan, cache, *, verify: bool = False, force_resume: bool = Fal
     cache.check_writable()
     cache.clean_stale_temps(0)
     cache.on_warning = lambda code, message: console.error(f"warning[{code}]: {message}")
-    if nproc != 1:
-        console.error("warning: --nproc: distributed training is not supported by this engine yet; "
-                      "running in one process")
+    if launch is None and nproc != 1:
+        from ftdsl.runtime.distributed import LaunchOptions
+
+        launch = LaunchOptions(nproc=nproc, quiet=quiet)
     ex = _Executor(plan, cache, console, verify, force_resume, out_root)
+    ex.launch = launch
     code = ex.run()
     ex.summary()
     if summary_json:
@@ -71,6 +76,8 @@ def execute(plan: Plan, cache, *, verify: bool = False, force_resume: bool = Fal
 
 
 class _Executor:
+    launch = None  # runtime.distributed.LaunchOptions: distributed stages go to torchrun
+
     def __init__(self, plan: Plan, cache, console: Console, verify: bool, force_resume: bool, out_root: Path):
         self.plan, self.cache, self.console = plan, cache, console
         self.out_root = out_root
@@ -80,6 +87,7 @@ class _Executor:
         self.loaded: dict[str, object] = {}
         self.entries: dict[str, Path] = {}
         self.internal_error = False
+        self._recomputed: set[str] = set()  # stages recomputed because their artifact did not load
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> int:
@@ -132,6 +140,11 @@ class _Executor:
                                        "(the checker knows the kind; its engine is not written yet)",
                              hint="remove the stage or run the others with `--only`")
         config = st.config
+        from ftdsl.runtime import distributed
+
+        if distributed.is_distributed(st.kind, config) and distributed.external_world() is not None:
+            return distributed.run_external(self, st, by_name, distributed.external_world())
+        launched = distributed.launches(self.launch, st.kind, config)
         if st.kind == "sweep":
             # A sweep re-runs its target with other settings: it needs the target's own inputs and
             # configuration, not the target's trained artifact.
@@ -139,6 +152,10 @@ class _Executor:
             inputs = {attr: self._artifact(src, by_name) for attr, src in target.inputs.items()}
             config = {**st.config, "$target": {"name": target.name, "kind": target.kind, "config": target.config,
                                                "payload": target.payload}}
+        elif launched:  # the workers load the inputs from their entries
+            inputs = {attr: {"class": ARTIFACTS[by_name[src].artifact],
+                             "entry": str(self.entries.get(src) or self.cache.lookup(by_name[src].key, label=src))}
+                      for attr, src in st.inputs.items()}
         else:
             inputs = {attr: self._artifact(src, by_name) for attr, src in st.inputs.items()}
         try:
@@ -157,6 +174,10 @@ class _Executor:
                                reporter=reporter, verify=self.verify, key=st.key, force_resume=self.force_resume,
                                cache=self.cache)
             ctx.out_dir.mkdir(parents=True, exist_ok=True)
+            if launched:
+                meta["metrics"] = json_safe(distributed.compute_launched(ctx, st.kind, config, inputs, tmp,
+                                                                         self.launch))
+                return
             with _signals_as_exceptions():
                 artifact = fn(inputs, config, ctx)
             (tmp / "artifact").mkdir()
@@ -189,9 +210,25 @@ class _Executor:
         if entry is None:  # pragma: no cover - upstream results always precede their users
             raise StageError("FTP503", f"the cache entry of `{name}` disappeared while running")
         cls = load_object(ARTIFACTS[st.artifact])
-        obj = cls.load(entry / "artifact")
+        try:
+            obj = cls.load(entry / "artifact")
+        except Exception as e:  # noqa: BLE001 - classified in _recompute_corrupt
+            obj = self._recompute_corrupt(st, by_name, cls, e)
         self.loaded[name] = obj
         return obj
+
+    def _recompute_corrupt(self, st: PlannedStage, by_name, cls, exc: Exception):
+        """An entry whose checksums pass but whose artifact fails its load's checks (a tampered
+        file with a fixed-up manifest, NaN rows) is corrupt too: quarantine it (FTP503) and compute
+        the stage again, once. A fresh artifact that does not load is a bug (raised as is)."""
+        if (isinstance(exc, FtdslError) and exc.code != "FTP503") or st.name in self._recomputed:
+            raise exc
+        self._recomputed.add(st.name)
+        why = exc.message if isinstance(exc, FtdslError) else f"{type(exc).__name__}: {str(exc)[:200]}"
+        self.cache.quarantine(st.key, f"the artifact does not load ({why})", label=st.name)
+        self.entries.pop(st.name, None)
+        self._run_stage(st, by_name)
+        return cls.load(self.entries[st.name] / "artifact")
 
     # -- outputs ------------------------------------------------------------------------------
     def _sync_outputs(self, st: PlannedStage, entry: Path) -> None:
