@@ -7,7 +7,7 @@ register its code in `ftdsl/diagnostics/codes.py`, and add it to `RULES`.
 from __future__ import annotations
 
 from ftdsl.check.context import CheckContext
-from ftdsl.check.rules import compat, hygiene, metrics, order, references, safety, structure, sweep
+from ftdsl.check.rules import compat, hygiene, inputs, metrics, order, references, safety, structure, sweep
 from ftdsl.diagnostics import Diagnostic
 from ftdsl.ir.nodes import Program
 
@@ -27,6 +27,8 @@ RULES = (
     safety.trust_remote_code,
     safety.pickle_weights,
     safety.output_paths,
+    inputs.input_files,
+    inputs.pretrained_folders,
     hygiene.unused_blocks,
     hygiene.unused_params,
     hygiene.export_without_verify,

@@ -69,7 +69,8 @@ def _load(abs_path: Path, shown: str, use: A.Use | None, stack: tuple, diags, so
             if use is not None:
                 e = errs[0]
                 diags.append(make(e.code, f"cannot read `use` target: {e.message}", use.path_span, label="cannot read",
-                                  hint="paths in `use` are relative to the file that contains the `use`"))
+                                  hint=e.hint if e.code == "FTP004" else
+                                  "paths in `use` are relative to the file that contains the `use`"))
                 return True
             diags.extend(errs)
             return False

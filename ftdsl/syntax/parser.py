@@ -6,6 +6,7 @@ Public: `read_source(path)`, `parse(text, path)`.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import stat
 from functools import lru_cache
@@ -16,6 +17,7 @@ from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken, VisitError
 
 from ftdsl.diagnostics import Diagnostic, Label, make
+from ftdsl.paths import special_file_kind
 from ftdsl.syntax import ast as A
 from ftdsl.syntax.lexer import FastLexer
 
@@ -34,24 +36,32 @@ def _parser() -> Lark:
 
 
 def read_source(path: str | Path, display: str | None = None) -> tuple[str | None, list[Diagnostic]]:
-    """Read a pipeline file as text, or explain why it cannot be read (FTP001-003)."""
+    """Read a pipeline file as text, or explain why it cannot be read (FTP001-004).
+
+    Opened with O_NONBLOCK and checked with fstat before any read, so a FIFO (even one swapped in
+    after a stat) or a device is refused (FTP004) instead of blocking or reading forever."""
     shown = display or str(path)
     p = Path(path)
+    where = A.Span(shown, 1, 1, 1, 1)
     try:
         if p.is_dir():
-            return None, [make("FTP001", f"`{shown}` is a directory, not a pipeline file", A.Span(shown, 1, 1, 1, 1))]
-        st = p.stat()
-        if not stat.S_ISREG(st.st_mode):
-            # /dev/zero, a FIFO, a socket: never read something that may not end
-            return None, [make("FTP001", f"`{shown}` is not a regular file", A.Span(shown, 1, 1, 1, 1),
-                               hint="give a .ftp file")]
-        if st.st_size > MAX_BYTES:
-            return None, [make("FTP003", f"`{shown}` is {st.st_size:,} bytes; the limit is {MAX_BYTES:,}",
-                               A.Span(shown, 1, 1, 1, 1), hint="lint the .ftp file, not a data file")]
-        with open(p, "rb") as fh:
-            data = fh.read(MAX_BYTES + 1)  # the size may change after stat: read a bounded amount
+            return None, [make("FTP001", f"`{shown}` is a directory, not a pipeline file", where)]
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                kind = special_file_kind(st.st_mode) or "not a regular file"
+                return None, [make("FTP004", f"`{shown}` is {kind}, not a regular file", where,
+                                   hint="give a .ftp file; a device or a pipe may never end")]
+            if st.st_size > MAX_BYTES:
+                return None, [make("FTP003", f"`{shown}` is {st.st_size:,} bytes; the limit is {MAX_BYTES:,}",
+                                   where, hint="lint the .ftp file, not a data file")]
+            with os.fdopen(fd, "rb", closefd=False) as fh:
+                data = fh.read(MAX_BYTES + 1)  # the size may change after stat: read a bounded amount
+        finally:
+            os.close(fd)
     except OSError as e:
-        return None, [make("FTP001", f"cannot read `{shown}`: {e.strerror or e}", A.Span(shown, 1, 1, 1, 1))]
+        return None, [make("FTP001", f"cannot read `{shown}`: {e.strerror or e}", where)]
     return decode(data, shown)
 
 
