@@ -111,6 +111,12 @@ _ALL = [
     Code("FTP215", "unknown-constructor", _E, "a constructor that does not exist for this attribute",
          "Each attribute accepts a fixed family of constructors (e.g. optimizers).",
          "optimizer = adamx(lr = 1e-3)", "optimizer = adamw(lr = 1e-3)"),
+    Code("FTP216", "bad-search-space", _E, "a sweep range that is empty, does not fit its attribute or its strategy",
+         "A range is drawn from only by `random` and `optuna`: `grid` cannot enumerate real numbers, `lo` must be "
+         "below `hi`, a log scale starts above zero, and an integer attribute needs `int_range`. Caught before "
+         "any trial trains.",
+         'over = { "optimizer.lr" = loguniform(1e-5, 1e-2) }\nstrategy = grid',
+         'over = { "optimizer.lr" = loguniform(1e-5, 1e-2) }\nstrategy = random(n = 8, seed = 0)'),
     Code("FTP220", "unused-block", _W, "a `data` or `model` block that no stage uses",
          "Probably a leftover or a missing reference.", "model old { arch = mlp() }", "Remove it or use it."),
     Code("FTP221", "unused-param", _W, "a param that nothing refers to",

@@ -307,7 +307,19 @@ _CTORS: list[Ctor] = [
     # sweep strategies
     C("grid", "strategy", (), "Every combination of `over`."),
     C("random", "strategy", (F("n", Int(min=1, max=100_000), REQUIRED), F("seed", SEED, 0)), "n random combinations."),
-    C("optuna", "strategy", (F("n", Int(min=1, max=100_000), REQUIRED), F("seed", SEED, 0)), "n trials of Optuna's TPE."),
+    C("optuna", "strategy", (F("n", Int(min=1, max=100_000), REQUIRED), F("seed", SEED, 0),
+                             F("pruner", Enum(("median", "none")), "median",
+                               "stop unpromising trials early: Optuna's MedianPruner on the per-epoch `valid.*` value")),
+      "n trials of Optuna's TPE."),
+    # sweep search spaces (`over = { "optimizer.lr" = loguniform(1e-5, 1e-2) }`; random and optuna only)
+    C("uniform", "space", (F("lo", Float(), REQUIRED, "lower bound"), F("hi", Float(), REQUIRED, "upper bound")),
+      "Real numbers drawn uniformly from [lo, hi] (Optuna's FloatDistribution)."),
+    C("loguniform", "space", (F("lo", Float(min=0, min_open=True), REQUIRED, "lower bound (> 0)"),
+                              F("hi", Float(min=0, min_open=True), REQUIRED, "upper bound")),
+      "Real numbers drawn uniformly on a log scale from [lo, hi] (FloatDistribution(log = true)): learning rates."),
+    C("int_range", "space", (F("lo", Int(), REQUIRED, "lower bound"), F("hi", Int(), REQUIRED, "upper bound (included)"),
+                             F("step", Int(min=1), 1, "spacing: lo, lo + step, ..., hi")),
+      "Integers lo, lo + step, ..., hi (Optuna's IntDistribution(step)); also enumerable by `grid`."),
 ]
 
 CONSTRUCTORS: dict[str, dict[str, Ctor]] = {}
@@ -428,8 +440,9 @@ KINDS: dict[str, Kind] = {k.name: k for k in [
     ), "Report", "Compare models on a split: a table, JSON and plots.", ("models", "data")),
     Kind("sweep", (
         F("target", RefT(("TorchModel",)), REQUIRED, "a `train` or `distill` stage"),
-        F("over", MapT(ListT(OneOf((Int(), Float(), Str(), Bool())), min_len=1, max_len=100_000)), REQUIRED,
-          'attribute paths to values: `{ "optimizer.lr" = [1e-5, 3e-5] }`'),
+        F("over", MapT(OneOf((ListT(OneOf((Int(), Float(), Str(), Bool())), min_len=1, max_len=100_000),
+                              CtorT("space")))), REQUIRED,
+          'attribute paths to values or ranges: `{ "optimizer.lr" = loguniform(1e-5, 1e-2), "batch" = [16, 32] }`'),
         F("strategy", CtorT("strategy"), "grid", "how to pick trials"),
         F("metric", Str(), REQUIRED, "the metric to optimize (`valid.accuracy`)"),
         F("mode", Enum(("min", "max")), None, "default: the metric's direction (`max` for accuracy, `min` for loss)"),
