@@ -37,6 +37,8 @@ class PlannedStage:
     estimate: dict = field(default_factory=dict)
     written: tuple[str, ...] = ()  # attributes written in the file (the rest are defaults)
     artifact: str = ""  # what it produces: Dataset, TorchModel, QuantizedTorchModel, OnnxModel, ...
+    resume: dict | None = None  # a waiting checkpoint: {"step": N, "of": M} (plan_trials.py)
+    trials: dict | None = None  # a sweep's trials: cached / to run (plan_trials.py)
 
     @property
     def address(self) -> str:
@@ -227,6 +229,9 @@ def make_plan(compiled: Compiled, cache=None, *, force: set[str] = frozenset(), 
         stages.append(st)
         by_name[name] = st
     if cache is not None:
+        from ftdsl.plan_trials import annotate
+
+        annotate(stages, cache, pipeline_abs)
         cache.save_memo()
     return Plan(prog.path, root, stages, seed, dev, cache.root if cache is not None else Path(), out_root(compiled),
                 pipeline_abs, allow_outside_out=prog.setting("allow_outside_out") is True)

@@ -6,6 +6,7 @@ import json
 from typing import TextIO
 
 from ftdsl.plan import Plan, PlannedStage
+from ftdsl.plan_trials import resume_text, trials_text
 
 SYMBOL = {"cached": "=", "new": "+", "forced": "~", "changed": "~", "upstream": "~", "missing": "+"}
 ACTION = {"cached": "noop", "new": "create", "forced": "rerun", "changed": "rerun", "upstream": "rerun",
@@ -15,6 +16,8 @@ ACTION = {"cached": "noop", "new": "create", "forced": "rerun", "changed": "reru
 def status_text(s: PlannedStage) -> str:
     if s.status == "cached":
         return "cached"
+    if s.resume:
+        return f"{resume_text(s.resume)} ({'; '.join(s.reasons) or s.status})"
     return f"run ({'; '.join(s.reasons) or s.status})"
 
 
@@ -74,6 +77,9 @@ def plan_text(plan: Plan) -> str:
         sym = SYMBOL[s.status]
         if s.status == "cached":
             lines.append(f"  # {s.address} is cached (sha256:{s.key[:12]})")
+        elif s.resume:
+            lines.append(f"  # {s.address} will {resume_text(s.resume)} (a checkpoint of an interrupted run): "
+                         f"{'; '.join(s.reasons)}")
         elif s.status in ("new", "missing"):
             lines.append(f"  # {s.address} will run: {'; '.join(s.reasons)}")
         else:
@@ -92,9 +98,13 @@ def plan_text(plan: Plan) -> str:
                          f" -> {compact(new) if not isinstance(new, str) or new == '(unset)' else new}   # forces re-run")
         if s.estimate:
             lines.append("      estimate: " + ", ".join(f"{k} {v}" for k, v in s.estimate.items()))
+        if s.trials:
+            lines.append("      trials: " + trials_text(s.trials))
         lines.append("")
     c = _counts(plan)
-    lines.append(f"Plan: {c['run']} to run, {c['rerun']} to re-run, {c['cached']} cached.")
+    resuming = sum(1 for s in plan.stages if s.will_run and s.resume)
+    lines.append(f"Plan: {c['run']} to run, {c['rerun']} to re-run, {c['cached']} cached"
+                 + (f" ({resuming} resuming from a checkpoint)." if resuming else "."))
     return "\n".join(lines) + "\n"
 
 
@@ -110,6 +120,8 @@ def plan_json(plan: Plan) -> dict:
             "changes": [{"path": k, "old": o, "new": n} for k, o, n in s.changes],
             "inputs": dict(s.inputs), "depends_on": list(s.deps), "cache_key": f"sha256:{s.key}",
             "settings": s.config, "estimate": s.estimate,
+            **({"resume": s.resume} if s.will_run and s.resume else {}),
+            **({"trials": s.trials} if s.will_run and s.trials else {}),
         } for s in plan.stages],
         "summary": _counts(plan),
     }

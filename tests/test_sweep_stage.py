@@ -1,4 +1,4 @@
-"""The `sweep` stage: strategies, type-checked paths, failed trials, caching and resume.
+"""The `sweep` stage: strategies, type-checked paths, failed trials, trials as cache entries.
 
 End-to-end tests run TINY (tests/test_run_e2e.py) plus a sweep through `ftdsl.cli.main`, with
 the target trimmed to 12 steps so the whole file stays fast on 2 CPU cores. The unit tests at
@@ -105,7 +105,9 @@ def test_grid_runs_every_combination_picks_the_best_and_is_cached(tmp_path, warm
     got = [(t["params"]["optimizer.lr"], t["params"]["batch"]) for t in table["trials"]]
     assert got == list(itertools.product([0.001, 0.05], [8, 16]))  # grid order: first path slowest
     assert all(type(t["params"]["batch"]) is int for t in table["trials"])  # typed by the schema
-    assert all(t["status"] == "ok" and not t["resumed"] for t in table["trials"])
+    assert all(t["status"] == "ok" for t in table["trials"])
+    # trial (0.001, 16) is not t (lr 0.01): every trial trained except none; t's own config is not in the grid
+    assert [t["source"] for t in table["trials"]] == ["trained"] * 4
     best = best_of(table)
     m = stage(s, "s")["metrics"]
     assert table["best_trial"] == best["trial"] == m["sweep.best_trial"]
@@ -118,7 +120,7 @@ def test_grid_runs_every_combination_picks_the_best_and_is_cached(tmp_path, warm
     for i in range(1, 5):  # each trial's own training outputs
         assert (out / "trials" / str(i) / "metrics.json").is_file()
     # the work dir (trial checkpoints and artifacts) is gone once the entry is published
-    assert not any((warm / "work").glob("*/trials.json"))
+    assert not any((warm / "work").glob("*/study.json"))
 
     # A rerun is a cache hit: no stage function is called.
     import ftdsl.stages.train as train_mod
@@ -141,7 +143,7 @@ def test_random_and_optuna_are_deterministic(tmp_path, warm, strategy, n):
         tables.append(trials_of(p))
     a, b = tables
     assert len(a["trials"]) == n
-    key = lambda t: (t["trial"], t["params"], t["metric"], t["status"], t.get("same_as"))  # noqa: E731
+    key = lambda t: (t["trial"], t["params"], t["metric"], t["status"], t.get("same_as"), t["key"])  # noqa: E731
     assert [key(t) for t in a["trials"]] == [key(t) for t in b["trials"]]
     assert a["best_trial"] == b["best_trial"]
     if strategy.startswith("random"):  # n distinct combinations
@@ -151,7 +153,7 @@ def test_random_and_optuna_are_deterministic(tmp_path, warm, strategy, n):
         for t in a["trials"]:
             k = json.dumps(t["params"], sort_keys=True)
             if k in firsts:
-                assert t["same_as"] == firsts[k] and t["seconds"] == 0.0
+                assert t["same_as"] == firsts[k] and t["source"] == "same"
             firsts.setdefault(k, t["trial"])
 
 
@@ -173,7 +175,7 @@ def test_bad_value_fails_before_any_training(tmp_path, capsys):
     p = write(tmp_path, pipeline(over='"batch" = [8, 0]'))
     assert main(["lint", str(p)]) == 1
     err = capsys.readouterr().err
-    assert "FTP212" in err and "`batch` = 0" in err and "must be >= 1" in err
+    assert "FTP212" in err and "`batch` = 0" in err and ("must be >= 1" in err or "must be in [1, " in err)
 
 
 def test_unknown_path_is_also_refused_by_the_stage(tmp_path):
@@ -186,8 +188,25 @@ def test_unknown_path_is_also_refused_by_the_stage(tmp_path):
         apply_params("train", cfg, {"optimizer.lrr": 0.1})
 
 
-def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, warm):
-    p = write(tmp_path, pipeline(over='"optimizer.lr" = [0.05, 1e9]'))
+@pytest.fixture
+def nan_at_lr_3(monkeypatch):
+    """The real train stage, except that lr = 3 fails as a diverging run does (FTP501)."""
+    import ftdsl.stages.train as train_mod
+
+    real, names = train_mod.run, []
+
+    def train(inputs, attrs, ctx):
+        names.append(ctx.name)
+        if attrs["optimizer"]["lr"] == 3:
+            raise StageError("FTP501", "loss is nan at step 3")
+        return real(inputs, attrs, ctx)
+
+    monkeypatch.setattr(train_mod, "run", train)
+    return names
+
+
+def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, warm, nan_at_lr_3):
+    p = write(tmp_path, pipeline(over='"optimizer.lr" = [0.05, 3]'))
     code, s = run(p, warm)
     assert code == 0, s
     table = trials_of(p)
@@ -197,28 +216,31 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, warm):
     m = stage(s, "s")["metrics"]
     assert m["sweep.trials"] == 2 and m["sweep.failed"] == 1
     assert "failed (FTP501)" in (p.parent / "out" / "s" / "trials.md").read_text()
+    # a failure is remembered with the trial's key: a changed sweep does not train it again
+    p.write_text(pipeline(over='"optimizer.lr" = [0.05, 3, 0.02]'))
+    nan_at_lr_3.clear()
+    code, s = run(p, warm)
+    assert code == 0 and nan_at_lr_3 == ["s[3]"]
+    assert [t["source"] for t in trials_of(p)["trials"]] == ["cached", "recorded", "trained"]
 
 
-def test_all_trials_failing_fails_the_sweep(tmp_path, warm, capsys):
-    p = write(tmp_path, pipeline(over='"optimizer.lr" = [1e9]'))
+def test_all_trials_failing_fails_the_sweep(tmp_path, warm, capsys, nan_at_lr_3):
+    p = write(tmp_path, pipeline(over='"optimizer.lr" = [3]'))
     code, s = run(p, warm)
     assert code == 3 and stage(s, "s")["status"] == "failed"
     assert "all 1 trials failed" in capsys.readouterr().err
 
 
-def test_killed_sweep_resumes_finished_trials(tmp_path, warm, monkeypatch):
-    """SIGKILL once trial 1 is recorded; the rerun skips it, runs trial 2, and recovers the
-    best trial's model (trial 1, finished by the killed run) from the work dir, bit for bit."""
-    # trial 1 has the target's own settings (lr 0.01): its weights must equal t's; the other
-    # learning rate is far too small for 12 steps, so trial 1 is the best
-    p = write(tmp_path, pipeline(over='"optimizer.lr" = [0.01, 0.0001]'))
+def test_killed_sweep_reuses_finished_trials(tmp_path, warm, monkeypatch):
+    """SIGKILL once trial 1 is done; the rerun reuses it from the cache (a trial is an ordinary
+    cache entry), reuses trial 2 from the plain train block `t` (same configuration, same key)
+    and trains only trial 3. The sweep's model is the best trial's entry, bit for bit."""
+    p = write(tmp_path, pipeline(over='"optimizer.lr" = [0.0001, 0.01, 0.05]'))
+    warm = fresh_cache(warm, tmp_path / "cache")  # d, m and t only: no trial of another test
     env = {**os.environ, sweep_mod.KILL_ENV: "1"}
     proc = subprocess.run([sys.executable, "-m", "ftdsl", "run", str(p), "--cache", str(warm), "--quiet", *FAST],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL), proc.stderr
-    states = [json.loads(f.read_text())["trials"] for f in warm.glob("work/*/trials.json")]
-    [state] = [st for st in states if st.get("1", {}).get("params") == {"optimizer.lr": 0.01}]
-    assert sorted(state) == ["1"] and state["1"]["status"] == "ok"
 
     import ftdsl.stages.train as train_mod
 
@@ -231,16 +253,18 @@ def test_killed_sweep_resumes_finished_trials(tmp_path, warm, monkeypatch):
     monkeypatch.setattr(train_mod, "run", counting)
     code, s = run(p, warm)
     assert code == 0, s
-    assert names == ["s[2]"]  # t is cached; trial 1 was skipped
+    assert names == ["s[3]"]  # t is cached; trial 1 finished before the kill; trial 2 is t
     table = trials_of(p)
-    assert [t["resumed"] for t in table["trials"]] == [True, False]
-    assert table["best_trial"] == best_of(table)["trial"] == 1
-    assert "resumed" in (p.parent / "out" / "s" / "trials.md").read_text()
-    assert (p.parent / "out" / "s" / "trials" / "1" / "metrics.json").is_file()  # restored outputs
-    assert stage(s, "s")["metrics"]["valid.accuracy"] == stage(s, "t")["metrics"]["valid.accuracy"]
+    assert [t["source"] for t in table["trials"]] == ["cached", "cached", "trained"]
+    t_key = entry_of(warm, p, "t").name
+    assert table["trials"][1]["key"] == t_key
+    assert stage(s, "s")["metrics"]["sweep.trained"] == 1 and stage(s, "s")["metrics"]["sweep.cached"] == 2
+    best = best_of(table)
+    assert table["best_trial"] == best["trial"]
+    assert (p.parent / "out" / "s" / "trials" / "1" / "metrics.json").is_file()  # outputs of reused trials too
     w_s = (entry_of(warm, p, "s") / "artifact" / "model.safetensors").read_bytes()
-    w_t = (entry_of(warm, p, "t") / "artifact" / "model.safetensors").read_bytes()
-    assert w_s == w_t
+    w_best = (warm / "entries" / best["key"][:2] / best["key"] / "artifact" / "model.safetensors").read_bytes()
+    assert w_s == w_best
 
 
 # --------------------------------------------------------------------------------------------
@@ -261,16 +285,23 @@ BASE = {"model": {"$ref": "m"}, "data": {"$ref": "d"}, "max_steps": 24, "batch":
         "precision": "fp32", "epochs": None, "accumulate": 1}
 
 
-def _ctx(tmp_path: Path, rep=None) -> StageContext:
+PAYLOAD = {"kind": "train", "attrs": BASE, "inputs": {"data": "d" * 64, "model": "e" * 64}, "files": {},
+           "versions": {"ftdsl": "test"}, "env": {"seed": 0, "device": "cpu"}}
+
+
+def _ctx(tmp_path: Path, rep=None, cache: Path | None = None) -> StageContext:
+    from ftdsl.runtime.cache import Cache
+
     out = tmp_path / "out"
     out.mkdir(parents=True, exist_ok=True)
-    return StageContext(name="s", kind="sweep", pipeline_dir=tmp_path, out_dir=out, work_dir=tmp_path / "work",
-                        reporter=rep or _Log())
+    c = Cache(cache or tmp_path / "cache")
+    return StageContext(name="s", kind="sweep", pipeline_dir=tmp_path, out_dir=out, work_dir=c.work_dir("f" * 64),
+                        reporter=rep or _Log(), cache=c)
 
 
 def _attrs(over, strategy="grid", metric="valid.accuracy", mode="max"):
     return {"target": {"$ref": "t"}, "over": over, "strategy": strategy, "metric": metric, "mode": mode,
-            "$target": {"name": "t", "kind": "train", "config": BASE}}
+            "$target": {"name": "t", "kind": "train", "config": BASE, "payload": PAYLOAD}}
 
 
 @pytest.fixture
@@ -300,8 +331,8 @@ def test_apply_params_switches_constructors_and_types_values():
     assert BASE["optimizer"]["$call"] == "adamw"  # a deep copy
     assert sweep_mod.apply_params("train", BASE, {"loss": "cross_entropy"})["loss"] == {
         "$call": "cross_entropy", "weights": None, "label_smoothing": 0.0}
-    for params, why in [({"batch": 8.5}, "expects an integer"), ({"batch": 0}, "must be >= 1"),
-                        ({"optimizer.lr": 0.0}, "must be > 0"), ({"precision": "fp8"}, "one of"),
+    for params, why in [({"batch": 8.5}, "expects an integer"), ({"batch": 0}, r"must be (>= 1|in \[1, )"),
+                        ({"optimizer.lr": 0.0}, r"must be (> 0|in \(0, )"), ({"precision": "fp8"}, "one of"),
                         ({"optimizer": "adamx"}, "an optimizer name .sgd, adam, adamw.*did you mean 'adam' or 'adamw'"),
                         ({"schedule": "step"}, "needs `every`"),
                         ({"loss.label_smoothing": 0.1}, "not set in the target"),
@@ -336,7 +367,7 @@ def test_mode_min_and_logs(tmp_path, fake_train):
     art = sweep_mod.run({}, _attrs({"optimizer.lr": [0.001, 0.02, 5.0], "batch": [16]}, metric="valid.loss",
                                    mode="min"), _ctx(tmp_path, rep))
     assert art.metrics["sweep.best_trial"] == 2 and art.metrics["sweep.failed"] == 1
-    assert art.spec["lr"] == 0.02  # the best trial's artifact, loaded back from the work dir
+    assert art.spec["lr"] == 0.02  # the best trial's artifact, loaded back from its cache entry
     assert "trial 2/3: optimizer.lr=0.02 batch=16 -> valid.loss 0.016" in rep.lines
     assert any(line.startswith("trial 3/3: optimizer.lr=5 batch=16 -> failed (FTP501") for line in rep.lines)
     assert [n for n, _ in fake_train] == ["s[1]", "s[2]", "s[3]"]
@@ -362,15 +393,17 @@ def test_optuna_resume_replays_the_same_sequence(tmp_path, fake_train, monkeypat
     monkeypatch.setattr(train_mod, "run", interrupted)
     with pytest.raises(KeyboardInterrupt):
         sweep_mod.run({}, attrs, _ctx(tmp_path / "cut"))
-    monkeypatch.setattr(train_mod, "run", fake)
+    first = len(calls)
     (tmp_path / "cut" / "out").rename(tmp_path / "cut" / "out-killed")  # a fresh out dir, as the executor does
     rep = _Log()
     sweep_mod.run({}, attrs, _ctx(tmp_path / "cut", rep))
     resumed = json.loads((tmp_path / "cut" / "out" / "trials.json").read_text())
     key = lambda t: (t["trial"], t["params"], t["metric"], t.get("same_as"))  # noqa: E731
     assert [key(t) for t in resumed["trials"]] == [key(t) for t in full["trials"]]
-    n_resumed = sum(t["resumed"] for t in resumed["trials"])
-    assert n_resumed >= 4 and sum("(resumed" in line for line in rep.lines) == n_resumed
+    n_reused = sum(t["source"] in ("cached", "same") for t in resumed["trials"])
+    assert n_reused >= 4 and sum(line.endswith(("(cached)",)) for line in rep.lines) >= 4
+    trained = [t for t in resumed["trials"] if t["source"] == "trained"]
+    assert len(calls) - first == len(trained) and len(trained) <= len(full["trials"]) - 4  # finished: not redone
 
 
 def test_random_n_larger_than_the_space_runs_each_combination_once(tmp_path, fake_train):
