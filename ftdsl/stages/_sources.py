@@ -20,11 +20,12 @@ from typing import Any, Callable
 import numpy as np
 
 from ftdsl.errors import StageError
+from ftdsl.ir.schema.modality import SKLEARN_DATASETS
 
 BAD_DATA = "FTP510"
 NOT_FOUND = "FTP511"
 
-SKLEARN_SETS = ("digits", "iris", "wine", "breast_cancer")
+SKLEARN_SETS = tuple(SKLEARN_DATASETS)  # the schema's table (classes, shape, modality of each)
 
 
 def resolve_input(pipeline_dir: Path, p: str) -> Path:
@@ -374,10 +375,11 @@ def load_sklearn(name: str) -> Part:
 
 
 def load_synthetic(call: dict, default_seed: int) -> Part:
-    task = call.get("task", "classify")
-    n = int(call.get("n", 1000) or 1000)
-    k = int(call.get("features", 16) or 16)
-    classes = int(call.get("classes", 2) or 2)
+    from ftdsl.ir.lower import complete_call
+
+    call = complete_call(call, "source")  # defaults from the schema, the one declaration
+    task = call["task"]
+    n, k, classes = int(call["n"]), int(call["features"]), int(call["classes"])
     seed = call.get("seed")
     seed = default_seed if seed is None else int(seed)
     src = f"synthetic({task})"
@@ -424,8 +426,11 @@ def read_file_call(call: dict, pipeline_dir: Path) -> Table:
         raise StageError(BAD_DATA, f"{kind}(...) needs a path")
     path = resolve_input(pipeline_dir, p)
     if kind == "csv":
-        header = call.get("header", True)
-        return read_csv(path, p, call.get("delimiter", ",") or ",", True if header is None else bool(header))
+        from ftdsl.ir.lower import complete_call
+
+        call = complete_call(call, "source")  # defaults from the schema
+        header = call["header"]
+        return read_csv(path, p, call["delimiter"] or ",", True if header is None else bool(header))
     if kind == "jsonl":
         return read_jsonl(path, p)
     if kind == "parquet":

@@ -639,8 +639,10 @@ def run(inputs: dict[str, object], attrs: dict, ctx) -> Dataset:
             raise StageError(BAD_DATA, "`tokenizer` needs text data: set `text = \"column\"`")
         if "train" not in splits:
             raise StageError(BAD_DATA, "`tokenizer` is trained on the `train` split, and there is none")
-        vocab = tok.get("vocab", 8000) if isinstance(tok, dict) else 8000
-        lowercase = tok.get("lowercase", True) if isinstance(tok, dict) else True
+        from ftdsl.ir.lower import complete_call
+
+        tok = complete_call(tok, "tokenizer")  # defaults from the schema, the one declaration
+        vocab, lowercase = tok["vocab"], tok["lowercase"]
         tok_dir = train_wordpiece(
             splits["train"].texts, int(vocab), Path(ctx.out_dir) / "tokenizer",
             lowercase=bool(lowercase), max_length=max_length,

@@ -215,6 +215,8 @@ DECAY = Float(min=0, max=10)
 WARMUP = Float(min=0, max=10**9)  # < 1: a fraction of the steps; >= 1: a number of steps
 SEQ_LEN = Int(min=1, max=1048576)
 MAX_LIST = 1024  # items of a list of layer sizes
+TARGETS_DOC = ("module names to adapt (default: peft's choice for a pretrained model, `query` and `value` in "
+               "BERT-like ones; every Linear layer but the head in a from-scratch model)")
 
 C = Ctor
 F = Field
@@ -281,10 +283,10 @@ _CTORS: list[Ctor] = [
     C("mse", "loss", (), "Mean squared error for regression."),
     # adapters
     C("lora", "adapter", (F("r", Int(min=1, max=4096), 8), F("alpha", Float(min=0, max=1e6, min_open=True), 16), F("dropout", PROB, 0.0),
-                          F("targets", ListT(Str(), min_len=1), ["query", "value"], "module names to adapt")),
+                          F("targets", ListT(Str(), min_len=1, max_len=4096), None, TARGETS_DOC)),
       "LoRA adapters (peft), merged into the weights after training."),
     C("adalora", "adapter", (F("r", Int(min=1, max=4096), 12), F("target_r", Int(min=1, max=4096), 8),
-                             F("targets", ListT(Str(), min_len=1), ["query", "value"])), "AdaLoRA adapters (peft)."),
+                             F("targets", ListT(Str(), min_len=1, max_len=4096), None, TARGETS_DOC)), "AdaLoRA adapters (peft)."),
     # pruning
     C("magnitude", "prune_method", (F("amount", FRACTION, REQUIRED, "fraction of weights to zero, per layer"),),
       "L1 unstructured pruning of each Linear/Conv layer."),
