@@ -428,10 +428,12 @@ def test_check_labels(tmp_path):
     with pytest.raises(StageError) as ei:
         check_labels(ds, 3)
     e = ei.value
-    first3 = min(int(r) for s in ds.splits.values() for r, y in zip(s.rows, s.labels) if y == 3)
-    train3 = [int(r) for r, y in zip(ds.splits["train"].rows, ds.splits["train"].labels) if y == 3]
+    rows3 = sorted(int(r) for s in ds.splits.values() for r, y in zip(s.rows, s.labels) if y == 3)
     assert e.code == "FTP510" and "`data/x.csv`" in e.message and "column `label`" in e.message
-    assert f"row {train3[0]}," in e.message and train3[0] >= first3
+    # Every 4th row of the file holds a 3 (rows 4, 8, ...; the header is line 1).
+    assert rows3 == list(range(4, 31, 4))
+    assert f"{len(rows3)} row(s) have a label outside" in e.message
+    assert f"row {rows3[0]} (line {rows3[0] + 1}) has 3" in e.message and "label(s) outside: 3" in e.message
     assert "classify(labels = 4)" in e.hint
     r = run(tmp_path, source={"$call": "synthetic", "task": "regress", "n": 20, "features": 2, "classes": 2, "seed": 0})
     check_labels(r, 1)
@@ -442,6 +444,14 @@ def test_check_labels(tmp_path):
     np.testing.assert_array_equal(regression_targets(ds, ds.splits["test"])[:, 0], ds.splits["test"].labels)
 
 
-def test_importing_data_does_not_import_torch():
-    code = "import sys, ftdsl.stages.data as d; assert 'torch' not in sys.modules; d.iter_batches; assert 'torch' in sys.modules"
+def test_importing_data_does_not_import_torch_nor_batching():
+    # The tokenizer has its own module: data and batching do not import each other (no cycle).
+    code = ("import sys, ftdsl.stages.data, ftdsl.stages.dataset, ftdsl.stages.tokenizer; "
+            "assert 'torch' not in sys.modules and 'ftdsl.stages.batching' not in sys.modules; "
+            "import ftdsl.stages.batching; assert 'torch' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    import ast
+
+    src = (Path(__file__).resolve().parents[1] / "ftdsl" / "stages" / "batching.py").read_text()
+    imported = {n.module for n in ast.walk(ast.parse(src)) if isinstance(n, ast.ImportFrom)}
+    assert "ftdsl.stages.data" not in imported and "ftdsl.stages.tokenizer" in imported

@@ -329,6 +329,7 @@ class Part:
     label_names: list[str] | None = None  # preset names (sklearn target_names)
     feature_names: list[str] | None = None
     rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    lines: np.ndarray | None = None  # int64 [n]: file line of each row (0 = unknown), for messages
 
     @property
     def n(self) -> int:

@@ -47,7 +47,7 @@ def pad_token_id(tokenizer: Any) -> int:
 
 def _as_tokenizer(tokenizer: Any) -> Any:
     if isinstance(tokenizer, (str, Path)):
-        from ftdsl.stages.data import load_tokenizer
+        from ftdsl.stages.tokenizer import load_tokenizer
 
         return load_tokenizer(tokenizer)
     return tokenizer

@@ -1,23 +1,17 @@
 """The `data` stage: read a source, type the labels, make seeded splits, (optionally) train a
 WordPiece tokenizer. Produces a `Dataset` artifact (docs/internals.md §2).
 
-Saved form (`Dataset.save(dir)`), never pickle:
-
-    dir/dataset.json          metadata (modality, shapes, label names, split sizes, ...)
-    dir/arrays.safetensors    "<split>.features" / ".labels" / ".rows", "norm_mean", "norm_std"
-    dir/texts.json            {"<split>": [str, ...]}            (text data only)
-    dir/tokenizer/            tokenizer.json + tokenizer_config.json (when a tokenizer was trained)
-
-Batching helpers (`iter_batches`, `tokenize_split`, `num_batches`, ...) live in
-`ftdsl.stages.batching` (torch) and are re-exported here lazily.
+Module map: the artifact and the checks downstream stages run against it are in
+`ftdsl.stages.dataset` (its validated load in `dataset_check`), the readers in `_sources`, the
+tokenizer in `ftdsl.stages.tokenizer`, batching (torch) in `ftdsl.stages.batching`. The names
+other modules import from here (`Dataset`, `Split`, `check_labels`, `regression_targets`,
+`load_tokenizer`, `train_wordpiece`) are re-exported. No torch here.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,305 +20,17 @@ import numpy as np
 from ftdsl.errors import StageError
 from ftdsl.stages import _sources as S
 from ftdsl.stages._sources import BAD_DATA, NOT_FOUND, Part, Table  # noqa: F401  (re-export)
+from ftdsl.stages.dataset import (  # noqa: F401  (re-export)
+    FORMAT_VERSION,
+    SPLIT_ORDER,
+    Dataset,
+    Split,
+    check_labels,
+    regression_targets,
+)
+from ftdsl.stages.tokenizer import SPECIAL_TOKENS, load_tokenizer, train_wordpiece  # noqa: F401  (re-export)
 
-FORMAT_VERSION = 1
-SPLIT_ORDER = ("train", "valid", "test")
 DEFAULT_SPLIT = {"train": 0.8, "valid": 0.1, "test": 0.1}  # `source` without `split`
-SPECIAL_TOKENS = {
-    "pad_token": "[PAD]",
-    "unk_token": "[UNK]",
-    "cls_token": "[CLS]",
-    "sep_token": "[SEP]",
-    "mask_token": "[MASK]",
-}
-
-
-# --------------------------------------------------------------------------------------------
-# The artifact
-
-
-@dataclass(eq=False)  # numpy fields: compare explicitly, not with ==
-class Split:
-    features: np.ndarray | None  # float32 [n, *input_shape], raw (not normalized)
-    texts: list[str] | None  # raw text
-    labels: np.ndarray  # int64 [n] (classify) or float32 [n, k] (regress)
-    rows: np.ndarray  # int64 [n]: 1-based data row in `source` (for messages)
-    source: str | None = None  # the file these rows come from (None: Dataset.source)
-    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    def subset(self, idx) -> "Split":
-        idx = np.asarray(idx, dtype=np.int64)
-        return Split(
-            None if self.features is None else np.ascontiguousarray(self.features[idx]),
-            None if self.texts is None else [self.texts[i] for i in idx],
-            np.ascontiguousarray(self.labels[idx]),
-            np.ascontiguousarray(self.rows[idx]),
-            self.source,
-        )
-
-
-@dataclass(eq=False)
-class Dataset:
-    splits: dict[str, Split]
-    modality: str  # "features" | "text"
-    input_shape: tuple[int, ...] | None
-    label_names: list[str] | None  # index -> original label value (classify)
-    num_classes: int | None
-    norm_mean: np.ndarray | None  # per-feature (shape input_shape), from the train split
-    norm_std: np.ndarray | None
-    max_length: int | None
-    sampler: str  # "shuffle" | "balanced"
-    tokenizer_dir: Path | None
-    source: str  # the file as written, or "sklearn(digits)"
-    # extras beyond internals.md §2 (all optional)
-    label_column: str | None = None
-    text_column: str | None = None
-    feature_names: list[str] | None = None
-
-    @property
-    def task(self) -> str:
-        return "classify" if self.num_classes is not None else "regress"
-
-    @property
-    def num_outputs(self) -> int:
-        """classify: the number of classes; regress: the number of target columns."""
-        if self.num_classes is not None:
-            return self.num_classes
-        first = next(iter(self.splits.values()))
-        return int(first.labels.shape[1]) if first.labels.ndim == 2 else 1
-
-    def split(self, name: str) -> Split:
-        if name not in self.splits:
-            raise StageError(
-                BAD_DATA,
-                f"data from `{self.source}` has no `{name}` split (it has: {', '.join(self.splits)})",
-            )
-        return self.splits[name]
-
-    # ---- persistence -------------------------------------------------------------------
-
-    def save(self, dir: Path) -> None:
-        from safetensors.numpy import save_file
-
-        dir = Path(dir)
-        dir.mkdir(parents=True, exist_ok=True)
-        arrays: dict[str, np.ndarray] = {}
-        texts: dict[str, list[str]] = {}
-        splits_meta: dict[str, dict] = {}
-        for name, sp in self.splits.items():
-            arrays[f"{name}.labels"] = np.ascontiguousarray(sp.labels)
-            arrays[f"{name}.rows"] = np.ascontiguousarray(sp.rows, dtype=np.int64)
-            if sp.features is not None:
-                arrays[f"{name}.features"] = np.ascontiguousarray(sp.features, dtype=np.float32)
-            if sp.texts is not None:
-                texts[name] = list(sp.texts)
-            splits_meta[name] = {
-                "n": len(sp),
-                "features": sp.features is not None,
-                "texts": sp.texts is not None,
-                "source": sp.source,
-            }
-        if self.norm_mean is not None:
-            arrays["norm_mean"] = np.ascontiguousarray(self.norm_mean, dtype=np.float32)
-            arrays["norm_std"] = np.ascontiguousarray(self.norm_std, dtype=np.float32)
-        save_file(arrays, str(dir / "arrays.safetensors"))
-        if texts:
-            (dir / "texts.json").write_text(json.dumps(texts, ensure_ascii=False), encoding="utf-8")
-        has_tok = False
-        if self.tokenizer_dir is not None:
-            src = Path(self.tokenizer_dir)
-            dst = dir / "tokenizer"
-            if src.resolve() != dst.resolve():
-                if dst.exists():
-                    shutil.rmtree(dst)
-                shutil.copytree(src, dst)
-            has_tok = True
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "splits": splits_meta,
-            "modality": self.modality,
-            "input_shape": None if self.input_shape is None else list(self.input_shape),
-            "label_names": self.label_names,
-            "num_classes": self.num_classes,
-            "max_length": self.max_length,
-            "sampler": self.sampler,
-            "tokenizer": has_tok,
-            "source": self.source,
-            "label_column": self.label_column,
-            "text_column": self.text_column,
-            "feature_names": self.feature_names,
-        }
-        (dir / "dataset.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-
-    @classmethod
-    def load(cls, dir: Path) -> "Dataset":
-        from safetensors.numpy import load_file
-
-        dir = Path(dir)
-        meta = json.loads((dir / "dataset.json").read_text(encoding="utf-8"))
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{dir}: unsupported Dataset format {meta.get('format_version')!r}")
-        arrays = load_file(str(dir / "arrays.safetensors"))
-        texts = {}
-        if (dir / "texts.json").exists():
-            texts = json.loads((dir / "texts.json").read_text(encoding="utf-8"))
-        splits: dict[str, Split] = {}
-        for name, sm in meta["splits"].items():
-            labels = arrays[f"{name}.labels"]
-            rows = arrays[f"{name}.rows"]
-            feats = arrays.get(f"{name}.features") if sm["features"] else None
-            txt = texts.get(name) if sm["texts"] else None
-            n = sm["n"]
-            if len(labels) != n or len(rows) != n or (feats is not None and len(feats) != n) or (
-                sm["texts"] and (txt is None or len(txt) != n)
-            ):
-                raise ValueError(f"{dir}: split `{name}` is inconsistent with dataset.json")
-            splits[name] = Split(feats, txt, labels, rows, sm.get("source"))
-        tok = dir / "tokenizer"
-        return cls(
-            splits=splits,
-            modality=meta["modality"],
-            input_shape=None if meta["input_shape"] is None else tuple(meta["input_shape"]),
-            label_names=meta["label_names"],
-            num_classes=meta["num_classes"],
-            norm_mean=arrays.get("norm_mean"),
-            norm_std=arrays.get("norm_std"),
-            max_length=meta["max_length"],
-            sampler=meta["sampler"],
-            tokenizer_dir=tok if meta.get("tokenizer") and tok.is_dir() else None,
-            source=meta["source"],
-            label_column=meta.get("label_column"),
-            text_column=meta.get("text_column"),
-            feature_names=meta.get("feature_names"),
-        )
-
-
-# --------------------------------------------------------------------------------------------
-# Checks used by downstream stages
-
-
-def check_labels(dataset: Dataset, num_labels: int, task: str | None = None) -> None:
-    """Raise FTP510 when the labels don't fit a `classify(labels = N)` (or `regress(outputs = N)`)
-    head, naming the file, the first offending row and the label column."""
-    col = dataset.label_column or "label"
-    task = task or dataset.task
-    if task == "regress":
-        if dataset.num_classes is not None and dataset.label_names is not None:
-            return  # integer labels used as regression targets: see regression_targets()
-        k = dataset.num_outputs
-        if k != num_labels:
-            raise StageError(
-                BAD_DATA,
-                f"`{dataset.source}`: the data has {k} regression target column(s) but the model "
-                f"predicts regress(outputs = {num_labels})",
-                f"use regress(outputs = {k})",
-            )
-        return
-    if dataset.num_classes is None:
-        raise StageError(
-            BAD_DATA,
-            f"`{dataset.source}`, column `{col}`: labels are real numbers (a regression target), "
-            f"but the model is classify(labels = {num_labels})",
-            "use task = regress(outputs = 1), or integer / text labels for classification",
-        )
-    for name, sp in dataset.splits.items():
-        bad = np.nonzero((sp.labels < 0) | (sp.labels >= num_labels))[0]
-        if bad.size:
-            i = int(bad[0])
-            v = int(sp.labels[i])
-            shown = dataset.label_names[v] if dataset.label_names and 0 <= v < len(dataset.label_names) else str(v)
-            src = sp.source or dataset.source
-            raise StageError(
-                BAD_DATA,
-                f"`{src}`, row {int(sp.rows[i])}, column `{col}` ({name} split): label {shown!r} "
-                f"is class {v}, outside the model's classify(labels = {num_labels}) "
-                f"(classes 0..{num_labels - 1}); {bad.size} row(s) in this split are outside",
-                f"the data has {dataset.num_classes} classes: use classify(labels = {dataset.num_classes})",
-            )
-
-
-def regression_targets(dataset: Dataset, split: Split) -> np.ndarray:
-    """float32 [n, k] targets for a regress head, also from integer labels typed as classes."""
-    if split.labels.ndim == 2:
-        return split.labels.astype(np.float32)
-    if dataset.label_names is not None:
-        try:
-            values = np.asarray([float(v) for v in dataset.label_names], dtype=np.float32)
-            return values[split.labels][:, None]
-        except ValueError:
-            pass
-    raise StageError(
-        BAD_DATA,
-        f"`{dataset.source}`, column `{dataset.label_column or 'label'}`: text labels cannot be "
-        "regression targets",
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# Tokenizer
-
-
-def train_wordpiece(texts: list[str], vocab: int, out_dir: Path, *, lowercase: bool = True,
-                    max_length: int | None = None) -> Path:
-    """Train a BERT-style WordPiece tokenizer ([PAD]=0, [UNK], [CLS] x [SEP]) and save it."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-
-    specials = [SPECIAL_TOKENS[k] for k in ("pad_token", "unk_token", "cls_token", "sep_token", "mask_token")]
-    tk = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tk.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
-    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=int(vocab), special_tokens=specials, show_progress=False)
-    tk.train_from_iterator(texts, trainer=trainer, length=len(texts))
-    cls_id, sep_id = tk.token_to_id("[CLS]"), tk.token_to_id("[SEP]")
-    tk.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
-    )
-    tk.decoder = decoders.WordPiece(prefix="##")
-    assert tk.token_to_id("[PAD]") == 0
-    out_dir = Path(out_dir)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
-    tk.save(str(out_dir / "tokenizer.json"))
-    config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "model_max_length": int(max_length) if max_length else 512,
-        "do_lower_case": lowercase,
-        "clean_up_tokenization_spaces": False,
-        **SPECIAL_TOKENS,
-    }
-    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
-    (out_dir / "special_tokens_map.json").write_text(json.dumps(SPECIAL_TOKENS, indent=1), encoding="utf-8")
-    return out_dir
-
-
-def load_tokenizer(path_or_dir: str | Path):
-    """A `transformers.PreTrainedTokenizerFast` from a folder holding tokenizer.json (or the file)."""
-    p = Path(path_or_dir)
-    file = p / "tokenizer.json" if p.is_dir() else p
-    if not file.is_file():
-        raise StageError(NOT_FOUND, f"no tokenizer at {p} (expected tokenizer.json)")
-    from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    tk = Tokenizer.from_file(str(file))
-    specials = {k: v for k, v in SPECIAL_TOKENS.items() if tk.token_to_id(v) is not None}
-    max_len = None
-    cfg = file.parent / "tokenizer_config.json"
-    if cfg.is_file():
-        try:
-            max_len = json.loads(cfg.read_text(encoding="utf-8")).get("model_max_length")
-        except (ValueError, OSError):
-            max_len = None
-    kwargs: dict[str, Any] = dict(specials)
-    if isinstance(max_len, int):
-        kwargs["model_max_length"] = max_len
-    return PreTrainedTokenizerFast(tokenizer_object=tk, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -371,6 +77,7 @@ def _part_from_table(table: Table, *, text: str | None, label, features: list[st
     return Part(
         table.shown, feats, texts, raw, table.where, label_column=", ".join(label_cols),
         feature_names=names, rows=np.arange(1, table.n + 1, dtype=np.int64),
+        lines=None if table.lines is None else np.asarray([ln or 0 for ln in table.lines], dtype=np.int64),
     )
 
 
@@ -603,7 +310,7 @@ def run(inputs: dict[str, object], attrs: dict, ctx) -> Dataset:
     rng = np.random.default_rng(int(ctx.seed))
     splits: dict[str, Split] = {}
     for (name, part), labels in zip(parts, label_arrays):
-        whole = Split(part.features, part.texts, labels, part.rows, part.source)
+        whole = Split(part.features, part.texts, labels, part.rows, part.source, part.lines)
         if name is not None:
             splits[name] = whole
             continue
@@ -673,14 +380,3 @@ def run(inputs: dict[str, object], attrs: dict, ctx) -> Dataset:
         text_column=text_col,
         feature_names=parts[0][1].feature_names if modality == "features" else None,
     )
-
-
-_BATCHING = {"iter_batches", "tokenize_split", "num_batches", "padding_stats", "batch_indices", "pad_token_id"}
-
-
-def __getattr__(name: str):  # lazy re-export: importing data.py does not import torch
-    if name in _BATCHING:
-        from ftdsl.stages import batching
-
-        return getattr(batching, name)
-    raise AttributeError(name)

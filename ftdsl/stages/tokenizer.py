@@ -1,0 +1,91 @@
+"""Tokenizers of text data: train a BERT-style WordPiece tokenizer on the train split, and load
+one saved in a folder (``tokenizer.json`` + ``tokenizer_config.json``).
+
+Its own module so that the data stage (which trains one) and batching (which applies one) both
+import it without importing each other. No torch here; ``tokenizers``/``transformers`` are
+imported when a tokenizer is trained or loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ftdsl.errors import StageError
+
+__all__ = ["SPECIAL_TOKENS", "train_wordpiece", "load_tokenizer"]
+
+NOT_FOUND = "FTP511"
+SPECIAL_TOKENS = {
+    "pad_token": "[PAD]",
+    "unk_token": "[UNK]",
+    "cls_token": "[CLS]",
+    "sep_token": "[SEP]",
+    "mask_token": "[MASK]",
+}
+
+
+def train_wordpiece(texts: list[str], vocab: int, out_dir: Path, *, lowercase: bool = True,
+                    max_length: int | None = None) -> Path:
+    """Train a BERT-style WordPiece tokenizer ([PAD]=0, [UNK], [CLS] x [SEP]) and save it."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    specials = [SPECIAL_TOKENS[k] for k in ("pad_token", "unk_token", "cls_token", "sep_token", "mask_token")]
+    tk = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tk.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(vocab_size=int(vocab), special_tokens=specials, show_progress=False)
+    tk.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    cls_id, sep_id = tk.token_to_id("[CLS]"), tk.token_to_id("[SEP]")
+    tk.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    tk.decoder = decoders.WordPiece(prefix="##")
+    assert tk.token_to_id("[PAD]") == 0
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    tk.save(str(out_dir / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": int(max_length) if max_length else 512,
+        "do_lower_case": lowercase,
+        "clean_up_tokenization_spaces": False,
+        **SPECIAL_TOKENS,
+    }
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
+    (out_dir / "special_tokens_map.json").write_text(json.dumps(SPECIAL_TOKENS, indent=1), encoding="utf-8")
+    return out_dir
+
+
+def load_tokenizer(path_or_dir: str | Path):
+    """A `transformers.PreTrainedTokenizerFast` from a folder holding tokenizer.json (or the file)."""
+    p = Path(path_or_dir)
+    file = p / "tokenizer.json" if p.is_dir() else p
+    if not file.is_file():
+        raise StageError(NOT_FOUND, f"no tokenizer at {p} (expected tokenizer.json)")
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    try:
+        tk = Tokenizer.from_file(str(file))
+    except Exception as e:  # the Rust reader's own error type: a damaged saved tokenizer
+        raise StageError("FTP503", f"cannot read the tokenizer {file}: {str(e)[:200]}",
+                         hint="rerun the stage that produced it with --force") from None
+    specials = {k: v for k, v in SPECIAL_TOKENS.items() if tk.token_to_id(v) is not None}
+    max_len = None
+    cfg = file.parent / "tokenizer_config.json"
+    if cfg.is_file():
+        try:
+            max_len = json.loads(cfg.read_text(encoding="utf-8")).get("model_max_length")
+        except (ValueError, OSError):
+            max_len = None
+    kwargs: dict[str, Any] = dict(specials)
+    if isinstance(max_len, int):
+        kwargs["model_max_length"] = max_len
+    return PreTrainedTokenizerFast(tokenizer_object=tk, **kwargs)
