@@ -19,7 +19,7 @@ STAGES: dict[str, str] = {
 
 # artifact type name -> "module:Class" with save(dir) and classmethod load(dir)
 ARTIFACTS: dict[str, str] = {
-    "Dataset": "ftdsl.stages.data:Dataset",
+    "Dataset": "ftdsl.stages.dataset:Dataset",
     "TorchModel": "ftdsl.stages.model:TorchModel",
     "QuantizedTorchModel": "ftdsl.stages.quantize:QuantizedTorchModel",
     "OnnxModel": "ftdsl.stages.export:OnnxModel",
