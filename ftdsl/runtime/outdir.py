@@ -291,7 +291,14 @@ def _mapped(exc: BaseException, path: Path) -> BaseException:
         return exc
     if isinstance(exc, OSError) and exc.filename:
         path = Path(os.fsdecode(exc.filename))
-    return as_resource_error(exc, path) or exc
+    mapped = as_resource_error(exc, path)
+    if mapped is None:
+        return exc
+    if mapped.code == "FTP505":
+        mapped.hint = ("free some space (`ftdsl cache gc` removes old cache entries) or set the pipeline's `out` "
+                       "to another disk; the stage's result is in the cache and the previous outputs in `out/` are "
+                       "intact, so the next `ftdsl run` only copies them")
+    return mapped
 
 
 def publish(out_root: Path, name: str, src: Path, key: str) -> bool:
