@@ -213,7 +213,7 @@ def make_plan(compiled: Compiled, cache=None, *, force: set[str] = frozenset(), 
         if wanted is not None and name not in wanted:
             continue
         b = prog.blocks[name]
-        cfg = stage_config(b)
+        cfg = stage_config(b, prog)
         files = _files_read(b.kind, cfg, root, cache, verify)
         env = {"seed": seed, "device": dev}
         if b.kind in ("train", "distill", "prune", "sweep") and dev == "cpu":

@@ -269,3 +269,15 @@ def test_a_valid_loss_sweep_plans_min_and_picks_the_lowest_loss(tmp_path, capsys
     losses = {r["trial"]: r["metric"] for r in table["trials"] if r["status"] == "ok"}
     assert len(losses) == 2 and max(losses.values()) > min(losses.values()) + 1e-6  # the test can fail
     assert losses[table["best_trial"]] == min(losses.values())
+
+
+def test_evaluate_metrics_default_by_the_models_task():
+    """A regression model evaluated without `metrics` used to get accuracy/f1 (FTP232 at no span)."""
+    src = ("ftp 1\ndata d { source = synthetic(task = regress) }\nmodel m { arch = mlp(), task = regress() }\n"
+           "train t { model = m, data = d, epochs = 1 }\nevaluate e { models = [t], data = d.test }\n")
+    c = compile_pipeline("p.ftp", (), text=src)
+    assert c.ok, [(d.code, d.message) for d in c.diagnostics]
+    assert stage_config(c.program.blocks["e"], c.program)["metrics"] == ["mse", "mae"]
+    cls = compile_pipeline("p.ftp", (), text=src.replace("task = regress)", "task = classify, classes = 2)")
+                           .replace("task = regress()", "task = classify(labels = 2)"))
+    assert stage_config(cls.program.blocks["e"], cls.program)["metrics"] == ["accuracy", "f1"]

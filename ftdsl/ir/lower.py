@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ftdsl.ir.nodes import BlockIR, CallV, DictIR, ListIR, Lit, RefV, Sym
 from ftdsl.ir import schema as S
-from ftdsl.ir.schema.metrics import metric_mode
+from ftdsl.ir.schema.metrics import DEFAULT_EVALUATE, metric_mode
 
 
 def lower_value(v):
@@ -32,7 +32,7 @@ def lower_value(v):
     raise TypeError(f"not an IR value: {v!r}")  # pragma: no cover
 
 
-def stage_config(block: BlockIR) -> dict:
+def stage_config(block: BlockIR, program=None) -> dict:
     """Every attribute of a block, lowered (defaults included), in schema order.
 
     Defaults that depend on another attribute are filled here too, so that `plan` shows (and the
@@ -40,18 +40,32 @@ def stage_config(block: BlockIR) -> dict:
     the metric registry's direction (`valid.loss` -> `min`, `valid.accuracy` -> `max`).
     """
     cfg = {name: lower_value(a.value) for name, a in block.attrs.items()}
-    fill_derived(block.kind, cfg)
+    fill_derived(block.kind, cfg, task=_task_of(program, block) if program is not None else None)
     return cfg
 
 
-def fill_derived(kind: str, cfg: dict) -> dict:
-    """Fill the defaults that the schema derives from other values (in place; returns `cfg`)."""
+def _task_of(program, block: BlockIR) -> str | None:
+    """The task (`classify` / `regress`) of the models an `evaluate` block compares, when they agree."""
+    if block.kind != "evaluate":
+        return None
+    from ftdsl.check.graph import model_task
+
+    models = block.value("models")
+    tasks = {model_task(program, r.target) for r in getattr(models, "items", ()) if isinstance(r, RefV)}
+    return tasks.pop() if len(tasks) == 1 else None
+
+
+def fill_derived(kind: str, cfg: dict, task: str | None = None) -> dict:
+    """Fill the defaults that the schema derives from other values (in place; returns `cfg`).
+    `task`: the models' task, for an `evaluate` block's metrics (classify when unknown)."""
     if kind in ("train", "distill"):
         es = cfg.get("early_stop")
         if isinstance(es, dict) and es.get("mode") is None and isinstance(es.get("metric"), str):
             cfg["early_stop"] = {**es, "mode": metric_mode(es["metric"])}
     elif kind == "sweep" and cfg.get("mode") is None and isinstance(cfg.get("metric"), str):
         cfg["mode"] = metric_mode(cfg["metric"])
+    elif kind == "evaluate" and cfg.get("metrics") is None:
+        cfg["metrics"] = list(DEFAULT_EVALUATE.get(task or "classify", DEFAULT_EVALUATE["classify"]))
     return cfg
 
 

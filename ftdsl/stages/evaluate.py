@@ -140,7 +140,7 @@ def run(inputs: dict, attrs: dict, ctx) -> Report:
     split = data.split(split_name) if hasattr(data, "split") else data.splits[split_name]
     if split is None or len(split) == 0:
         raise StageError("FTP510", f"split `{split_name}` of `{attrs['data']['$ref']}` is empty")
-    wanted = list(attrs["metrics"])
+    wanted = list(attrs["metrics"])  # the lowering fills the task's default (schema DEFAULT_EVALUATE)
     report = Report(split_name, wanted)
     torch.manual_seed(ctx.seed)
     ctx.reporter.start(len(attrs["models"]), f"evaluate on {split_name} ({len(split)} rows)")

@@ -437,7 +437,8 @@ KINDS: dict[str, Kind] = {k.name: k for k in [
     Kind("evaluate", (
         F("models", ListT(ANY_MODEL, min_len=1), REQUIRED, "the models to compare"),
         F("data", SPLIT, REQUIRED, "the split to evaluate on (`NAME.test`)"),
-        F("metrics", ListT(Enum(METRICS), min_len=1), ["accuracy", "f1"], "what to measure"),
+        F("metrics", ListT(Enum(METRICS), min_len=1), None,
+          "what to measure (default: `[accuracy, f1]` for classifiers, `[mse, mae]` for regression)"),
         F("batch", Int(min=1, max=1048576), 64, "batch size for evaluation"),
     ), "Report", "Compare models on a split: a table, JSON and plots.", ("models", "data")),
     Kind("sweep", (

@@ -47,6 +47,10 @@ QUALITY_METRICS: tuple[str, ...] = tuple(m.name for m in _METRICS if m.tasks)  #
 TRAIN_SPLIT_METRICS: tuple[str, ...] = ("loss",)  # what the train split reports while training
 
 
+# `evaluate.metrics` when it is not written, by the task of the models compared
+DEFAULT_EVALUATE: dict[str, tuple[str, ...]] = {CLASSIFY: ("accuracy", "f1"), REGRESS: ("mse", "mae")}
+
+
 def metrics_for(task: str | None, *, tracked_only: bool = False) -> tuple[str, ...]:
     """Metric names that apply to a model of `task` (None: unknown task, every quality metric)."""
     return tuple(m.name for m in _METRICS
