@@ -468,7 +468,7 @@ def _recover(text: str, path: str, first: UnexpectedInput) -> tuple[list[Diagnos
         if len(diags) < MAX_SYNTAX_ERRORS:
             d = _syntax_diagnostic(err, masked, path)
             if opener is not None:  # the error is only where the parser noticed the missing bracket
-                d = _unclosed(masked, path, opener, d)
+                d = _unclosed(masked, path, opener, end)
             if not (d.code == "FTP103" and diags and diags[-1].code == "FTP103"):
                 diags.append(d)
         name = _ITEM_NAME.match(masked, start)
@@ -486,12 +486,14 @@ def _recover(text: str, path: str, first: UnexpectedInput) -> tuple[list[Diagnos
             return diags, None, broken
 
 
-def _unclosed(text: str, path: str, opener: int, noticed: Diagnostic) -> Diagnostic:
+def _unclosed(text: str, path: str, opener: int, next_item: int) -> Diagnostic:
     ch = text[opener]
     close = {"{": "}", "[": "]", "(": ")"}[ch]
+    word = re.compile(r"[ \t]*([A-Za-z_][A-Za-z0-9_]*)").match(text, next_item)
+    nxt = (_span_of(text, path, word.start(1), word.end(1)),) if word else ()
     return make("FTP103", f"`{ch}` is never closed: expected `{close}` before the next item",
                 _span_of(text, path, opener, opener + 1), label="opened here",
-                secondary=(Label(noticed.span, "the next item starts here"),) if noticed.span else (),
+                secondary=tuple(Label(sp, "the next item starts here") for sp in nxt),
                 hint=f"add `{close}` where the item ends")
 
 
