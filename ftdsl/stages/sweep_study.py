@@ -63,9 +63,10 @@ def run_optuna(sweep, n: int, seed: int) -> None:
             return t.should_prune()
 
         rec = sweep.runner.run(i, n, params, study=sweep.study, report=report)
-        if rec["source"] != "trained":  # replay what the training would have reported
-            for step, value in rec.get("curve") or []:
-                report(int(step), float(value))
+        # replay what the training reported (or would have: a cached trial, a resumed one's
+        # steps before the resume); steps reported live are not reported twice
+        for step, value in rec.get("curve") or []:
+            report(int(step), float(value))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if rec["status"] == "ok":
