@@ -63,6 +63,8 @@ def data_of(prog, name: str) -> Data | None:
     b = prog.blocks.get(name)
     if b is None or b.kind != "data":
         return None
+    if any(m not in b.attrs for m in b.mentioned):
+        return None  # a misspelled or invalid attribute (`txt = ...`) is reported already; don't guess on
     src = b.value("source")
     info = None
     if isinstance(src, CallV):
