@@ -271,7 +271,7 @@ def _copy_tree(src: Path, dst: Path) -> tuple[dict[str, int], list[str]]:
     return files, sorted(dirs)
 
 
-def _write_marker(folder: Path, name: str, key: str, files: dict[str, int], dirs: list[str]) -> None:
+def _write_marker(folder: Path, name: str, key: str | None, files: dict[str, int], dirs: list[str]) -> None:
     from ftdsl.runtime.atomic import _file_mode
 
     data = {"format": _FORMAT, "stage": name, "key": key, "files": files, "dirs": dirs,
@@ -301,15 +301,15 @@ def _mapped(exc: BaseException, path: Path) -> BaseException:
     return mapped
 
 
-def publish(out_root: Path, name: str, src: Path, key: str) -> bool:
+def publish(out_root: Path, name: str, src: Path, key: str | None) -> bool:
     """Make ``out_root/name`` a copy of folder ``src`` (the outputs of cache key ``key``).
 
-    Returns False when it already was. FTP516 when something ftdsl does not own is in the way,
+    Returns False when it already was (never for ``key=None``: always copied). FTP516 when something ftdsl does not own is in the way,
     FTP505/FTP508 when the disk is full or not writable: the temp is removed and the previous
     folder is intact in both cases.
     """
     dest = out_root / name
-    if in_sync(dest, key):
+    if key is not None and in_sync(dest, key):
         return False
     why = why_not_ours(dest)
     if why is not None:

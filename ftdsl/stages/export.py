@@ -882,15 +882,9 @@ def _atomic_copy(src: Path, dest: Path) -> None:
 
 
 def _replace_dir(src: Path, dest: Path) -> None:
-    """Copy folder ``src`` to ``dest``: built beside it, then swapped in (old aside, new in, old removed)."""
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        _io(lambda: shutil.copytree(src, tmp), dest)
-        if dest.exists():
-            os.rename(dest, old)
-        os.rename(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+    """Copy folder ``src`` to ``dest`` (a user's `path`) under the rules of `out/` (runtime/outdir.py):
+    built beside it and swapped in whole; a folder in the way that ftdsl did not create (no ownership
+    marker, a symlink, files added by hand) is FTP516 and left untouched; disk full is FTP505."""
+    from ftdsl.runtime import outdir
+
+    outdir.publish(dest.parent, dest.name, src, None)  # no key: always copied (the stage just ran)

@@ -174,3 +174,30 @@ def test_a_killed_runs_temp_folder_is_cleaned_only_when_it_is_ftdsls(tmp_path, f
     assert run(ftdsl_cli, p).returncode == 0
     assert not ours.exists()
     assert tree(theirs) == before
+
+
+def test_an_export_path_folder_follows_the_same_rules(tmp_path):
+    """`export … path = "DIR"` of a folder format (hf, a tokenizer beside a file) replaced the folder at
+    DIR with rmtree before; now only a folder ftdsl wrote there is replaced (called directly: a
+    pretrained HF export through the CLI needs a downloaded model)."""
+    import pytest
+
+    from ftdsl.errors import ResourceError
+    from ftdsl.stages.export import _replace_dir
+
+    src = tmp_path / "entry" / "hf"
+    src.mkdir(parents=True)
+    (src / "config.json").write_text("{}")
+    dest = tmp_path / "exports" / "model"
+    before = user_folder(dest)
+    with pytest.raises(ResourceError) as ei:
+        _replace_dir(src, dest)
+    assert ei.value.code == "FTP516" and str(dest) in ei.value.message
+    assert tree(dest) == before
+    dest2 = tmp_path / "exports" / "fresh"
+    _replace_dir(src, dest2)
+    assert (dest2 / "config.json").read_text() == "{}" and (dest2 / ".ftdsl-key").is_file()
+    (src / "config.json").write_text('{"v": 2}')
+    _replace_dir(src, dest2)  # its own folder: replaced
+    assert (dest2 / "config.json").read_text() == '{"v": 2}'
+    assert sorted(p.name for p in dest2.parent.iterdir()) == ["fresh", "model"]
