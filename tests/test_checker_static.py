@@ -230,3 +230,10 @@ def test_lint_cli_reports_the_static_errors(tmp_path, capsys):
     out = capsys.readouterr()
     text = out.out + out.err
     assert "FTP240" in text and "FTP241" in text and "All checks passed" not in text
+
+
+def test_no_modality_guess_for_a_data_block_with_a_misspelled_attribute():
+    src = ('data s {\n  source = csv("x.csv")\n  txt = "text"\n}\n'
+           f'model m {{ pretrained = "{MINILM}", task = classify(labels = 2) }}\n' + train("m", "s"))
+    codes = [d.code for d in lint(src)]
+    assert "FTP201" in codes and "FTP240" not in codes
