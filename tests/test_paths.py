@@ -102,3 +102,28 @@ def test_resolve_input(tmp_path: Path) -> None:
 def test_resolve_input_relative_base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert resolve_input("pipes", "d.csv") == Path(os.getcwd()) / "pipes" / "d.csv"
+
+
+# --- the out root (runtime/outdir.py): inside the pipeline's folder unless the pipeline opts out ---
+
+def test_out_root_inside_the_project_is_resolved(tmp_path: Path) -> None:
+    from ftdsl.runtime.outdir import resolve_out_root
+
+    assert resolve_out_root(tmp_path, tmp_path / "out") == (tmp_path / "out").resolve()
+    assert resolve_out_root(tmp_path, tmp_path / ".") == tmp_path.resolve()
+    (tmp_path / "real").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    assert resolve_out_root(tmp_path, tmp_path / "alias") == (tmp_path / "real").resolve()
+
+
+@pytest.mark.parametrize("out", ["../elsewhere", "/abs/elsewhere", "link"])
+def test_out_root_outside_the_project_needs_the_opt_in(tmp_path: Path, out: str) -> None:
+    from ftdsl.runtime.outdir import resolve_out_root
+
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "link").symlink_to(tmp_path)
+    with pytest.raises(ResourceError) as ei:
+        resolve_out_root(proj, proj / out)
+    assert ei.value.code == "FTP303" and "allow_outside_out = true" in ei.value.hint
+    assert resolve_out_root(proj, proj / out, allow_outside=True) == (proj / out).resolve()
