@@ -6,6 +6,10 @@ and curves.png.
 training runs and rewritten atomically from the checkpointed history on resume, so a resumed
 run's file has no duplicate or lost lines. ``metrics.json`` (final metrics) and ``curves.png``
 are written atomically at the end.
+
+These files are written into the stage's cache entry while it is built (``ctx.out_dir``); the
+executor copies them to ``out/<stage>/`` through ``ftdsl.runtime.outdir`` (ownership-checked,
+atomic, disk full = FTP505), so nothing here writes to the user's folder directly.
 """
 
 from __future__ import annotations
@@ -16,34 +20,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-try:
-    from ftdsl.runtime.atomic import write_bytes_atomic, write_json_atomic
-except ImportError:  # pragma: no cover - the shared helper is missing: local equivalent
-    import tempfile
-
-    def write_bytes_atomic(path, data: bytes, *, durable: bool = True) -> None:  # type: ignore[misc]
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                if durable:
-                    os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-    def write_json_atomic(path, obj, *, durable: bool = True) -> None:  # type: ignore[misc]
-        text = json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
-        write_bytes_atomic(path, text.encode("utf-8"), durable=durable)
-
+from ftdsl.runtime.atomic import json_safe, write_bytes_atomic, write_json_atomic
 
 __all__ = ["MetricsWriter", "plot_curves", "json_safe"]
-
-
-from ftdsl.runtime.atomic import json_safe  # noqa: E402  (re-exported: one JSON cleaner)
 
 
 class MetricsWriter:
