@@ -298,7 +298,9 @@ def cmd_cache(args) -> int:
             c = _compile_or_report(f, [])
             if c is None:
                 return 1
-            keep |= {s.key for s in make_plan(c, cache).stages}
+            from ftdsl.plan_trials import kept_keys
+
+            keep |= kept_keys(make_plan(c, cache).stages, cache)  # stages and their sweeps' trials
     older = args.older_than * 86400 if args.older_than is not None else None
     if keep is None and older is None and not args.all:
         raise UsageError("FTP001", "cache gc needs a scope", hint="--keep PIPELINE.ftp, --older-than DAYS or --all")

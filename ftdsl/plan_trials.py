@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["waiting_checkpoint", "annotate"]
+__all__ = ["waiting_checkpoint", "annotate", "kept_keys"]
 
 
 def _read(path: Path) -> Any:
@@ -180,3 +180,21 @@ def trials_text(t: dict) -> str:
         text += f" ({len(r)} resume{'s' if len(r) == 1 else ''}: " + ", ".join(
             f"trial {x['trial']} from step {x['step']}" + (f" of {x['of']}" if x.get("of") else "") for x in r) + ")"
     return text
+
+
+def kept_keys(stages: list, cache) -> set[str]:
+    """The keys `cache gc --keep FILE` keeps: each stage's, and for a cached sweep the keys of
+    the trials its entry recorded (entries a later version of the sweep, or a plain block, reuses)."""
+    keys = {s.key for s in stages}
+    for s in stages:
+        if s.kind != "sweep":
+            continue
+        try:
+            table = _read(cache.entry_dir(s.key) / "out" / "trials.json")
+        except ValueError:
+            continue
+        rows = table.get("trials") if isinstance(table, dict) else None
+        for r in rows if isinstance(rows, list) else []:
+            if isinstance(r, dict) and isinstance(r.get("key"), str):
+                keys.add(r["key"])
+    return keys

@@ -347,3 +347,17 @@ def test_median_pruner_stops_bad_trials_and_a_rerun_replays_them(tmp_path, fake_
     fake_epochs.clear()
     _, t_none = _sweep(tmp_path / "none", 12, pruner="none")
     assert all(t["status"] == "ok" for t in t_none["trials"])
+
+
+def test_cache_gc_keep_keeps_the_trials_of_a_kept_sweep(tmp_path, upstream, capsys):
+    cache = cache_copy(upstream, tmp_path / "cache")
+    p = write(tmp_path, sweep_block('"optimizer.lr" = [0.03, 0.07]'))
+    p.write_text(p.read_text().replace("max_steps = 24", "max_steps = 12"))  # gc --keep plans the file as written
+    code, _ = run(p, cache, "--set", "t.max_steps=12")
+    assert code == 0
+    keys = [t["key"] for t in table(p)["trials"]]
+    entry = lambda k: cache / "entries" / k[:2] / k  # noqa: E731
+    assert all(entry(k).is_dir() for k in keys)
+    assert main(["cache", "gc", "--cache", str(cache), "--keep", str(p)]) == 0
+    assert all(entry(k).is_dir() for k in keys), "gc removed the trials of a sweep the pipeline keeps"
+    assert main(["plan", str(p), "--cache", str(cache), "--detailed-exitcode"]) == 0
