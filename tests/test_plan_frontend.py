@@ -242,3 +242,54 @@ def test_force_reruns_the_stage(project, tmp_path):
     stages, _ = plan_json(project, "--force", "sparse")
     assert stages["sparse"]["status"].startswith("run (forced")
     assert stages["finetune"]["status"] == "cached"
+
+
+SWEEP_PIPELINE = """\
+ftp 1
+data d { source = synthetic(n = 200, features = 8, classes = 3, seed = 1) }
+model m { arch = mlp(hidden = [16]), task = classify(labels = 3) }
+train t { model = m, data = d, max_steps = 24, batch = 16, optimizer = adamw(lr = 0.01) }
+sweep r {
+  target = t
+  over = { "optimizer.lr" = loguniform(1e-4, 1e-1), "batch" = int_range(8, 32, 8) }
+  strategy = random(n = 5, seed = 2)
+  metric = "valid.accuracy"
+}
+sweep o {
+  target = t
+  over = { "optimizer.lr" = uniform(0.001, 0.1), "batch" = [8, 16] }
+  strategy = optuna(n = 4)
+  metric = "valid.loss"
+}
+"""
+
+PLAN_PROBE = """
+import contextlib, io, json, sys
+from ftdsl.cli import main
+buf = io.StringIO()
+with contextlib.redirect_stdout(buf):
+    code = main(["plan", "p.ftp", "--cache", "cache", "--format", "json"])
+print(json.dumps({"code": code, "plan": json.loads(buf.getvalue()), "modules": sorted(sys.modules)}))
+"""
+
+
+def test_plan_of_sweeps_with_ranges_counts_trials_without_torch_or_numpy(tmp_path):
+    """plan enumerates a seeded random sweep's trials (a trial with t's settings would be
+    counted) and bounds an optuna sweep, importing neither torch, numpy nor optuna."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "p.ftp").write_text(SWEEP_PIPELINE)
+    env = dict(os.environ, NO_COLOR="1", FTDSL_DEVICE="cpu")
+    p = subprocess.run([sys.executable, "-c", PLAN_PROBE], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    assert r["code"] == 0
+    tops = {m.split(".")[0] for m in r["modules"]}
+    assert not tops & {"torch", "numpy", "optuna", "sklearn"}
+    by = {s["name"]: s for s in r["plan"]["stages"]}
+    assert by["r"]["trials"] == {"strategy": "random", "trials": 5, "exact": True, "cached": 0, "from_stages": {},
+                                 "failed": 0, "resume": [], "to_run": 5}
+    assert by["o"]["trials"]["exact"] is False and by["o"]["trials"]["to_run"] == 4
