@@ -201,3 +201,16 @@ def test_an_export_path_folder_follows_the_same_rules(tmp_path):
     _replace_dir(src, dest2)  # its own folder: replaced
     assert (dest2 / "config.json").read_text() == '{"v": 2}'
     assert sorted(p.name for p in dest2.parent.iterdir()) == ["fresh", "model"]
+
+
+def test_a_dotdot_that_stays_inside_is_a_warning_and_runs_as_linted(tmp_path, ftdsl_cli):
+    """Lint says what run does: `results/../out` stays inside, so it is a warning and the run writes there;
+    `results/../../x` leaves, so it is an error."""
+    p = pipeline(tmp_path, 'out = "results/../out"')
+    lint = ftdsl_cli(["lint", p.name], cwd=tmp_path)
+    assert lint.returncode == 0 and "warning[FTP303]" in lint.stderr, lint.stderr
+    assert run(ftdsl_cli, p).returncode == 0
+    assert (tmp_path / "out" / "data" / ".ftdsl-key").is_file()
+    p = pipeline(tmp_path, 'out = "results/../../x"')
+    lint = ftdsl_cli(["lint", p.name], cwd=tmp_path)
+    assert lint.returncode == 1 and "error[FTP303]" in lint.stderr, lint.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import PurePosixPath
 
 from ftdsl.diagnostics import make
 from ftdsl.ir.nodes import Lit
@@ -50,11 +51,27 @@ def output_paths(ctx):
     for where, a in targets:
         if a is None or not a.written or not isinstance(a.value, Lit) or not isinstance(a.value.value, str):
             continue
-        why = check_output_path(a.value.value)
+        p = a.value.value
+        why = check_output_path(p)
         if why:
             hint = ("use a path relative to the pipeline's folder" if "absolute" in why
                     else "use a path relative to the pipeline, without `..`")
+            if "`..`" in why and _stays_inside(p):
+                # `a/../b` stays inside: `run` writes it, so it is only a warning (lint says what run does).
+                yield make("FTP303", f"`{where}` has a `..` segment (it stays inside the pipeline's folder)",
+                           a.value.span, label="`..` segment", hint=hint, severity="warning")
+                continue
             if where == "pipeline.out" and ("absolute" in why or "`..`" in why):
                 hint += "; to write outside it on purpose, add `allow_outside_out = true` to the `pipeline` block"
             yield make("FTP303", f"`{where}` writes outside the pipeline's folder: {why}", a.value.span,
                        label="outside the pipeline folder", hint=hint)
+
+
+def _stays_inside(p: str) -> bool:
+    """A relative POSIX path whose `..` segments never climb above its start (`a/../b`)."""
+    depth = 0
+    for part in PurePosixPath(p).parts:
+        depth += -1 if part == ".." else (0 if part == "." else 1)
+        if depth < 0:
+            return False
+    return not p.startswith("/")
