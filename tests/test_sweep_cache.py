@@ -349,7 +349,7 @@ def test_median_pruner_stops_bad_trials_and_a_rerun_replays_them(tmp_path, fake_
     assert all(t["status"] == "ok" for t in t_none["trials"])
 
 
-def test_cache_gc_keep_keeps_the_trials_of_a_kept_sweep(tmp_path, upstream, capsys):
+def test_cache_gc_keep_keeps_the_trials_of_a_kept_sweep_and_force_retrains_them(tmp_path, upstream, trainings):
     cache = cache_copy(upstream, tmp_path / "cache")
     p = write(tmp_path, sweep_block('"optimizer.lr" = [0.03, 0.07]'))
     p.write_text(p.read_text().replace("max_steps = 24", "max_steps = 12"))  # gc --keep plans the file as written
@@ -361,3 +361,8 @@ def test_cache_gc_keep_keeps_the_trials_of_a_kept_sweep(tmp_path, upstream, caps
     assert main(["cache", "gc", "--cache", str(cache), "--keep", str(p)]) == 0
     assert all(entry(k).is_dir() for k in keys), "gc removed the trials of a sweep the pipeline keeps"
     assert main(["plan", str(p), "--cache", str(cache), "--detailed-exitcode"]) == 0
+    # --force on the sweep trains its trials again (a forced sweep does not just reload them)
+    trainings.clear()
+    code, s = run(p, cache, "--force", "s")
+    assert code == 0 and sorted(trainings) == ["s[1]", "s[2]"]
+    assert stage(s, "s")["metrics"]["sweep.trained"] == 2

@@ -93,6 +93,7 @@ class TrialRunner:
         self.ctx, self.target, self.inputs, self.fn = sweep_ctx, target, inputs, fn
         self.cache, self.metric, self.out, self.log = cache, metric, out, log
         self.records: list[dict] = []
+        self.forced = bool(target.get("forced"))  # `--force SWEEP`: train every trial again
 
     def key_of(self, params: dict) -> tuple[dict, str]:
         from ftdsl.plan import trial_key
@@ -117,6 +118,10 @@ class TrialRunner:
                "resumed_from": None, "seconds": 0.0, "curve": []}
         same = next((r for r in self.records if r["key"] == key and r["same_as"] is None), None)
         work = self.cache.work_root / key
+        if self.forced and same is None:
+            self.cache.remove(key)
+            for name in (FAILED, PRUNED):
+                (work / name).unlink(missing_ok=True)
         pruned = _read_json(work / PRUNED)
         if same is not None:  # optuna may propose a configuration again: it is the same stage
             rec.update({k: same[k] for k in ("status", "metric", "metrics", "error", "curve")},
