@@ -151,7 +151,7 @@ class _Executor:
             target = by_name[st.config["target"]["$ref"]]
             inputs = {attr: self._artifact(src, by_name) for attr, src in target.inputs.items()}
             config = {**st.config, "$target": {"name": target.name, "kind": target.kind, "config": target.config,
-                                               "payload": target.payload}}
+                                               "payload": target.payload, "forced": st.status == "forced"}}
         elif launched:  # the workers load the inputs from their entries
             inputs = {attr: {"class": ARTIFACTS[by_name[src].artifact],
                              "entry": str(self.entries.get(src) or self.cache.lookup(by_name[src].key, label=src))}
