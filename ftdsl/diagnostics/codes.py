@@ -170,8 +170,13 @@ _ALL = [
     Code("FTP501", "non-finite-loss", _E, "the training loss became NaN or infinite",
          "Training cannot recover; the last good checkpoint is kept.", "optimizer = adamw(lr = 1e9)",
          "Lower the learning rate, add `clip = 1.0`, or use `precision = fp32`."),
-    Code("FTP502", "onnx-parity", _E, "the exported ONNX model disagrees with PyTorch beyond the tolerance",
-         "A deployable model must compute what was trained.", "", "Raise `atol` only if the difference is expected."),
+    Code("FTP502", "onnx-parity", _E, "an exported or quantized model disagrees with the model it came from beyond "
+         "the tolerance",
+         "A deployable model must compute what was trained. `export` compares the file with PyTorch (`verify`, "
+         "`atol`/`rtol`); `quantize` compares the quantized model with the float one against its method's budget "
+         "(max abs difference relative to the output's scale, top-1 agreement); nothing is kept on failure.", "",
+         "Raise `atol` only if the difference is expected; for `quantize`, use a gentler method (`fp16`, or "
+         "`dynamic()` instead of `static`)."),
     Code("FTP503", "corrupt-cache", _W, "a cache entry failed its checksum and is recomputed",
          "A killed run, a full disk or a manual edit corrupted the entry; it is moved to quarantine.", "", ""),
     Code("FTP504", "lock-timeout", _E, "another ftdsl process holds the cache entry's lock",

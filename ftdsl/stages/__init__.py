@@ -21,9 +21,9 @@ STAGES: dict[str, str] = {
 ARTIFACTS: dict[str, str] = {
     "Dataset": "ftdsl.stages.dataset:Dataset",
     "TorchModel": "ftdsl.stages.model:TorchModel",
-    "QuantizedTorchModel": "ftdsl.stages.quantize:QuantizedTorchModel",
-    "OnnxModel": "ftdsl.stages.export:OnnxModel",
-    "ExportedFile": "ftdsl.stages.export:ExportedFile",
+    "QuantizedTorchModel": "ftdsl.stages.quant_torch_model:QuantizedTorchModel",
+    "OnnxModel": "ftdsl.stages.export_artifacts:OnnxModel",
+    "ExportedFile": "ftdsl.stages.export_artifacts:ExportedFile",
     "Report": "ftdsl.stages.evaluate:Report",
 }
 

@@ -7,8 +7,8 @@
 * :func:`export_onnx` exports an :class:`~ftdsl.stages.model.FtdslModule` with dynamic batch
   (and sequence length for text) and returns the ``onnx.ModelProto``; nothing is written, so
   the caller writes it atomically (a full disk is then FTP505 and never a partial file).
-* :func:`compare_outputs` / :func:`parity` compute the ORT-vs-PyTorch differences that `verify`
-  judges (``|ort - torch| <= atol + rtol * |torch|`` elementwise, numpy ``allclose`` rule).
+* :func:`parity` computes the ORT-vs-PyTorch differences that `verify` judges
+  (:class:`~ftdsl.stages.agreement.Parity`: ``|ort - torch| <= atol + rtol * |torch|`` elementwise).
 * :func:`session` opens an onnxruntime CPU session with its log level at "error".
 
 Exporter choice: the dynamo exporter (``torch.onnx.export(..., dynamo=True)``, torch's default
@@ -27,14 +27,17 @@ import logging
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
+
+from ftdsl.stages.agreement import Parity, compare_outputs
 
 __all__ = [
     "OUTPUT_NAME",
     "quiet_exporter",
     "export_onnx",
+    "dynamic_dims",
     "serialize",
     "session",
     "ort_feed",
@@ -79,7 +82,7 @@ def quiet_exporter():
                 hf.enable_progress_bar()
 
 
-def _dims(module, example: Sequence[Any], max_seq: int | None):
+def dynamic_dims(module, example: Sequence[Any], max_seq: int | None):
     """Named dynamic dims: batch for every input, and sequence length for text inputs."""
     import torch
 
@@ -110,7 +113,7 @@ def export_onnx(module, example: Sequence[Any], *, input_names: Sequence[str], o
                     prog = torch.onnx.export(
                         module, tuple(example), None, input_names=list(input_names), output_names=[OUTPUT_NAME],
                         opset_version=int(opset), dynamo=True, external_data=False,
-                        dynamic_shapes=_dims(module, example, max_seq), verbose=False, optimize=True)
+                        dynamic_shapes=dynamic_dims(module, example, max_seq), verbose=False, optimize=True)
                     proto = prog.model_proto
                 else:
                     axes = {n: ({0: "batch", 1: "seq"} if getattr(module, "modality", "") == "text" else {0: "batch"})
@@ -181,55 +184,6 @@ def ort_feed(sess, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
             v = v.detach().cpu().numpy()
         feed[meta.name] = np.ascontiguousarray(np.asarray(v, dtype=_ORT_TYPES.get(meta.type, None)))
     return feed
-
-
-class Parity:
-    """Accumulated differences between a reference (PyTorch) and a candidate (ORT) output."""
-
-    def __init__(self, atol: float, rtol: float):
-        self.atol, self.rtol = float(atol), float(rtol)
-        self.max_abs = 0.0
-        self.max_rel = 0.0
-        self.rows = 0
-        self.batches: list[int] = []
-        self.failed_elems = 0
-        self.nonfinite = 0
-
-    def add(self, ref: np.ndarray, got: np.ndarray) -> None:
-        ref = np.asarray(ref, dtype=np.float64)
-        got = np.asarray(got, dtype=np.float64)
-        if ref.shape != got.shape:
-            raise ValueError(f"output shape {tuple(got.shape)} differs from PyTorch's {tuple(ref.shape)}")
-        fin = np.isfinite(ref) & np.isfinite(got)
-        same_nonfinite = (~np.isfinite(ref)) & (~np.isfinite(got)) & ((ref == got) | (np.isnan(ref) & np.isnan(got)))
-        bad_nonfinite = ~fin & ~same_nonfinite
-        self.nonfinite += int(bad_nonfinite.sum())
-        diff = np.where(fin, np.abs(got - ref), 0.0)
-        rel = np.where(fin, diff / np.maximum(np.abs(ref), 1e-12), 0.0)
-        if diff.size:
-            self.max_abs = max(self.max_abs, float(diff.max()))
-            self.max_rel = max(self.max_rel, float(rel.max()))
-        self.failed_elems += int((fin & (diff > self.atol + self.rtol * np.abs(ref))).sum()) + int(bad_nonfinite.sum())
-        self.rows += int(ref.shape[0]) if ref.ndim else 1
-        self.batches.append(int(ref.shape[0]) if ref.ndim else 1)
-
-    @property
-    def ok(self) -> bool:
-        return self.failed_elems == 0 and self.rows > 0
-
-    def as_dict(self) -> dict:
-        return {"max_abs_diff": self.max_abs, "max_rel_diff": self.max_rel, "atol": self.atol, "rtol": self.rtol,
-                "rows": self.rows, "batch_sizes": list(self.batches), "mismatched_values": self.failed_elems,
-                "nonfinite_mismatches": self.nonfinite, "passed": self.ok}
-
-
-def compare_outputs(reference: Callable[[dict], np.ndarray], candidate: Callable[[dict], np.ndarray],
-                    batches: Iterable[dict], *, atol: float, rtol: float) -> Parity:
-    """Run both on every batch (``{"x": ...}`` or ``{"input_ids", "attention_mask"}``)."""
-    p = Parity(atol, rtol)
-    for b in batches:
-        p.add(reference(b), candidate(b))
-    return p
 
 
 def parity(sess, module, batches: Iterable[dict], *, atol: float, rtol: float) -> Parity:
