@@ -322,12 +322,7 @@ class Cache:
             # The occupant was corrupt: lookup quarantined it; try again once.
         raise OSError(errno.EEXIST, "cache entry keeps reappearing", str(final))
 
-    @staticmethod
-    def _raise_mapped(exc: BaseException, path: Any) -> None:
-        mapped = as_resource_error(exc, path)
-        if mapped is not None and mapped is not exc:
-            raise mapped from exc
-        raise exc
+    _raise_mapped = staticmethod(cache_locks.raise_mapped)
 
     # ---- locks (cache_locks)
 

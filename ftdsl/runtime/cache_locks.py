@@ -15,7 +15,7 @@ from ftdsl.errors import FtdslError, ResourceError
 from ftdsl.runtime.atomic import as_resource_error, write_json_atomic
 from ftdsl.runtime.run_index import now_iso
 
-__all__ = ["filelock", "locked", "try_lock", "describe_owner"]
+__all__ = ["filelock", "locked", "try_lock", "describe_owner", "raise_mapped"]
 
 
 def filelock():
@@ -24,7 +24,8 @@ def filelock():
     return _fl
 
 
-def _raise_mapped(exc: BaseException, path: Path) -> None:
+def raise_mapped(exc: BaseException, path: Path) -> None:
+    """Raise ``exc`` as the ResourceError it means (disk full, not writable), else as is."""
     mapped = as_resource_error(exc, path)
     if mapped is not None and mapped is not exc:
         raise mapped from exc
@@ -50,7 +51,7 @@ def locked(path: Path, what: str, timeout: float | None) -> Iterator[None]:
             "exits, so it belongs to a live process (local disks only, not NFS)",
         ) from None
     except OSError as exc:
-        _raise_mapped(exc, path)
+        raise_mapped(exc, path)
     try:
         import shlex
         import socket
