@@ -109,7 +109,19 @@ def init_process_group(device: str) -> str:
     else:
         backend = "gloo"
     timeout = datetime.timedelta(seconds=float(os.environ.get("FTDSL_DIST_TIMEOUT", "1800")))
-    dist.init_process_group(backend, timeout=timeout)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None:  # an outside launcher without torchrun's agent: the env:// rendezvous
+        dist.init_process_group(backend, timeout=timeout)
+        return device
+    # Under torchrun the store outlives a restart: the ranks of attempt 2 found the addresses that
+    # attempt 1 published there and gloo's connect to the dead rank failed (measured, torch 2.13).
+    # A prefix per attempt keeps each attempt's keys apart.
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=rank == 0 and not agent, timeout=timeout)
+    dist.init_process_group(backend, store=dist.PrefixStore(f"ftdsl/attempt-{attempt}", store), rank=rank,
+                            world_size=world, timeout=timeout)
     return device
 
 

@@ -103,6 +103,10 @@ class _Trainer:
         self.parallel = Parallel(attrs.get("distributed") or "none", self.batch)
         self._check_world()
         self._setup_model()
+        if self.parallel.rank > 0:
+            # every rank built the same weights from the seed; dropout must not draw the same masks
+            # on every rank's rows, so ranks other than 0 continue from their own seed
+            torch.manual_seed(int(ctx.seed) + 1_000_003 * self.parallel.rank)
         n_params = sum(p.numel() for p in self.module.parameters())
         self.precision, self.precision_reason = resolve_precision(attrs.get("precision", "auto"), self.device,
                                                                   n_params=n_params)
