@@ -50,19 +50,20 @@ def refs_in(value, t: S.Type | None, path: str):
 
 def edges(program: Program) -> list[Edge]:
     out = []
+    memo: dict = {}
     for name, b in program.blocks.items():
         kind = S.KINDS[b.kind]
         for aname, a in b.attrs.items():
             f = kind.field(aname)
             for path, ref, t in refs_in(a.value, f.type if f else None, aname):
                 out.append(Edge(ref.target, name, path, ref, t))
-        implicit = _implicit_recover_data(program, name, b)
+        implicit = _implicit_recover_data(program, name, b, memo)
         if implicit is not None:
             out.append(implicit)
     return out
 
 
-def _implicit_recover_data(program: Program, name: str, b: BlockIR) -> Edge | None:
+def _implicit_recover_data(program: Program, name: str, b: BlockIR, memo: dict | None = None) -> Edge | None:
     """`prune { recover = { epochs = 1 } }` without `data` fine-tunes on the data the pruned model was
     trained on: an edge the planner follows like a written one (so it is part of the cache key)."""
     if b.kind != "prune":
@@ -71,7 +72,7 @@ def _implicit_recover_data(program: Program, name: str, b: BlockIR) -> Edge | No
     if not isinstance(rec, DictIR) or isinstance(rec.get("data"), RefV):
         return None
     src = b.value("from")
-    data = training_data(program, src.target) if isinstance(src, RefV) else None
+    data = training_data(program, src.target, memo) if isinstance(src, RefV) else None
     if data is None:
         return None
     recover_t = S.KINDS["prune"].field("recover").type
@@ -150,35 +151,51 @@ def artifact_types(program: Program, order: list[str]) -> dict[str, str]:
     return out
 
 
-def model_task(program: Program, name: str, seen=None) -> str | None:
-    """Follow model-producing stages back to a `model` block and return `classify` or `regress`."""
-    seen = seen or set()
-    if name in seen or name not in program.blocks:
-        return None
-    seen.add(name)
-    b = program.blocks[name]
+def _follow(program: Program, name: str, attrs: tuple[str, ...], stop, memo: dict | None):
+    """Walk references (`attrs`, first one set) from `name` until `stop(block)` returns a
+    non-None pair `(True, result)`; iterative (a 10,000-stage chain must not hit the recursion
+    limit), and linear over many calls when they share `memo`."""
+    memo = {} if memo is None else memo
+    path: list[str] = []
+    on_path: set[str] = set()
+    found = None
+    cur: str | None = name
+    while cur is not None and cur in program.blocks and cur not in on_path:
+        if cur in memo:
+            found = memo[cur]
+            break
+        path.append(cur)
+        on_path.add(cur)
+        b = program.blocks[cur]
+        hit = stop(b)
+        if hit is not None:
+            found = hit[1]
+            break
+        cur = next((v.target for v in (b.value(a) for a in attrs) if isinstance(v, RefV)), None)
+    for n in path:
+        memo[n] = found
+    return found
+
+
+def _task_stop(b: BlockIR):
     if b.kind == "model":
         t = b.value("task")
-        return t.name if isinstance(t, CallV) else None
-    for attr in ("model", "student", "from", "target"):
-        v = b.value(attr)
-        if isinstance(v, RefV):
-            return model_task(program, v.target, seen)
+        return True, (t.name if isinstance(t, CallV) else None)
     return None
 
 
-def training_data(program: Program, name: str, seen=None) -> str | None:
-    """The data block a model-producing stage was trained on (for metric checks)."""
-    seen = seen or set()
-    if name in seen or name not in program.blocks:
-        return None
-    seen.add(name)
-    b = program.blocks[name]
+def _data_stop(b: BlockIR):
     v = b.value("data")
     if b.kind in ("train", "distill") and isinstance(v, RefV):
-        return v.target
-    for attr in ("from", "target", "model", "student"):
-        r = b.value(attr)
-        if isinstance(r, RefV):
-            return training_data(program, r.target, seen)
+        return True, v.target
     return None
+
+
+def model_task(program: Program, name: str, memo: dict | None = None) -> str | None:
+    """Follow model-producing stages back to a `model` block and return `classify` or `regress`."""
+    return _follow(program, name, ("model", "student", "from", "target"), _task_stop, memo)
+
+
+def training_data(program: Program, name: str, memo: dict | None = None) -> str | None:
+    """The data block a model-producing stage was trained on (for metric checks)."""
+    return _follow(program, name, ("from", "target", "model", "student"), _data_stop, memo)

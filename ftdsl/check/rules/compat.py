@@ -31,23 +31,36 @@ class Origin:
     span: object
 
 
-def origin(prog, name: str, seen=None) -> Origin | None:
-    seen = seen or set()
-    if name in seen or name not in prog.blocks:
-        return None
-    seen.add(name)
-    b = prog.blocks[name]
-    if b.kind == "model":
-        arch, pre = b.value("arch"), b.value("pretrained")
-        if isinstance(arch, CallV) and arch.name in M.ARCH_INPUTS:
-            return Origin(name, "arch", f"arch = {arch.name}(...)", M.ARCH_INPUTS[arch.name], arch.span)
-        if isinstance(pre, Lit) and isinstance(pre.value, str):
-            return Origin(name, "pretrained", f"pretrained \"{pre.value}\"", M.PRETRAINED_INPUTS, pre.span)
-        return None
-    for attr in _FOLLOW:
-        v = b.value(attr)
-        if isinstance(v, RefV):
-            return origin(prog, v.target, seen)
+def origin(prog, name: str, memo: dict | None = None) -> Origin | None:
+    """Follow `model`/`student`/`from`/`target` back to a `model` block (iteratively: a chain of
+    10,000 stages must not hit the recursion limit; `memo` makes repeated lookups linear)."""
+    memo = {} if memo is None else memo
+    path: list[str] = []
+    on_path: set[str] = set()
+    found: Origin | None = None
+    cur: str | None = name
+    while cur is not None and cur in prog.blocks and cur not in on_path:
+        if cur in memo:
+            found = memo[cur]
+            break
+        path.append(cur)
+        on_path.add(cur)
+        b = prog.blocks[cur]
+        if b.kind == "model":
+            found = _model_origin(cur, b)
+            break
+        cur = next((v.target for v in (b.value(a) for a in _FOLLOW) if isinstance(v, RefV)), None)
+    for n in path:
+        memo[n] = found
+    return found
+
+
+def _model_origin(name: str, b) -> Origin | None:
+    arch, pre = b.value("arch"), b.value("pretrained")
+    if isinstance(arch, CallV) and arch.name in M.ARCH_INPUTS:
+        return Origin(name, "arch", f"arch = {arch.name}(...)", M.ARCH_INPUTS[arch.name], arch.span)
+    if isinstance(pre, Lit) and isinstance(pre.value, str):
+        return Origin(name, "pretrained", f"pretrained \"{pre.value}\"", M.PRETRAINED_INPUTS, pre.span)
     return None
 
 
@@ -113,11 +126,12 @@ def modality_and_labels(ctx):
     """FTP240/FTP241: the model must take the data's modality, and its head must fit the labels."""
     prog = ctx.program
     seen: set[tuple[str, str, str]] = set()
+    memo: dict = {}
     for name, b in prog.blocks.items():
         for mref, dref in _pairs(b):
             if not isinstance(mref, RefV) or not isinstance(dref, RefV):
                 continue
-            o, d = origin(prog, mref.target), data_of(prog, dref.target)
+            o, d = origin(prog, mref.target, memo), data_of(prog, dref.target)
             if o is None or d is None:
                 continue
             if d.modality not in o.inputs and ("modality", o.name, d.name) not in seen:
@@ -159,6 +173,7 @@ def _labels(prog, o: Origin, d: Data):
 def quantize_support(ctx):
     """FTP242/FTP207: the quantization method must suit the artifact it quantizes."""
     prog = ctx.program
+    memo: dict = {}
     for name, b in prog.blocks.items():
         if b.kind != "quantize":
             continue
@@ -187,7 +202,7 @@ def quantize_support(ctx):
                        label=f"not supported {where}",
                        hint=f"use `dtype = {rules['dtype'][0]}`, or export to ONNX and quantize that "
                             "(onnxruntime takes uint8 weights)")
-        o = origin(prog, src.target)
+        o = origin(prog, src.target, memo)
         if "inputs" in rules and o is not None and not set(o.inputs) & set(rules["inputs"]):
             yield make("FTP242", f"`quantize {name}`: {method.name} quantization {where} is for numeric-feature "
                                  f"models (mlp, cnn), but `{src.target}` takes {M.describe_modality(o.inputs[0])}",
@@ -199,6 +214,7 @@ def quantize_support(ctx):
 def export_support(ctx):
     """FTP243: the export format must suit where the model comes from (`hf` needs a pretrained model)."""
     prog = ctx.program
+    memo: dict = {}
     for name, b in prog.blocks.items():
         if b.kind != "export":
             continue
@@ -206,7 +222,7 @@ def export_support(ctx):
         if not isinstance(src, RefV) or not isinstance(fmt, CallV):
             continue
         allowed = M.EXPORT_ORIGINS.get(fmt.name)
-        o = origin(prog, src.target)
+        o = origin(prog, src.target, memo)
         if allowed is None or o is None or o.source in allowed:
             continue
         yield make("FTP243", f"`export {name}`: `{fmt.name}` needs a {' or '.join(allowed)} model, but `{src.target}` "

@@ -53,6 +53,8 @@ def _check_metric(ctx, text: str, span, data_name: str | None, task: str | None,
 def metrics_produced(ctx):
     """FTP210/FTP232: early_stop, sweep and evaluate metrics must be produced by the pipeline."""
     prog = ctx.program
+    tasks_memo: dict = {}
+    data_memo: dict = {}
     for name, b in prog.blocks.items():
         if b.kind in ("train", "distill"):
             es = b.value("early_stop")
@@ -61,17 +63,17 @@ def metrics_produced(ctx):
                 if isinstance(m, Lit) and isinstance(m.value, str):
                     data = b.value("data")
                     yield from _check_metric(ctx, m.value, m.span, data.target if isinstance(data, RefV) else None,
-                                             model_task(prog, name), f"{name}.early_stop.metric")
+                                             model_task(prog, name, tasks_memo), f"{name}.early_stop.metric")
         elif b.kind == "sweep":
             m = b.value("metric")
             t = b.value("target")
             if isinstance(m, Lit) and isinstance(m.value, str) and isinstance(t, RefV):
-                yield from _check_metric(ctx, m.value, m.span, training_data(prog, t.target),
-                                         model_task(prog, t.target), f"{name}.metric")
+                yield from _check_metric(ctx, m.value, m.span, training_data(prog, t.target, data_memo),
+                                         model_task(prog, t.target, tasks_memo), f"{name}.metric")
         elif b.kind == "evaluate":
             ms = b.value("metrics")
             models = b.value("models")
-            tasks = {model_task(prog, r.target) for r in (models.items if isinstance(models, ListIR) else ())
+            tasks = {model_task(prog, r.target, tasks_memo) for r in (models.items if isinstance(models, ListIR) else ())
                      if isinstance(r, RefV)} - {None}
             if isinstance(ms, ListIR) and len(tasks) == 1:
                 task = tasks.pop()

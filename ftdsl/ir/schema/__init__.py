@@ -329,8 +329,12 @@ for _c in _CTORS:
     CONSTRUCTORS.setdefault(_c.family, {})[_c.name] = _c
 
 
+_BY_NAME: dict[str, Ctor] = {c.name: c for c in _CTORS}
+
+
 def all_constructors() -> dict[str, Ctor]:
-    return {c.name: c for c in _CTORS}
+    """Every constructor by name (one shared dict: the checker asks once per reference; do not mutate)."""
+    return _BY_NAME
 
 
 # --- block kinds -------------------------------------------------------------------------
