@@ -237,3 +237,14 @@ def test_no_modality_guess_for_a_data_block_with_a_misspelled_attribute():
            f'model m {{ pretrained = "{MINILM}", task = classify(labels = 2) }}\n' + train("m", "s"))
     codes = [d.code for d in lint(src)]
     assert "FTP201" in codes and "FTP240" not in codes
+
+
+def test_a_long_chain_of_stages_is_checked_without_recursion():
+    """model_task/training_data recursed once per chained stage: RecursionError (exit 70) past ~1,000."""
+    n = 2500
+    src = IRIS + "model m { arch = mlp(), task = classify(labels = 3) }\ntrain t0 { model = m, data = d, epochs = 1 }\n"
+    src += "".join(f'train t{i} {{ model = t{i - 1}, data = d, epochs = 1, early_stop = {{ metric = "valid.f1" }} }}\n'
+                   for i in range(1, n))
+    src += f"evaluate r {{ models = [t{n - 1}], data = d.test }}\nexport e {{ from = t{n - 1}, format = hf, verify = true }}\n"
+    codes = [d.code for d in lint(src) if d.severity == "error"]
+    assert codes == ["FTP243"]  # found through 2,500 stages back to the `arch` model
