@@ -30,7 +30,9 @@ def input_files(ctx):
             if not a.written:
                 continue
             f = kind.field(aname)
-            for lit, what in _input_paths(a.value, f.type if f else None, f"{name}.{aname}"):
+            if f is None or not _may_hold_input_path(f.type):
+                continue
+            for lit, what in _input_paths(a.value, f.type, f"{name}.{aname}"):
                 d = _check_file(root, lit, what)
                 if d is not None:
                     yield d
@@ -68,6 +70,31 @@ def pretrained_folders(ctx):
                                              "not a regular file", v.span, label=f"holds {ekind}", hint=_HINT)
         except OSError:
             continue  # unreadable folder: the model stage reports it
+
+
+_HOLDS: dict[int, bool] = {}
+
+
+def _may_hold_input_path(t) -> bool:
+    """Whether a value of type `t` can contain an input path (memoized per type object)."""
+    key = id(t)
+    if key not in _HOLDS:
+        _HOLDS[key] = False  # a recursive type answers False while it is being looked at
+        if isinstance(t, S.PathT):
+            found = not t.output
+        elif isinstance(t, S.OneOf):
+            found = any(_may_hold_input_path(o) for o in t.options)
+        elif isinstance(t, S.ListT):
+            found = _may_hold_input_path(t.item)
+        elif isinstance(t, S.StructT):
+            found = any(_may_hold_input_path(f.type) for f in t.fields)
+        elif isinstance(t, S.CtorT):
+            found = any(_may_hold_input_path(a.type) for c in S.CONSTRUCTORS.get(t.family, {}).values()
+                        for a in c.args)
+        else:
+            found = False
+        _HOLDS[key] = found
+    return _HOLDS[key]
 
 
 def _input_paths(value, t, what):
