@@ -310,7 +310,7 @@ def _estimate(kind: str, cfg: dict) -> dict:
             est["steps"] = cfg["max_steps"]
         elif cfg.get("epochs"):
             est["epochs"] = cfg["epochs"]
-        est["batch"] = cfg.get("batch", 32) * cfg.get("accumulate", 1)
+        est["batch"] = cfg["batch"] * cfg["accumulate"]  # the lowering filled both from the schema
     if kind == "model":
         arch = cfg.get("arch")
         if isinstance(arch, dict) and arch.get("$call") == "mlp":

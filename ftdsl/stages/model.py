@@ -490,7 +490,7 @@ def run(inputs: dict[str, object], attrs: dict, ctx) -> TorchModel:
     of `pretrained` / `arch` (FTP211), a known architecture (FTP215); defaults come from the schema.
     """
     from ftdsl.ir.lower import complete_attrs, complete_call
-    from ftdsl.ir.schema.modality import arch_modality
+    from ftdsl.ir.schema.modality import PRETRAINED_INPUTS, arch_modality
 
     attrs = complete_attrs("model", attrs)
     task = complete_call(attrs["task"], "task")
@@ -514,6 +514,6 @@ def run(inputs: dict[str, object], attrs: dict, ctx) -> TorchModel:
     ctx.reporter.log(f"model {ctx.name}: {pretrained} from {where}")
     has_tok = any((path / f).is_file() for f in TOKENIZER_FILES)
     spec = {**base, "source": "pretrained", "pretrained": str(pretrained), "pretrained_path": str(path),
-            "resolved_from": where, "use_safetensors": use_safetensors, "modality": "text",
+            "resolved_from": where, "use_safetensors": use_safetensors, "modality": PRETRAINED_INPUTS[0],
             "input_shape": None, "norm": False}
     return TorchModel(spec, tokenizer_dir=path if has_tok else None)
