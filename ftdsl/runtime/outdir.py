@@ -26,10 +26,12 @@ from __future__ import annotations
 import errno
 import json
 import os
+import random
 import re
 import shutil
 import stat
 import tempfile
+import time
 from pathlib import Path
 
 from ftdsl.errors import FtdslError, ResourceError
@@ -44,6 +46,7 @@ _FORMAT = "ftdsl-out/1"
 _LEGACY = re.compile(r"[0-9a-f]{64}\n?")  # markers of ftdsl <= 0.1: the cache key alone
 # Files an operating system's file browser drops into any folder it shows; not the user's work.
 _JUNK = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
+_SWAPS = 20  # tries at the final rename while another run swaps the same folder
 _OWN_HINT = ("ftdsl only replaces folders it created; move or rename it, rename the stage, or set the "
              "pipeline's `out` to another folder")
 
@@ -121,13 +124,31 @@ def _listing(folder: Path) -> tuple[dict[str, int], list[str], list[str]]:
 
 
 def why_not_ours(path: Path) -> str | None:
-    """Why ftdsl may not replace or delete ``path``, or None when it may (or nothing is there)."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        return f"cannot be inspected ({os.strerror(e.errno) if e.errno else e})"
+    """Why ftdsl may not replace or delete ``path``, or None when it may (or nothing is there).
+
+    A folder swapped by a concurrent run while it is inspected is inspected again (the verdict is
+    kept only when ``path`` is still the same inode afterwards)."""
+    why = None
+    for _ in range(5):
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            return f"cannot be inspected ({os.strerror(e.errno) if e.errno else e})"
+        why = _inspect(path, st)
+        try:
+            again = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return why
+        if (again.st_ino, again.st_dev) == (st.st_ino, st.st_dev):
+            return why
+    return why
+
+
+def _inspect(path: Path, st: os.stat_result) -> str | None:
     if stat.S_ISLNK(st.st_mode):
         return "is a symlink (ftdsl never writes or deletes through one)"
     if not stat.S_ISDIR(st.st_mode):
@@ -304,9 +325,9 @@ def _mapped(exc: BaseException, path: Path) -> BaseException:
 def publish(out_root: Path, name: str, src: Path, key: str | None) -> bool:
     """Make ``out_root/name`` a copy of folder ``src`` (the outputs of cache key ``key``).
 
-    Returns False when it already was (never for ``key=None``: always copied). FTP516 when something ftdsl does not own is in the way,
-    FTP505/FTP508 when the disk is full or not writable: the temp is removed and the previous
-    folder is intact in both cases.
+    Returns False when it already was (never for ``key=None``: always copied). FTP516 when
+    something ftdsl does not own is in the way, FTP505/FTP508 when the disk is full or not
+    writable: the temp is removed and the previous folder is intact in both cases.
     """
     dest = out_root / name
     if key is not None and in_sync(dest, key):
@@ -326,38 +347,63 @@ def publish(out_root: Path, name: str, src: Path, key: str | None) -> bool:
         os.unlink(tmp / PARTIAL)
         os.chmod(tmp, _dir_mode())
         fsync_dir(tmp)
-        why = why_not_ours(dest)  # again, right before the swap: the folder may have changed
-        if why is not None:
-            raise _refuse(dest, why, f"cannot write the outputs of `{name}`")
-        if os.path.lexists(dest):
-            old = Path(tempfile.mkdtemp(prefix=f".{name}.old-{os.getpid()}-", dir=out_root))
-            os.rename(dest, old)  # replaces the empty placeholder folder
-        try:
-            os.rename(tmp, dest)
-        except BaseException:
-            if old is not None:
-                os.rename(old, dest)  # put the previous outputs back
+        for attempt in range(_SWAPS):  # another run of the same pipeline may be swapping the same folder
+            why = why_not_ours(dest)  # again, right before the swap: the folder may have changed
+            if why is not None:
+                raise _refuse(dest, why, f"cannot write the outputs of `{name}`")
+            if attempt and key is not None and in_sync(dest, key):
+                break  # the other run published these very outputs: ours are not needed
+            if os.path.lexists(dest):
+                old = Path(tempfile.mkdtemp(prefix=f".{name}.old-{os.getpid()}-", dir=out_root))
+                try:
+                    os.rename(dest, old)  # replaces the empty placeholder folder
+                except FileNotFoundError:  # moved away by the other run meanwhile
+                    os.rmdir(old)
+                    old = None
+            try:
+                os.rename(tmp, dest)
+            except OSError as e:
+                old = _restore(old, dest)
+                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY) or attempt == _SWAPS - 1:
+                    raise
+                _drop(old)  # the other run's folder is in place now; ours was set aside
                 old = None
-            raise
-        tmp = None
+                time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+                continue
+            tmp = None
+            break
         fsync_dir(out_root)
     except BaseException as exc:
+        _restore(old, dest)
         if tmp is not None:
             _rmtree(tmp)
-        if old is not None and not os.path.lexists(dest):
-            try:
-                os.rename(old, dest)
-                old = None
-            except OSError:
-                pass
         mapped = _mapped(exc, dest)
         if mapped is not exc:
             raise mapped from exc
         raise
-    finally:
-        if old is not None and os.path.lexists(old) and why_not_ours(old) is None:
-            _rmtree(old)
+    if tmp is not None:  # another run published the same outputs first
+        _rmtree(tmp)
+    _drop(old)
     return True
+
+
+def _restore(old: Path | None, dest: Path) -> None:
+    """Put the folder set aside back at ``dest`` when nothing took its place; otherwise (another
+    run's outputs are there now) drop it. Returns None, the new value of the caller's ``old``."""
+    if old is not None and not os.path.lexists(dest):
+        try:
+            os.rename(old, dest)
+            return None
+        except OSError:
+            pass
+    _drop(old)
+    return None
+
+
+def _drop(old: Path | None) -> None:
+    """Remove a folder set aside by a swap, after checking again that it is ftdsl's."""
+    if old is not None and os.path.lexists(old) and why_not_ours(old) is None:
+        _rmtree(old)
 
 
 def withdraw(out_root: Path, name: str) -> str | None:

@@ -214,3 +214,36 @@ def test_a_dotdot_that_stays_inside_is_a_warning_and_runs_as_linted(tmp_path, ft
     p = pipeline(tmp_path, 'out = "results/../../x"')
     lint = ftdsl_cli(["lint", p.name], cwd=tmp_path)
     assert lint.returncode == 1 and "error[FTP303]" in lint.stderr, lint.stderr
+
+
+def _hammer(args):
+    root, src, n = args
+    from ftdsl.runtime import outdir
+
+    errors = []
+    for i in range(n):
+        try:
+            outdir.publish(Path(root), "s", Path(src), "a" * 64 if i % 2 else None)
+            if i % 7 == 0:
+                outdir.withdraw(Path(root), "s")
+        except Exception as e:  # noqa: BLE001 - collected and shown by the assertion
+            errors.append(repr(e))
+    return errors
+
+
+def test_concurrent_runs_swapping_one_out_folder_never_fail_or_leave_temps(tmp_path):
+    """Two runs of one pipeline finish the same stage together (test_run_e2e's concurrent runs): the
+    folder swap retries instead of failing, and nothing is left beside it. Four processes here."""
+    import multiprocessing
+
+    src = tmp_path / "entry"
+    (src / "d").mkdir(parents=True)
+    (src / "a.txt").write_text("x" * 1000)
+    (src / "d" / "b.txt").write_text("y")
+    out = tmp_path / "out"
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        errors = sum(pool.map(_hammer, [(str(out), str(src), 40)] * 4), [])
+    assert errors == []
+    assert sorted(p.name for p in out.iterdir()) in (["s"], [])
+    if (out / "s").exists():
+        assert tree(out / "s").keys() == {".ftdsl-key", "a.txt", "d/b.txt"}
