@@ -22,8 +22,7 @@ from ftdsl.stages.base import Reporter, StageContext
 from ftdsl.stages.sweep_space import Space
 
 from spec_example import TINY
-
-FAST = ["--set", "t.max_steps=12"]
+from test_sweep_stage import FAST, run, stage  # `ftdsl run` with a --summary-json, TINY cut to 12 steps
 
 
 def sweep_block(over: str, strategy: str = "grid", name: str = "s") -> str:
@@ -42,16 +41,6 @@ def write(folder: Path, *blocks: str) -> Path:
     p = folder / "p.ftp"
     p.write_text(textwrap.dedent(TINY) + "".join(blocks))
     return p
-
-
-def run(p: Path, cache: Path, *extra) -> tuple[int, dict]:
-    out = p.parent / f"summary-{len(list(p.parent.glob('summary-*')))}.json"
-    code = main(["run", str(p), "--cache", str(cache), "--quiet", "--summary-json", str(out), *FAST, *extra])
-    return code, json.loads(out.read_text())
-
-
-def stage(summary: dict, name: str) -> dict:
-    return next(s for s in summary["stages"] if s["name"] == name)
 
 
 def table(p: Path, name: str = "s") -> dict:

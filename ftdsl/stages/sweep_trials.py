@@ -46,14 +46,10 @@ class TrialPruned(Exception):
 
 def waiting_step(work: Path) -> int | None:
     """The step of the newest checkpoint under `work` (JSON only), or None."""
-    best = None
-    for state in work.glob("checkpoints/step-*/state.json"):
-        try:
-            step = int(state.parent.name.removeprefix("step-"))
-        except ValueError:
-            continue
-        best = step if best is None else max(best, step)
-    return best
+    from ftdsl.plan_trials import waiting_checkpoint
+
+    found = waiting_checkpoint(work)
+    return found["step"] if found else None
 
 
 def _read_json(path: Path) -> Any:
