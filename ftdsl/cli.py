@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", choices=["auto", "cpu", "cuda"])
     sp.add_argument("--verify", action="store_true", help="re-hash data files (ignore the stat memo)")
     sp.add_argument("--detailed-exitcode", action="store_true", help="exit 2 when something would run")
+    sp.add_argument("--nproc", type=int, default=1, metavar="N", help="as `run --nproc`: show world size and "
+                    "per-process batch of distributed stages")
+    sp.add_argument("--nnodes", default="1", metavar="N", help="as `run --nnodes`")
     common_pipeline(sp)
 
     sp = sub.add_parser("run", help="run every stage, caching each one")

@@ -134,6 +134,9 @@ def cmd_plan(args) -> int:
     cache = _cache_for(c, args.cache)
     plan = make_plan(c, cache, force=set(args.force), only=set(args.only) or None, device=args.device,
                      verify=args.verify)
+    from ftdsl.runtime.distributed import LaunchOptions, annotate_plan
+
+    annotate_plan(plan, LaunchOptions(nproc=args.nproc, nnodes=str(args.nnodes)))
     render_plan(plan, args.format, sys.stdout)
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
@@ -183,6 +186,7 @@ def _execute_run(plan, cache, args) -> int:
                                        rdzv_endpoint=args.rdzv_endpoint, rdzv_id=args.rdzv_id,
                                        rdzv_backend=args.rdzv_backend, max_restarts=args.max_restarts,
                                        quiet=args.quiet)
+    distributed.annotate_plan(plan, launch)  # FTP541 before anything runs
     world = distributed.external_world()
     quiet = args.quiet or (world is not None and world.rank != 0)  # one rank talks under an outside launcher
     try:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["LaunchOptions", "World", "is_distributed", "external_world", "launch",
-           "run_in_rank", "init_process_group", "shutdown", "launches", "compute_launched", "run_external", "leave"]
+           "run_in_rank", "init_process_group", "shutdown", "launches", "compute_launched", "run_external", "leave", "annotate_plan", "world_size_of"]
 
 WORKER_ENV = "FTDSL_TORCHRUN_WORKER"  # set in workers ftdsl launched itself
 MODES = ("ddp", "fsdp")
@@ -79,6 +79,42 @@ def external_world() -> World | None:
     except (KeyError, ValueError):
         return None
     return World(rank, world, local) if world > 1 else None
+
+
+def world_size_of(opts: LaunchOptions | None) -> int | None:
+    """The job's number of processes, when it is known before the launch (None for an elastic
+    range of machines)."""
+    world = external_world()
+    if world is not None:
+        return world.world_size
+    if opts is None:
+        return 1
+    try:
+        return opts.nproc * int(opts.nnodes)
+    except ValueError:  # "1:4": decided at the rendezvous
+        return None
+
+
+def annotate_plan(plan, opts: LaunchOptions | None) -> None:
+    """Show each distributed stage's world size and per-process batch in the plan, and refuse a
+    global batch the processes cannot share (FTP541) before anything runs."""
+    from ftdsl.errors import FtdslError
+
+    world = world_size_of(opts)
+    for st in plan.stages:
+        if not is_distributed(st.kind, st.config):
+            continue
+        if world is None:
+            st.estimate["world_size"] = f"{opts.nnodes} x {opts.nproc}" if opts else "?"
+            continue
+        batch = int(st.config.get("batch") or 32)
+        st.estimate["world_size"] = world
+        if batch % world:
+            lo = batch - batch % world
+            raise FtdslError("FTP541", f"stage `{st.name}`: batch = {batch} is the global batch and does not divide "
+                             f"among {world} processes",
+                             hint=f"use batch = {lo or world} or {lo + world}, or a process count that divides {batch}")
+        st.estimate["per_process_batch"] = batch // world
 
 
 # --------------------------------------------------------------------------------------------
