@@ -16,7 +16,8 @@ from pathlib import Path, PurePosixPath
 
 from ftdsl.errors import FtdslError, ResourceError, StageError
 
-__all__ = ["resolve_input", "check_output_path", "resolve_output", "require_regular_file", "special_file_kind"]
+__all__ = ["resolve_input", "check_output_path", "resolve_output", "require_regular_file", "special_file_kind",
+           "open_regular", "read_regular_bytes"]
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
@@ -70,6 +71,38 @@ def require_regular_file(path: str | os.PathLike[str], *, what: str = "input fil
                     hint="give the path of a regular file; ftdsl hashes and reads its inputs completely, "
                          "which never ends for a device or a pipe")
     return st
+
+
+def open_regular(path: str | os.PathLike[str], *, follow: bool = True):
+    """A binary file object for reading ``path``, refusing anything but a regular file without
+    ever blocking: the open is non-blocking (a FIFO without a writer opens at once) and the
+    type is checked on the open descriptor (fstat), so a file swapped for a FIFO or a device
+    after a stat() check is caught too. Raises OSError: IsADirectoryError for a folder,
+    EINVAL "not a regular file" for a FIFO/device/socket, ELOOP for a symlink when not
+    ``follow``."""
+    import errno
+    import stat
+
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    if not follow:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(path))
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, f"{special_file_kind(mode)}, not a regular file", os.fspath(path))
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular_bytes(path: str | os.PathLike[str], *, follow: bool = True) -> bytes:
+    """The content of a regular file (see :func:`open_regular`; OSError otherwise, never a hang)."""
+    with open_regular(path, follow=follow) as f:
+        return f.read()
 
 
 def _is_dir(mode: int) -> bool:

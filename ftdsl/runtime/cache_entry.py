@@ -16,6 +16,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from ftdsl.paths import read_regular_bytes
 from ftdsl.runtime import hashing
 from ftdsl.runtime.atomic import fsync_dir
 
@@ -68,7 +69,7 @@ def scan(d: Path) -> tuple[dict[str, int], str | None]:
 def read_manifest(d: Path) -> dict | None:
     """The parsed manifest of the entry at ``d``, or None (no integrity check)."""
     try:
-        m = json.loads((d / MANIFEST).read_bytes())
+        m = json.loads(read_regular_bytes(d / MANIFEST, follow=False))
     except (OSError, ValueError):
         return None
     return m if isinstance(m, dict) else None
@@ -109,7 +110,7 @@ def inspect(d: Path, key: str, verify: bool) -> str | None:
     try:
         if mpath.is_symlink():
             return "manifest.json is a symlink"
-        raw = mpath.read_bytes()
+        raw = read_regular_bytes(mpath, follow=False)  # a FIFO planted here must not hang
     except FileNotFoundError:
         return "manifest.json is missing"
     except OSError as e:

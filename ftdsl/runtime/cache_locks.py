@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ftdsl.errors import FtdslError, ResourceError
+from ftdsl.paths import read_regular_bytes
 from ftdsl.runtime.atomic import as_resource_error, write_json_atomic
 from ftdsl.runtime.run_index import now_iso
 
@@ -85,7 +86,7 @@ def try_lock(path: Path):
 
 def describe_owner(owner: Path) -> str:
     try:
-        rec = json.loads(owner.read_text(encoding="utf-8"))
+        rec = json.loads(read_regular_bytes(owner, follow=False))
         return (
             f"pid {rec['pid']} on host {rec['host']} since {rec['since']} "
             f"(command {rec['command']})"

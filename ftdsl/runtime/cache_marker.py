@@ -29,6 +29,7 @@ from pathlib import Path
 
 from ftdsl import __version__
 from ftdsl.errors import ResourceError
+from ftdsl.paths import read_regular_bytes
 from ftdsl.runtime.atomic import write_json_atomic, write_text_atomic
 
 __all__ = ["TAG_NAME", "TAG_SIGNATURE", "VERSION_NAME", "CACHE_FORMAT", "classify", "check", "mark", "is_marked"]
@@ -52,7 +53,7 @@ _HEX = re.compile(r"^[0-9a-f]{8,128}$")
 
 def _read_version(root: Path) -> dict | None:
     try:
-        data = json.loads((root / VERSION_NAME).read_bytes())
+        data = json.loads(read_regular_bytes(root / VERSION_NAME, follow=False))
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
@@ -82,7 +83,7 @@ def _has_entry(root: Path) -> bool:
             if not (_HEX.match(key) and key.startswith(pre)):
                 continue
             try:
-                m = json.loads((root / "entries" / pre / key / "manifest.json").read_bytes())
+                m = json.loads(read_regular_bytes(root / "entries" / pre / key / "manifest.json", follow=False))
             except (OSError, ValueError):
                 continue
             if isinstance(m, dict) and m.get("key") == key and isinstance(m.get("files"), dict):
@@ -99,7 +100,7 @@ def _has_index(root: Path) -> bool:
         if not re.match(r"^[0-9a-f]{16}\.json$", name):
             continue
         try:
-            data = json.loads((root / "index" / name).read_bytes())
+            data = json.loads(read_regular_bytes(root / "index" / name, follow=False))
         except (OSError, ValueError):
             continue
         if isinstance(data, dict) and isinstance(data.get("stages"), dict) and "pipeline" in data:
@@ -109,7 +110,7 @@ def _has_index(root: Path) -> bool:
 
 def _has_memo(root: Path) -> bool:
     try:
-        data = json.loads((root / "filehash.json").read_bytes())
+        data = json.loads(read_regular_bytes(root / "filehash.json", follow=False))
     except (OSError, ValueError):
         return False
     return isinstance(data, dict) and isinstance(data.get("files"), dict) and "format" in data
@@ -140,7 +141,7 @@ def classify(root: Path) -> tuple[str, str]:
         return "foreign", f"its {VERSION_NAME} has an unknown format {fmt!r}"
     if not names:
         return "empty", ""
-    if TAG_NAME in names:
+    if TAG_NAME in names and not _tag_is_ours(root):
         return "foreign", f"it holds a {TAG_NAME} but no {VERSION_NAME} (another program's cache)"
     unknown = sorted(n for n in names if not _is_layout_item(root, n))
     if unknown:
@@ -149,6 +150,14 @@ def classify(root: Path) -> tuple[str, str]:
     if _has_entry(root) or _has_index(root) or _has_memo(root) or all(n in names for n in LAYOUT_DIRS):
         return "legacy", ""
     return "foreign", f"it holds no {VERSION_NAME} and no cache entries"
+
+
+def _tag_is_ours(root: Path) -> bool:
+    """An ftdsl-written tag (its version file was deleted): the legacy rules decide."""
+    try:
+        return b"created by ftdsl" in read_regular_bytes(root / TAG_NAME, follow=False)[:4096]
+    except OSError:
+        return False
 
 
 def _is_layout_item(root: Path, name: str) -> bool:
@@ -192,8 +201,8 @@ def mark(root: Path, state: str) -> None:
             record["adopted"] = "an unmarked cache made by an earlier ftdsl"
         write_json_atomic(root / VERSION_NAME, record)
     try:
-        ok = (root / TAG_NAME).read_text(encoding="utf-8").startswith(TAG_SIGNATURE)
-    except (OSError, UnicodeDecodeError):
+        ok = read_regular_bytes(root / TAG_NAME, follow=False).startswith(TAG_SIGNATURE.encode())
+    except OSError:
         ok = False
     if not ok:
         write_text_atomic(root / TAG_NAME, TAG_CONTENT)

@@ -49,7 +49,7 @@ class FileHasher:
         if self.memo is None:
             memo: dict[str, dict[str, Any]] = {}
             with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
-                data = json.loads(self.memo_path.read_bytes())
+                data = json.loads(_paths.read_regular_bytes(self.memo_path, follow=False))
                 for k, v in data.get("files", {}).items():
                     if isinstance(v, dict) and isinstance(v.get("sha256"), str):
                         memo[k] = v

@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ftdsl.paths import open_regular
+
 __all__ = ["canonical_json", "hash_key", "sha256_file", "hash_and_fsync", "CHUNK"]
 
 CHUNK = 1 << 20
@@ -50,10 +52,12 @@ def hash_key(obj: Any) -> str:
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Streaming sha256 hex of a file's content. Callers that take a path from a user check it
-    first with :func:`ftdsl.paths.require_regular_file` (a FIFO or ``/dev/zero`` never ends)."""
+    """Streaming sha256 hex of a regular file's content. The file is opened without blocking and
+    its type checked on the descriptor, so a FIFO or ``/dev/zero`` is an OSError, never a hang
+    (callers that take a path from a user report it first with
+    :func:`ftdsl.paths.require_regular_file`, FTP004)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         while chunk := f.read(CHUNK):
             h.update(chunk)
     return h.hexdigest()

@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, ContextManager
 
+from ftdsl.paths import read_regular_bytes
 from ftdsl.runtime.atomic import write_json_atomic
 from ftdsl.runtime.hashing import canonical_json
 
@@ -36,7 +37,7 @@ class RunIndex:
     @staticmethod
     def read(path: Path) -> dict:
         try:
-            data = json.loads(path.read_bytes())
+            data = json.loads(read_regular_bytes(path, follow=False))
         except (OSError, ValueError):
             return {}
         return data if isinstance(data, dict) and isinstance(data.get("stages"), dict) else {}

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ftdsl.errors import StageError
+from ftdsl.paths import read_regular_bytes
 from ftdsl.ir.schema.modality import SKLEARN_DATASETS
 
 BAD_DATA = "FTP510"
@@ -165,7 +166,7 @@ def _read_text(path: Path, shown: str) -> str:
         raise StageError(NOT_FOUND, f"`{shown}` is a folder, not a data file ({path})")
     _require_regular(path, shown)
     try:
-        raw = path.read_bytes()
+        raw = read_regular_bytes(path)  # checked again on the open descriptor: no FIFO swapped in
     except OSError as e:
         raise StageError(NOT_FOUND, f"cannot read `{shown}` ({path}): {e.strerror or e}") from None
     try:

@@ -105,3 +105,26 @@ def test_readers_refuse_a_fifo_that_appears_after_planning(tmp_path: Path) -> No
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert len(lines) == 3 and all(ln.startswith("FTP004 data file `f.csv`") for ln in lines), r.stdout
+
+
+def test_fifos_planted_in_a_cache_never_hang_it(ftdsl_cli, tmp_path: Path) -> None:
+    from ftdsl.runtime.cache import Cache
+    from ftdsl.runtime.hashing import hash_key
+
+    cache = Cache(tmp_path / "cache")
+    key = hash_key({"fifo": 1})
+    entry = cache.publish(key, lambda d: (d / "w.bin").write_bytes(b"w" * 64), {"stage": "d", "kind": "data"})
+    os.chmod(entry / "manifest.json", 0o644)
+    (entry / "manifest.json").unlink()
+    os.mkfifo(entry / "manifest.json")  # reading it would block forever
+    os.mkfifo(cache.root / "filehash.json")
+    r = _no_hang(ftdsl_cli, ["cache", "ls", "--cache", cache.root], tmp_path)
+    assert r.returncode == 0 and "1 entry" in r.stderr, r.stderr
+    r = _no_hang(ftdsl_cli, ["cache", "verify", "--cache", cache.root], tmp_path)
+    assert r.returncode == 1 and "corrupt" in r.stdout and "not a regular file" in r.stdout, (r.stdout, r.stderr)
+    # A FIFO where the cache's version file should be: not an ftdsl cache, refused without reading.
+    other = tmp_path / "other"
+    other.mkdir()
+    os.mkfifo(other / "ftdsl-cache.json")
+    r = _no_hang(ftdsl_cli, ["cache", "gc", "--all", "--cache", other], tmp_path)
+    assert r.returncode == 4 and "FTP515" in r.stderr, r.stderr
