@@ -97,3 +97,36 @@ def test_lists_the_lexer_must_not_pack_still_parse_exactly():
         f, diags = parse(text, "x.ftp", recover=True)
         items = f.items[0].value.items if f and f.items else ()
         assert isinstance(items, tuple), bad
+
+
+def test_packing_never_changes_what_a_list_means(monkeypatch):
+    """Random long lists of literals, separators and near-misses (digits that overflow, `1.5.5`,
+    names, comments): parsed with and without packing, the ASTs and diagnostics are identical."""
+    import random
+    import re
+
+    from ftdsl.syntax import lexer
+
+    rng = random.Random(0)
+    packable = ["0", "7", "-3", "+4", "12.5", "1e5", "2E-3", "123456789012345678", '"s"', '""', '"a b"', "true",
+                "false", "null"]
+    atoms = packable + ["1234567890123456789", "99999999999999999999", "1.5.5", "1_000", ".5", "1e123", "x",
+                        "truex", "f(1)", "[1]"]
+    seps = [",", ", ", " ", "\n", ",\n  ", "", " ,", "\t"]
+    texts = []
+    for _ in range(300):
+        n = rng.choice([31, 32, 33, 40, 64])
+        items = [rng.choice(packable) for _ in range(n)]
+        if rng.random() < 0.3:  # one near-miss: the run must not be packed, or be packed exactly right
+            items[rng.randrange(n)] = rng.choice(atoms)
+        body = "".join(x + (rng.choice(seps) if rng.random() < 0.01 else rng.choice(seps[:5])) for x in items)
+        if rng.random() < 0.05:
+            body += "# c\n"
+        texts.append(f"param p = [{body}]\nparam q = 1\n")
+    packed = [parse(t, "x.ftp", recover=True) for t in texts]
+    assert sum(type(f.items[0].value.items).__name__ == "PackedItems" for f, _ in packed
+               if f and f.items and hasattr(f.items[0].value, "items")) > 100  # the fast path is exercised
+    monkeypatch.setattr(lexer, "_RUN", re.compile(r"(?!)"))  # never matches: no packing
+    plain = [parse(t, "x.ftp", recover=True) for t in texts]
+    for t, a, b in zip(texts, packed, plain):
+        assert a == b, t
