@@ -242,6 +242,11 @@ def clean_stale(out_root: Path, name: str) -> None:
         partial = p / PARTIAL
         if (os.path.lexists(partial) and stat.S_ISREG(os.lstat(partial).st_mode)) or why_not_ours(p) is None:
             _rmtree(p)
+        else:
+            try:
+                os.rmdir(p)  # an empty placeholder (killed between mkdtemp and rename); never a full folder
+            except OSError:
+                pass
 
 
 def _rmtree(p: Path) -> None:
