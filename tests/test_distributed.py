@@ -179,3 +179,19 @@ def test_fsdp_two_processes_match_one_process(tmp_path, runs):
     w = _weights(root, "c")
     ref = _weights(runs[0], "one")
     assert {k: tuple(v.shape) for k, v in w.items()} == {k: tuple(v.shape) for k, v in ref.items()}
+
+
+def test_under_an_outside_torchrun(runs):
+    """`torchrun ... -m ftdsl run` (as Slurm or Kubernetes launch it): every rank runs ftdsl,
+    the ranks train together at the distributed stage, rank 0 publishes the same weights."""
+    root, _, _ = runs
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone",
+                        "-m", "ftdsl", "run", "p.ftp", "--cache", "outside", "--summary-json", "outside.json"],
+                       cwd=root, env=_env(), capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "terminate called" not in r.stderr  # the gloo exit crash (stack.md §8)
+    stages = {s["name"]: s for s in json.loads((root / "outside.json").read_text())["stages"]}
+    assert stages["fit"]["status"] == "ran" and stages["fit"]["metrics"]["world_size"] == 2
+    w, ref = _weights(root, "outside"), _weights(root, "two")
+    for k in ref:
+        assert (w[k] == ref[k]).all(), k
