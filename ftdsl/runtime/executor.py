@@ -51,9 +51,17 @@ def execute(plan: Plan, cache, *, verify: bool = False, force_resume: bool = Fal
 
     # Before anything runs: `out` must be inside the pipeline's folder (or opted out of it), and no
     # `out/NAME` in the way may be a folder, file or symlink that ftdsl did not create (FTP303/FTP516).
-    out_root = outdir.resolve_out_root(plan.root_dir, plan.out_dir,
-                                       allow_outside=plan.allow_outside_out)
-    outdir.preflight(out_root, [st.name for st in plan.stages])
+    try:
+        out_root = outdir.resolve_out_root(plan.root_dir, plan.out_dir, allow_outside=plan.allow_outside_out)
+        outdir.preflight(out_root, [st.name for st in plan.stages])
+    except FtdslError as e:  # nothing ran; a CI reading --summary-json still gets one, saying why
+        if summary_json:
+            from ftdsl.runtime.atomic import write_json_atomic
+
+            write_json_atomic(Path(summary_json), {
+                "format_version": "1.0", "pipeline": plan.pipeline, "exit_code": 4, "stages": [],
+                "error": {"code": e.code, "message": e.message}})
+        raise
     cache.check_writable()
     cache.clean_stale_temps(0)
     cache.on_warning = lambda code, message: console.error(f"warning[{code}]: {message}")

@@ -54,6 +54,9 @@ def test_out_dot_does_not_delete_a_user_folder_named_like_a_stage(tmp_path, ftds
     assert "ownership marker" in r.stderr and "Traceback" not in r.stderr
     assert tree(tmp_path / "data") == before
     assert not list(tmp_path.glob(".data.*"))  # no temp or set-aside folder either
+    r = run(ftdsl_cli, p, "--summary-json", "s.json")
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert r.returncode == 4 and summary["exit_code"] == 4 and summary["error"]["code"] == "FTP516"
     assert not (tmp_path / ".cache" / "entries").exists() or not any((tmp_path / ".cache" / "entries").rglob(
         "manifest.json")), "refused before any stage ran"
 
