@@ -250,3 +250,22 @@ def test_concurrent_runs_swapping_one_out_folder_never_fail_or_leave_temps(tmp_p
     assert sorted(p.name for p in out.iterdir()) in (["s"], [])
     if (out / "s").exists():
         assert tree(out / "s").keys() == {".ftdsl-key", "a.txt", "d/b.txt"}
+
+
+def test_an_out_folder_from_before_the_json_marker_is_still_ftdsls(tmp_path):
+    """Folders written by ftdsl 0.1 hold a key-only `.ftdsl-key`: they are replaced, not refused."""
+    from ftdsl.runtime import outdir
+
+    old = tmp_path / "out" / "t"
+    (old / "tensorboard").mkdir(parents=True)
+    (old / ".ftdsl-key").write_text("ab" * 32 + "\n")
+    (old / "metrics.json").write_text("{}")
+    (old / "tensorboard" / "events").write_bytes(b"x")
+    src = tmp_path / "entry"
+    src.mkdir()
+    (src / "metrics.json").write_text('{"new": 1}')
+    assert outdir.why_not_ours(old) is None
+    assert outdir.publish(tmp_path / "out", "t", src, "cd" * 32)
+    assert tree(old).keys() == {".ftdsl-key", "metrics.json"}
+    (old / ".ftdsl-key").write_text("not a key\n")  # a marker ftdsl never wrote
+    assert "ownership marker" in outdir.why_not_ours(old)
