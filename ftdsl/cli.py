@@ -23,6 +23,14 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
+def _device(value: str) -> str:
+    import re
+
+    if value in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", value):
+        return value
+    raise argparse.ArgumentTypeError(f"invalid device {value!r} (use auto, cpu, cuda, cuda:N or mps)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="ftdsl", description="Declarative fine-tuning pipelines: lint, plan, run.")
     p.add_argument("--version", action="version", version=f"ftdsl {ftdsl.__version__}")
@@ -50,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--format", default="text", choices=["text", "json", "mermaid"])
     sp.add_argument("--only", action="append", default=[], metavar="STAGE")
     sp.add_argument("--force", action="append", default=[], metavar="STAGE")
-    sp.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    sp.add_argument("--device", type=_device, metavar="D", help="auto, cpu, cuda, cuda:N or mps")
     sp.add_argument("--verify", action="store_true", help="re-hash data files (ignore the stat memo)")
     sp.add_argument("--detailed-exitcode", action="store_true", help="exit 2 when something would run")
     sp.add_argument("--nproc", type=int, default=1, metavar="N", help="as `run --nproc`: show world size and "
@@ -62,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("file", metavar="FILE")
     sp.add_argument("--only", action="append", default=[], metavar="STAGE", help="run this stage and its inputs")
     sp.add_argument("--force", action="append", default=[], metavar="STAGE", help="re-run this stage")
-    sp.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    sp.add_argument("--device", type=_device, metavar="D", help="auto, cpu, cuda, cuda:N or mps")
     sp.add_argument("--nproc", type=int, default=1, metavar="N",
                     help="processes per machine for stages with distributed = ddp | fsdp (through torchrun)")
     sp.add_argument("--nnodes", default="1", metavar="N", help="machines in the job (torchrun's --nnodes; 1:4 elastic)")

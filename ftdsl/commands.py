@@ -186,6 +186,8 @@ def _execute_run(plan, cache, args) -> int:
                                        rdzv_endpoint=args.rdzv_endpoint, rdzv_id=args.rdzv_id,
                                        rdzv_backend=args.rdzv_backend, max_restarts=args.max_restarts,
                                        quiet=args.quiet)
+    if args.device and args.device.startswith("cuda:"):
+        plan.device = args.device  # the key has the class (cuda); the stages get the GPU
     distributed.annotate_plan(plan, launch)  # FTP541 before anything runs
     world = distributed.external_world()
     quiet = args.quiet or (world is not None and world.rank != 0)  # one rank talks under an outside launcher

@@ -77,10 +77,12 @@ def lib_versions() -> dict[str, str]:
 
 
 def device_class(setting: str, flag: str | None = None) -> str:
-    """`cpu` or `cuda`, decided without importing torch (the key must not need torch).
+    """`cpu`, `cuda` (or `mps`, from the flag), decided without importing torch (the key must not need torch).
     Precedence: the `--device` flag, then $FTDSL_DEVICE, then the pipeline's `device`."""
-    if flag in ("cpu", "cuda"):
+    if flag in ("cpu", "cuda", "mps"):
         return flag
+    if flag and flag.startswith("cuda:"):  # one GPU of several: the same class of device
+        return "cuda"
     env = os.environ.get("FTDSL_DEVICE")
     if env in ("cpu", "cuda") and flag in (None, "auto"):
         return env

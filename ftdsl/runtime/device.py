@@ -7,21 +7,34 @@ instructions (AVX512-BF16 or AMX), fp32 otherwise (emulated bf16 on CPU is slowe
 
 from __future__ import annotations
 
+import os
+
 from ftdsl.errors import StageError
 
 __all__ = ["resolve_device", "resolve_precision", "cpu_bf16_reason"]
 
-_DEVICES = ("auto", "cpu", "cuda")
+_DEVICES = ("auto", "cpu", "cuda", "mps")
 _PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def resolve_device(device: str = "auto") -> str:
-    """``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; ``"cuda"`` without a GPU is
-    a StageError (FTP530) rather than a crash deep inside torch."""
+    """The device class a stage computes on: ``"cuda"``, ``"mps"`` or ``"cpu"``.
+
+    ``"auto"`` is ``"cuda"`` when a GPU is visible, else ``"cpu"`` (Apple's ``mps`` only when
+    asked for). ``"cuda:N"`` makes GPU N the current device and returns ``"cuda"``, so every
+    ``.to("cuda")`` lands there; ``CUDA_VISIBLE_DEVICES`` is respected (N counts the visible GPUs).
+    Under torchrun each rank has already made its local rank's GPU current (runtime.distributed).
+    A device that is not there is a StageError (FTP530) rather than a crash deep inside torch."""
+    import re
+
     import torch
 
+    index = None
+    m = re.fullmatch(r"cuda:(\d+)", device or "")
+    if m:
+        device, index = "cuda", int(m.group(1))
     if device not in _DEVICES:
-        raise StageError("FTP530", f"unknown device `{device}`", hint="use auto, cpu or cuda")
+        raise StageError("FTP530", f"unknown device `{device}`", hint="use auto, cpu, cuda, cuda:N or mps")
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -31,6 +44,19 @@ def resolve_device(device: str = "auto") -> str:
             f"(torch {torch.__version__})",
             hint="use `device = auto` or `--device cpu`",
         )
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise StageError("FTP530", "device `mps` was requested but this machine has no Apple GPU (MPS)",
+                         hint="use `--device cpu` (or auto)")
+    if index is not None:
+        n = torch.cuda.device_count()
+        if index >= n:
+            raise StageError("FTP530", f"device `cuda:{index}` was requested but {n} GPU{'s are' if n != 1 else ' is'} "
+                             f"visible (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})",
+                             hint=f"use cuda:0 to cuda:{n - 1}")
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):  # under torchrun: the local rank's GPU
+            torch.cuda.set_device(index)
     return device
 
 
@@ -70,6 +96,8 @@ def resolve_precision(precision: str, device: str, n_params: int | None = None) 
         raise StageError("FTP530", f"unknown precision `{precision}`", hint="use auto, fp32, bf16 or fp16")
     if precision != "auto":
         return precision, f"{precision}: requested"
+    if device == "mps":  # Apple GPUs: autocast support varies by macOS and PyTorch version
+        return "fp32", "fp32: on Apple GPUs (mps) `auto` stays in fp32; ask for bf16 or fp16 explicitly"
     if device == "cuda":
         if torch.cuda.is_bf16_supported():
             return "bf16", "bf16: the GPU supports bfloat16"
