@@ -65,11 +65,13 @@ def plan(p: Path, cache: Path, capsys, *extra) -> tuple[int, str]:
     return code, capsys.readouterr().out
 
 
-def run_logged(p: Path, cache: Path) -> str:
-    r = subprocess.run([sys.executable, "-m", "ftdsl", "run", str(p), "--cache", str(cache)], env=env(),
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return r.stdout + r.stderr
+def run_logged(p: Path, cache: Path, capsys) -> str:
+    """`ftdsl run` in this process (torch is already imported here); its log."""
+    capsys.readouterr()
+    code = main(["run", str(p), "--cache", str(cache)])
+    got = capsys.readouterr()
+    assert code == 0, got.out + got.err
+    return got.out + got.err
 
 
 def test_plan_shows_resume_then_run_resumes(tmp_path, capsys):
@@ -89,7 +91,7 @@ def test_plan_shows_resume_then_run_resumes(tmp_path, capsys):
     code, _ = plan(p, cache, capsys, "--detailed-exitcode")
     assert code == 2  # changes pending, as for any stage that will run
 
-    log = run_logged(p, cache)
+    log = run_logged(p, cache, capsys)
     assert f"resumed from step {PAUSE_AT}" in log
     code, out = plan(p, cache, capsys, "--detailed-exitcode")
     assert code == 0 and "will resume" not in out and "resuming" not in out  # the checkpoint is gone with the published entry
@@ -109,7 +111,7 @@ def test_plan_shows_a_sweep_trial_that_will_resume(tmp_path, capsys):
     code, out = plan(p, cache, capsys)
     assert code == 0
     assert f"trials: 1 of 2 trials cached, 1 to run (1 resumes: trial 1 from step {PAUSE_AT} of 24)" in out
-    log = run_logged(p, cache)
+    log = run_logged(p, cache, capsys)
     assert f"resumed from step {PAUSE_AT}" in log and "resuming from step" in log
     rows = json.loads((tmp_path / "out" / "s" / "trials.json").read_text())["trials"]
     assert [r["resumed_from"] for r in rows] == [PAUSE_AT, None]
