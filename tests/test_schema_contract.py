@@ -281,3 +281,22 @@ def test_evaluate_metrics_default_by_the_models_task():
     cls = compile_pipeline("p.ftp", (), text=src.replace("task = regress)", "task = classify, classes = 2)")
                            .replace("task = regress()", "task = classify(labels = 2)"))
     assert stage_config(cls.program.blocks["e"], cls.program)["metrics"] == ["accuracy", "f1"]
+
+
+@pytest.mark.parametrize("adapter", ["lora", "adalora"])
+def test_default_adapter_targets_fit_a_from_scratch_model(adapter):
+    """The schema's old default `targets = ["query", "value"]` named modules no from-scratch net has
+    (FTP510 at run time); the default is now the engine's choice, so `lora = lora()` trains an mlp."""
+    from ftdsl.stages import nets
+    from ftdsl.stages.model import FeaturesModule
+    from ftdsl.stages.train_factories import call_of
+    from ftdsl.stages.train_setup import apply_lora
+
+    c = compile_pipeline("p.ftp", (), text="ftp 1\ndata d { source = sklearn(\"iris\") }\n"
+                         "model m { arch = mlp(hidden = [8]), task = classify(labels = 3) }\n"
+                         f"train t {{ model = m, data = d, epochs = 1, lora = {adapter}() }}\n")
+    call = call_of(stage_config(c.program.blocks["t"])["lora"], "lora")
+    assert call["targets"] is None
+    module = FeaturesModule(nets.build_net({"$call": "mlp", "hidden": [8]}, 3, input_shape=(4,)), (4,))
+    apply_lora(module, call, total_steps=100)
+    assert any("lora" in n for n, _ in module.named_parameters())
