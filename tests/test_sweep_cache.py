@@ -233,6 +233,7 @@ BAD_SPACES = [
     ('"batch" = int_range(8, 30, 8)', "random(n = 2)", "FTP216", "write `int_range(8, 24, 8)`"),
     ('"precision" = uniform(0, 1)', "random(n = 2)", "FTP216", "use a list of values"),
     ('"optimizer.lr" = uniform(0, 0.1)', "random(n = 2)", "FTP216", "out of range"),
+    ('"optimizer" = ["sgd"], "optimizer.momentum" = uniform(0.5, 1.5)', "random(n = 2)", "FTP216", "[0, 1)"),
 ]
 
 
@@ -251,7 +252,10 @@ def test_bad_spaces_are_lint_errors_with_a_span(tmp_path, capsys, over, strategy
 def test_good_spaces_lint_clean(tmp_path, capsys):
     p = write(tmp_path, sweep_block('"optimizer.lr" = loguniform(1e-4, 1e-2), "batch" = int_range(8, 32, 8)',
                                     "optuna(n = 4, seed = 0, pruner = median)"),
-              sweep_block('"batch" = int_range(8, 32, 8), "optimizer.lr" = [0.01, 0.1]', "grid", name="g"))
+              sweep_block('"batch" = int_range(8, 32, 8), "optimizer.lr" = [0.01, 0.1]', "grid", name="g"),
+              # an argument of the constructor the sweep itself switches to
+              sweep_block('"optimizer" = ["sgd"], "optimizer.momentum" = uniform(0.5, 0.9)', "random(n = 2)",
+                          name="w"))
     assert main(["lint", str(p)]) == 0, capsys.readouterr().err
 
 

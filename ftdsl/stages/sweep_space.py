@@ -26,7 +26,7 @@ from ftdsl.errors import StageError
 from ftdsl.ir import schema as S
 from ftdsl.stages.sweep_paths import Bad, apply_params, coerce, fmt, resolve, sweep_paths
 
-__all__ = ["Dist", "Space", "strategy_of", "DIST_CALLS", "dist_of", "space_problem", "STRATEGIES"]
+__all__ = ["Dist", "Space", "bases_for", "strategy_of", "DIST_CALLS", "dist_of", "space_problem", "STRATEGIES"]
 
 DIST_CALLS = ("uniform", "loguniform", "int_range")
 STRATEGIES = ("grid", "random", "optuna")
@@ -133,6 +133,21 @@ def space_problem(dist: Dist, field: S.Field) -> str | None:
     return None
 
 
+def bases_for(kind: str, base: dict, path: str, switch_values: dict[str, list]) -> list[dict]:
+    """The configurations `path` is checked against: the target's, or each constructor the sweep
+    itself switches the parent attribute to (`"optimizer" = ["sgd"], "optimizer.momentum" = ...`)."""
+    head = path.split(".")[0]
+    if "." not in path or head not in switch_values:
+        return [base]
+    bases = []
+    for sv in switch_values[head]:
+        try:
+            bases.append(apply_params(kind, base, {head: sv}))
+        except Bad:
+            pass
+    return bases or [base]
+
+
 def strategy_of(value: Any) -> dict:
     if isinstance(value, str):
         value = {"$call": value}
@@ -170,18 +185,7 @@ class Space:
     # -- validation ---------------------------------------------------------------------------
 
     def _bases(self, path: str, switch_values: dict) -> list[dict]:
-        """The configurations `path` is checked against: the target's, or each constructor the
-        sweep itself switches the parent attribute to."""
-        head = path.split(".")[0]
-        if "." not in path or head not in switch_values:
-            return [self.base]
-        bases = []
-        for sv in switch_values[head]:
-            try:
-                bases.append(apply_params(self.kind, self.base, {head: sv}))
-            except Bad:
-                pass
-        return bases or [self.base]
+        return bases_for(self.kind, self.base, path, switch_values)
 
     def _fields(self, name: str, path: str, bases: list[dict], valid: list[str]) -> list[S.Field]:
         reasons, fields = [], []

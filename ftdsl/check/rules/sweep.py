@@ -25,13 +25,16 @@ def sweep_over_paths(ctx):
         if tb.kind not in ("train", "distill"):
             continue  # FTP209 already
         from ftdsl.stages.sweep_paths import Bad, apply_params, resolve, sweep_paths
-        from ftdsl.stages.sweep_space import dist_of, space_problem
+        from ftdsl.stages.sweep_space import bases_for, dist_of, space_problem
 
         cfg = stage_config(tb)
-        valid = sweep_paths(tb.kind, cfg)
+        switch = {p: [lower_value(x) for x in v.items] for p, v in over.entries
+                  if "." not in p and isinstance(v, ListIR)}
         spans = over.key_spans or (None,) * len(over.entries)
         continuous = []
         for (path, values), span in zip(over.entries, spans):
+            bases = bases_for(tb.kind, cfg, path, switch)  # a switched constructor has other arguments
+            valid = list(dict.fromkeys(q for base in bases for q in sweep_paths(tb.kind, base)))
             if path not in valid:
                 yield make("FTP212", f"`{name}.over`: `{path}` is not an attribute of `{tb.kind} {tb.name}`",
                            span or b.name_span, label="unknown attribute path",
@@ -44,11 +47,14 @@ def sweep_over_paths(ctx):
                 except Bad as e:
                     yield make("FTP216", f"`{name}.over.\"{path}\"`: {e}", where, label="empty or invalid range")
                     continue
-                try:
-                    field = resolve(tb.kind, cfg, path)[2]
-                except Bad:
-                    continue
-                problem = space_problem(dist, field)
+                field = None
+                for base in bases:
+                    try:
+                        field = resolve(tb.kind, base, path)[2]
+                        break
+                    except Bad:
+                        continue
+                problem = space_problem(dist, field) if field is not None else None
                 if problem:
                     yield make("FTP216", f"`{name}.over.\"{path}\"` = {dist.describe()}: {problem}", where,
                                label="does not fit the attribute")
@@ -56,10 +62,16 @@ def sweep_over_paths(ctx):
                     continuous.append((path, dist, where))
                 continue
             for v in values.items if isinstance(values, ListIR) else ():
-                try:
-                    apply_params(tb.kind, cfg, {path: lower_value(v)})
-                except Bad as e:
-                    yield make("FTP212", f"`{name}.over`: {e}", v.span or span, label="cannot be set on the target")
+                errors = []
+                for base in bases:
+                    try:
+                        apply_params(tb.kind, base, {path: lower_value(v)})
+                        break
+                    except Bad as e:
+                        errors.append(e)
+                else:
+                    yield make("FTP212", f"`{name}.over`: {errors[0]}", v.span or span,
+                               label="cannot be set on the target")
         strategy = b.value("strategy")
         is_grid = strategy is None or (isinstance(strategy, CallV) and strategy.name == "grid")
         if continuous and is_grid:
