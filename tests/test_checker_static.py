@@ -248,3 +248,16 @@ def test_a_long_chain_of_stages_is_checked_without_recursion():
     src += f"evaluate r {{ models = [t{n - 1}], data = d.test }}\nexport e {{ from = t{n - 1}, format = hf, verify = true }}\n"
     codes = [d.code for d in lint(src) if d.severity == "error"]
     assert codes == ["FTP243"]  # found through 2,500 stages back to the `arch` model
+
+
+def test_argument_combinations_a_constructor_cannot_build_are_errors():
+    src = IRIS + "model m { arch = transformer(dim = 64, heads = 5), task = classify(labels = 3) }\n"
+    d = only(lint(src), "FTP203")[0]
+    assert pos(d) == at(src, "5") and "`heads = 4`" in d.hint  # nn.MultiheadAttention asserted at run time
+    src = "data d { source = synthetic(classes = 100, features = 4) }\n"
+    d = only(lint(src), "FTP203")[0]
+    assert pos(d) == at(src, "100") and "features = 7" in d.hint  # sklearn refused it at run time
+    src = 'data d {\n  source = sklearn("iris")\n  text = "t"\n}\nmodel m { arch = rnn(), task = classify(labels = 3) }\n' \
+        + train("m", "d")
+    ds = lint(src)
+    assert [pos(d) for d in ds if d.code == "FTP240"] == [at(src, '"t"')]

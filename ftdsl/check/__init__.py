@@ -23,6 +23,7 @@ RULES = (
     compat.quantize_support,
     compat.export_support,
     compat.install_capabilities,
+    compat.constructor_constraints,
     sweep.sweep_over_paths,
     safety.trust_remote_code,
     safety.pickle_weights,

@@ -1,7 +1,8 @@
 """Static compatibility between data, models and tasks, and what each artifact and this install support.
 
-FTP240 (the model takes another modality than the data has), FTP241 (labels that cannot fit the
-task head), FTP242 (a quantization method the artifact does not support), FTP243 (an export
+FTP240 (the model takes another modality than the data has, or a data set that has no text
+given a `text` column), FTP241 (labels that cannot fit the task head), FTP203 for argument
+combinations a constructor cannot build (`heads` that do not divide `dim`), FTP242 (a quantization method the artifact does not support), FTP243 (an export
 format the model's origin does not support), FTP244 (a setting this install cannot honour), and
 FTP207 for re-quantizing a quantized ONNX graph. Everything here is read from the schema's tables
 (`ftdsl/ir/schema/modality.py`, `ftdsl/capabilities.py`), which the engine shares.
@@ -84,6 +85,8 @@ def data_of(prog, name: str) -> Data | None:
         info = M.source_info(src.name, {k: lower_value(v) for k, v in src.args})
     text = b.value("text")
     if isinstance(text, Lit) and isinstance(text.value, str):
+        if info is not None:
+            return None  # `text` on a source without columns: FTP240 (constructor_constraints) says it
         modality = M.TEXT
     else:
         modality = info.modality if info is not None else M.FEATURES
@@ -241,3 +244,50 @@ def install_capabilities(ctx):
             ok = ", ".join(capabilities.distributed_modes())
             yield make("FTP244", f"`{b.kind} {name}`: `distributed = {v.name}` is not supported by this install's engine",
                        v.span, label="not supported here", hint=f"supported: {ok}")
+
+
+def _int_arg(call: CallV, name: str):
+    v = call.get(name)
+    return (v.value, v.span) if isinstance(v, Lit) and isinstance(v.value, int) else (None, None)
+
+
+def constructor_constraints(ctx):
+    """FTP203/FTP240: argument combinations that no value range can express.
+
+    `transformer(dim, heads)`: attention splits `dim` across the heads; `synthetic(classes, features)`:
+    scikit-learn needs 2**features >= classes informative corners; a data block whose source has no
+    columns (`sklearn`, `synthetic`) cannot have a `text` column.
+    """
+    import math
+
+    for name, b in ctx.program.blocks.items():
+        if b.kind == "model":
+            arch = b.value("arch")
+            if isinstance(arch, CallV) and arch.name == "transformer":
+                (dim, _), (heads, hspan) = _int_arg(arch, "dim"), _int_arg(arch, "heads")
+                if dim and heads and dim % heads:
+                    yield make("FTP203", f"`{name}.arch`: `heads = {heads}` must divide `dim = {dim}`",
+                               hspan or arch.span, label="does not divide dim",
+                               hint="each head gets dim / heads features: use "
+                                    + " or ".join(f"`heads = {h}`" for h in _divisors_near(dim, heads)))
+        elif b.kind == "data":
+            src = b.value("source")
+            if not isinstance(src, CallV):
+                continue
+            if src.name == "synthetic" and getattr(src.get("task"), "name", None) != "regress":
+                (k, _), (classes, cspan) = _int_arg(src, "features"), _int_arg(src, "classes")
+                if k and classes and max(2, math.ceil(math.log2(classes))) > k:
+                    need = max(2, math.ceil(math.log2(classes)))
+                    yield make("FTP203", f"`{name}.source`: {classes} classes need at least {need} features, "
+                                         f"not {k}", cspan or src.span, label="too many classes for the features",
+                               hint=f"use `features = {need}` or more")
+            text = b.value("text")
+            if src.name in ("sklearn", "synthetic") and isinstance(text, Lit) and isinstance(text.value, str):
+                yield make("FTP240", f"`data {name}`: `{src.name}(...)` yields numeric features, it has no text "
+                                     f"column `{text.value}`", text.span, label="no such column",
+                           hint="remove `text`, or read a file with a text column: `source = csv(\"...\")`")
+
+
+def _divisors_near(n: int, h: int) -> list[int]:
+    ds = [d for d in range(1, min(n, 1024) + 1) if n % d == 0]
+    return sorted(sorted(ds, key=lambda d: (abs(d - h), d))[:2])
