@@ -140,17 +140,21 @@ class Converter:
     def _c_list(self, v, t, what):
         if v.__class__ is not A.ListV:
             return self._mismatch(v, t, what)
+        n = len(v.items)
+        if t.max_len is not None and n > t.max_len:
+            # Said before converting a single item: a 2-million-element list is refused in time and
+            # memory proportional to its text, not to an IR node per element.
+            self.err("FTP203", f"`{what}` takes at most {t.max_len} items, found {n}", v.span,
+                     label="too many items")
+            return None
         items = []
         for i, item in enumerate(v.items):
             c = self.convert(item, t.item, f"{what}[{i}]")
             if c is not None:
                 items.append(c)
-        if len(v.items) < t.min_len:
+        if n < t.min_len:
             self.err("FTP203", f"`{what}` needs at least {t.min_len} item{'s' if t.min_len > 1 else ''}",
                      v.span, label="empty list")
-        if t.max_len is not None and len(v.items) > t.max_len:
-            self.err("FTP203", f"`{what}` takes at most {t.max_len} items, found {len(v.items)}", v.span,
-                     label="too many items")
         return ListIR(tuple(items), v.span)
 
     def _c_struct(self, v, t, what):

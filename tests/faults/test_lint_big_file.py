@@ -60,19 +60,31 @@ def test_four_mib_list_lints_in_bounded_time_and_memory(tmp_path):
 
 def test_an_error_inside_a_huge_list_is_found_at_its_exact_place(tmp_path):
     p = tmp_path / "big.ftp"
-    items = ["64"] * 500_000
-    items[123_456] = "0"  # mlp widths are >= 1
+    items = ["1.5"] * 200_000
+    items[123_456] = "-1.0"  # class weights are >= 0
     body = ",\n".join(", ".join(items[i:i + 10]) for i in range(0, len(items), 10))
     p.write_text(f"data d {{ source = sklearn(\"digits\"), split = {{ train = 0.8, valid = 0.1, test = 0.1 }} }}\n"
-                 f"model m {{ task = classify(labels = 10), arch = mlp(hidden = [\n{body}\n]) }}\n"
-                 "train t { model = m, data = d, epochs = 1 }\n")
+                 "model m { task = classify(labels = 10), arch = mlp(hidden = [64]) }\n"
+                 f"train t {{ model = m, data = d, epochs = 1, loss = cross_entropy(weights = [\n{body}\n]) }}\n")
     m = _measure(p)
     assert m["rc"] == 1, m["err"]
-    line = 3 + 123_456 // 10  # 10 items per line from line 3
-    col = 1 + 4 * (123_456 % 10)  # "64, " is 4 characters
+    line = 4 + 123_456 // 10  # 10 items per line from line 4
+    col = 1 + 5 * (123_456 % 10)  # "1.5, " is 5 characters
     assert f"big.ftp:{line}:{col}" in m["err"], m["err"]
-    assert "hidden[123456]" in m["err"]
+    assert "weights[123456]" in m["err"]
     assert m["wall"] < 30
+
+
+def test_a_list_longer_than_its_attribute_allows_is_refused_before_converting_it(tmp_path):
+    p = tmp_path / "big.ftp"
+    n = 1_300_000
+    p.write_text('data d { source = sklearn("digits"), split = { train = 0.8, valid = 0.1, test = 0.1 } }\n'
+                 "model m { arch = mlp(hidden = h), task = classify(labels = 10) }\n"
+                 "train t { model = m, data = d, epochs = 1 }\n"
+                 "param h = [" + ",".join(["64"] * n) + "]\n")
+    m = _measure(p)
+    assert m["rc"] == 1 and f"takes at most 1024 items, found {n}" in m["err"], m["err"]
+    assert m["rss_mb"] <= 200, f"peaked at {m['rss_mb']:.0f} MB"  # no IR node per element (was 570 MB)
 
 
 def test_packed_and_ordinary_lists_build_the_same_ast():
