@@ -20,6 +20,8 @@ from typing import Any
 
 __all__ = ["waiting_checkpoint", "annotate", "kept_keys"]
 
+MAX_LISTED = 5000  # trials of one grid/random sweep whose keys plan computes (about 50 us each)
+
 
 def _read(path: Path) -> Any:
     try:
@@ -106,6 +108,9 @@ def _sweep_trials(st, by_name: dict, cache, produced: dict[str, str], pipeline_a
     else:
         draws = None
     keys: list[str] = []
+    if draws is not None and len(draws) > MAX_LISTED:  # hashing that many configurations would slow plan down
+        return {"strategy": kind, "trials": len(draws), "exact": False, "cached": 0, "from_stages": {}, "failed": 0,
+                "resume": [], "to_run": len(draws)}
     if draws is not None:
         for params in draws:
             try:

@@ -1,8 +1,9 @@
 """The `sweep` stage: hyperparameter search over a `train` (or `distill`) stage.
 
 The executor hands a sweep its *target's* inputs (``inputs["model"]``, ``inputs["data"]``, ...)
-and ``attrs["$target"] = {"name", "kind", "config", "payload"}``: the target's lowered
-attributes and the payload its cache key hashes; ``ctx.cache`` is the run's cache. Each trial is
+and ``attrs["$target"] = {"name", "kind", "config", "payload", "forced"}``: the target's lowered
+attributes, the payload its cache key hashes, and whether the sweep runs because of ``--force``
+(its trials then train again); ``ctx.cache`` is the run's cache. Each trial is
 the target's stage run on a copy of that config with the ``over`` paths set
 (:mod:`ftdsl.stages.sweep_paths`), drawn from the search space by the strategy
 (:mod:`ftdsl.stages.sweep_space`): ``grid``, ``random(n, seed)``, ``optuna(n, seed, pruner)``
