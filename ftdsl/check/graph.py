@@ -151,7 +151,7 @@ def artifact_types(program: Program, order: list[str]) -> dict[str, str]:
     return out
 
 
-def _follow(program: Program, name: str, attrs: tuple[str, ...], stop, memo: dict | None):
+def follow(program: Program, name: str, attrs: tuple[str, ...], stop, memo: dict | None):
     """Walk references (`attrs`, first one set) from `name` until `stop(block)` returns a
     non-None pair `(True, result)`; iterative (a 10,000-stage chain must not hit the recursion
     limit), and linear over many calls when they share `memo`."""
@@ -193,9 +193,9 @@ def _data_stop(b: BlockIR):
 
 def model_task(program: Program, name: str, memo: dict | None = None) -> str | None:
     """Follow model-producing stages back to a `model` block and return `classify` or `regress`."""
-    return _follow(program, name, ("model", "student", "from", "target"), _task_stop, memo)
+    return follow(program, name, ("model", "student", "from", "target"), _task_stop, memo)
 
 
 def training_data(program: Program, name: str, memo: dict | None = None) -> str | None:
     """The data block a model-producing stage was trained on (for metric checks)."""
-    return _follow(program, name, ("from", "target", "model", "student"), _data_stop, memo)
+    return follow(program, name, ("from", "target", "model", "student"), _data_stop, memo)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ftdsl import capabilities
+from ftdsl.check.graph import follow
 from ftdsl.diagnostics import Label, make
 from ftdsl.ir.lower import lower_value
 from ftdsl.ir.nodes import CallV, DictIR, ListIR, Lit, RefV, Sym
@@ -33,27 +34,9 @@ class Origin:
 
 
 def origin(prog, name: str, memo: dict | None = None) -> Origin | None:
-    """Follow `model`/`student`/`from`/`target` back to a `model` block (iteratively: a chain of
-    10,000 stages must not hit the recursion limit; `memo` makes repeated lookups linear)."""
-    memo = {} if memo is None else memo
-    path: list[str] = []
-    on_path: set[str] = set()
-    found: Origin | None = None
-    cur: str | None = name
-    while cur is not None and cur in prog.blocks and cur not in on_path:
-        if cur in memo:
-            found = memo[cur]
-            break
-        path.append(cur)
-        on_path.add(cur)
-        b = prog.blocks[cur]
-        if b.kind == "model":
-            found = _model_origin(cur, b)
-            break
-        cur = next((v.target for v in (b.value(a) for a in _FOLLOW) if isinstance(v, RefV)), None)
-    for n in path:
-        memo[n] = found
-    return found
+    """Follow `model`/`student`/`from`/`target` back to a `model` block (shared `memo`: linear)."""
+    return follow(prog, name, _FOLLOW, lambda b: (True, _model_origin(b.name, b)) if b.kind == "model" else None,
+                  memo)
 
 
 def _model_origin(name: str, b) -> Origin | None:
