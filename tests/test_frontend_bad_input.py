@@ -195,7 +195,7 @@ def test_fmt_refuses_a_file_over_the_size_cap(cli, tmp_path):
 
 
 def test_one_megabyte_single_line_finishes_in_bounded_time(cli, tmp_path):
-    src = BASE + 'train t { model = m, data = d, epochs = 1 }\ndata e { source = sklearn("iris"), text = "' \
+    src = BASE + 'train t { model = m, data = d, epochs = 1 }\ndata e { source = sklearn("iris"), label = "' \
         + "a" * 1_000_000 + '" }\n'
     name = write(tmp_path, src)
     t = time.perf_counter()
