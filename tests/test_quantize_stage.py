@@ -232,10 +232,11 @@ def test_int8_model_agrees_on_cpus_without_vnni_too(feat):
 
     x = feat["test"].features
     ref, here = e.predict({"x": x}), q8.predict({"x": x})
-    np.testing.assert_allclose(exact_runner(q8.onnx_path)({"x": x}), here, atol=1e-5)  # the emulator's plumbing
+    # the emulator's plumbing: exact integer arithmetic, float rounding apart (1e-4 for other CPUs' kernels)
+    np.testing.assert_allclose(exact_runner(q8.onnx_path)({"x": x}), here, atol=1e-4)
     non_vnni = non_vnni_runner(q8.onnx_path)({"x": x})
     assert within_budget(ref, non_vnni), np.abs(non_vnni - ref).max()
-    np.testing.assert_allclose(non_vnni, here, atol=1e-5)  # no saturation: the same numbers on both CPU kinds
+    np.testing.assert_allclose(non_vnni, here, atol=1e-4)  # no saturation: the same numbers on both CPU kinds
 
     # what the stage produced before: 8-bit int8 weights, per channel; the emulation catches it
     eight_bit = feat["root"] / "q8_8bit.onnx"
