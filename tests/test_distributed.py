@@ -195,3 +195,20 @@ def test_under_an_outside_torchrun(runs):
     w, ref = _weights(root, "outside"), _weights(root, "two")
     for k in ref:
         assert (w[k] == ref[k]).all(), k
+
+
+@pytest.mark.slow  # three 2-process runs, ~1.5 min on 2 cores
+def test_fsdp_killed_rank_restarts_and_matches_uninterrupted_run(tmp_path):
+    """FSDP checkpoints hold the consolidated weights and the full optimizer state (gathered to
+    rank 0, never DCP's pickled metadata); a restarted job resumes them on every rank."""
+    root = _project(tmp_path, mode="fsdp")
+    _run(root, "ref", "--nproc", "2")
+    env = {"FTDSL_TEST_KILL_AT_STEP": "15", "FTDSL_TEST_KILL_RANK": "1"}
+    r = _cli(["run", "p.ftp", "--cache", "killed", "--nproc", "2", "--max-restarts", "1"], root, env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "resumed from step 10" in r.stderr
+    ck = list((root / "killed").rglob("optim.safetensors"))
+    assert not ck  # the work folder (and its checkpoints) is removed once the entry is published
+    w, ref = _weights(root, "killed"), _weights(root, "ref")
+    for k in ref:
+        assert float((w[k] - ref[k]).abs().max()) <= 1e-6, k

@@ -205,7 +205,9 @@ class Checkpoint:
 
 
 def _split_optimizer(optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    sd = optimizer.state_dict()
+    """Tensors as ``state.{idx}.{name}``, the rest JSON. ``optimizer`` may also be a state dict
+    (FSDP's full one: ``state`` keyed by index, ``param_groups`` naming parameters)."""
+    sd = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for idx, st in sd["state"].items():

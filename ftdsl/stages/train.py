@@ -42,7 +42,7 @@ from ftdsl.stages.outputs import MetricsWriter
 from ftdsl.stages.train_early_stop import early_stop
 from ftdsl.stages.train_env import Signals, StageInterrupted, amp_dtype, autocast, determinism
 from ftdsl.stages.train_factories import LOSSES, OPTIMIZERS, SCHEDULES, build_optim, call_of
-from ftdsl.stages.train_parallel import Parallel
+from ftdsl.stages.train_parallel import Parallel, full_optimizer_state, load_model_state, load_optimizer_state
 from ftdsl.stages.train_setup import adalora_state, apply_lora, freeze as freeze_params, restore_adalora, to_regression
 from ftdsl.stages.train_state import LoopState
 
@@ -132,6 +132,9 @@ class _Trainer:
             raise StageError(
                 "FTP541", f"batch = {self.batch} is the global batch and does not divide among {p.world} processes",
                 hint=f"use batch = {lo or p.world} or {lo + p.world}, or --nproc that divides {self.batch}")
+        if p.mode == "fsdp" and self.attrs.get("lora"):
+            raise StageError("FTP530", "lora with distributed = fsdp is not supported by this engine",
+                             hint="use distributed = ddp (LoRA's trainable parameters are small enough to copy)")
         self.log(f"{p.mode}: {p.world} processes, {p.per_rank} rows per process of each global batch of "
                  f"{self.batch}")
 
@@ -387,12 +390,13 @@ class _Trainer:
         if par.active:  # each rank's own dropout RNG, so a restarted job continues bitwise
             extra_tensors.update({f"rank_rng.{r}": t for r, t in enumerate(rngs)})
         model_state = par.full_model_state(self.module)
+        optim_state = full_optimizer_state(par, self.module, self.optimizer)
         if not par.main:
             return None
         return ckpt.save_checkpoint(
-            self.ckpt_dir, model=model_state, optimizer=self.optimizer if not par.active or par.mode == "ddp"
-            else None, scheduler=self.scheduler, scaler=self.scaler, step=st.step, epoch=st.epoch,
-            batch_in_epoch=st.batch_in_epoch, epoch_gen_state=gen_state, best=st.best, best_state=st.best_state,
+            self.ckpt_dir, model=model_state, optimizer=optim_state, scheduler=self.scheduler, scaler=self.scaler,
+            step=st.step, epoch=st.epoch, batch_in_epoch=st.batch_in_epoch, epoch_gen_state=gen_state, best=st.best,
+            best_state=st.best_state,
             history=self.writer.records, config_hash=self.config_hash, config=self.config,
             extra={"loop": st.scalars(), "total_steps": self.total_steps, **extra}, extra_tensors=extra_tensors)
 
@@ -411,13 +415,10 @@ class _Trainer:
             self.writer.reset([])
             return None
         try:
-            ck.restore(model=self.module if not (par.active and par.mode == "fsdp") else None,
-                       optimizer=self.optimizer if not (par.active and par.mode == "fsdp") else None,
-                       scheduler=self.scheduler, scaler=self.scaler)
-            if par.active and par.mode == "fsdp":
-                from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-                set_model_state_dict(self.module, ck.model_state, options=StateDictOptions(full_state_dict=True))
+            load_model_state(par, self.module, ck.model_state)
+            if ck.optim_state is not None:
+                load_optimizer_state(par, self.module, self.optimizer, ck.optim_state)
+            ck.restore(scheduler=self.scheduler, scaler=self.scaler)  # and the RNGs
         except (RuntimeError, ValueError, KeyError) as e:
             raise StageError("FTP506", f"checkpoint {ck.path} does not fit this model ({str(e).splitlines()[0]})",
                              hint="rerun with --force to start over") from e
@@ -574,12 +575,7 @@ class _Trainer:
         st, par = self.state, self.parallel
         restored = False
         if st.best_state is not None and st.best is not None and st.best["step"] != step:
-            if par.active and par.mode == "fsdp":
-                from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-                set_model_state_dict(self.module, st.best_state, options=StateDictOptions(full_state_dict=True))
-            else:
-                self.module.load_state_dict(st.best_state)
+            load_model_state(par, self.module, st.best_state)
             restored = True
             self.log(f"restored the best weights: {st.best['metric']} {st.best['value']:.6g} "
                      f"at step {st.best['step']}")

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["Parallel"]
+__all__ = ["Parallel", "full_optimizer_state", "load_optimizer_state", "load_model_state"]
 
 
 class Parallel:
@@ -129,6 +129,41 @@ class Parallel:
 
             return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return module.state_dict()
+
+
+def full_optimizer_state(parallel: "Parallel", module: nn.Module, optimizer) -> Any:
+    """What a checkpoint stores for the optimizer: the optimizer itself, or with FSDP its full
+    state gathered to rank 0 (a collective), indexed by position with the parameter names in
+    ``param_groups`` so that it loads back into any sharding."""
+    if not (parallel.active and parallel.mode == "fsdp"):
+        return optimizer
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    osd = get_optimizer_state_dict(module, optimizer,
+                                   options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    names = [n for g in osd.get("param_groups", []) for n in g["params"]]
+    index = {n: i for i, n in enumerate(names)}
+    return {"state": {index[n]: v for n, v in osd.get("state", {}).items()}, "param_groups": osd.get("param_groups", [])}
+
+
+def load_optimizer_state(parallel: "Parallel", module: nn.Module, optimizer, saved: dict) -> None:
+    if not (parallel.active and parallel.mode == "fsdp"):
+        optimizer.load_state_dict(saved)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    names = [n for g in saved["param_groups"] for n in g["params"]]
+    full = {"state": {names[int(i)]: v for i, v in saved["state"].items()}, "param_groups": saved["param_groups"]}
+    set_optimizer_state_dict(module, optimizer, optim_state_dict=full, options=StateDictOptions(full_state_dict=True))
+
+
+def load_model_state(parallel: "Parallel", module: nn.Module, state: dict) -> None:
+    if not (parallel.active and parallel.mode == "fsdp"):
+        module.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True))
 
 
 def shard_units(module: nn.Module) -> list[nn.Module]:
