@@ -11,6 +11,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedTok
 
 from ftdsl.diagnostics import Diagnostic, Label, make
 from ftdsl.syntax import ast as A
+from ftdsl.syntax.lexer import FastLexer
 from ftdsl.syntax.parser import _DEEP_RE, _parser, _span_of, _tspan_path
 
 _TOKEN_NAMES = {
@@ -36,6 +37,7 @@ def _expected(tokens) -> str:
 # A line that starts a top-level item: `KIND NAME {`, `param NAME =`, `use "..."`, `ftp N`.
 _ITEM_START = re.compile(r'^[ \t]*[A-Za-z_][A-Za-z0-9_]*[ \t]+(?:[A-Za-z_][A-Za-z0-9_]*[ \t]*[{=]|"|[0-9])', re.M)
 MAX_SYNTAX_ERRORS = 20
+RECOVERY_BUDGET = 16 * 1024 * 1024  # characters parsed again, in all, while recovering
 
 
 def _error_pos(e: UnexpectedInput, text: str) -> int:
@@ -58,8 +60,14 @@ def recover(text: str, path: str, first: UnexpectedInput) -> tuple[list[Diagnost
     diags: list[Diagnostic] = []
     masked, broken = text, set()
     pos, err = _error_pos(first, text), first
+    # Each round parses the whole text again: bound the total work (a 4 MiB file of broken items
+    # gets a few rounds, a normal file up to MAX_SYNTAX_ERRORS), then give up on the rest.
+    rounds = max(2, min(MAX_SYNTAX_ERRORS, RECOVERY_BUDGET // max(1, len(text))))
     while True:
         start, end, opener = _broken_item(masked, pos)
+        rounds -= 1
+        if rounds <= 0:
+            end = len(masked)  # out of budget: everything from this broken item on is dropped
         if len(diags) < MAX_SYNTAX_ERRORS:
             d = _syntax_diagnostic(err, masked, path)
             if opener is not None:  # the error is only where the parser noticed the missing bracket
@@ -72,6 +80,7 @@ def recover(text: str, path: str, first: UnexpectedInput) -> tuple[list[Diagnost
         if not masked[start:end].strip():
             return diags, None, broken  # no progress possible
         masked = masked[:start] + re.sub(r"[^\n]", " ", masked[start:end]) + masked[end:]
+        FastLexer.packed = {}  # long literal lists stay cheap in these parses too
         try:
             _parser().parse(masked)  # a throw-away parse: builder output and its errors are dropped
             return diags, masked, broken
@@ -79,6 +88,8 @@ def recover(text: str, path: str, first: UnexpectedInput) -> tuple[list[Diagnost
             pos, err = _error_pos(e, masked), e
         except Exception:  # noqa: BLE001 - a builder failure in a later item: give up recovering
             return diags, None, broken
+        finally:
+            FastLexer.packed = None
 
 
 def _unclosed(text: str, path: str, opener: int, next_item: int) -> Diagnostic:

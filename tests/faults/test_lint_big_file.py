@@ -142,3 +142,15 @@ def test_packing_never_changes_what_a_list_means(monkeypatch):
     plain = [parse(t, "x.ftp", recover=True) for t in texts]
     for t, a, b in zip(texts, packed, plain):
         assert a == b, t
+
+
+def test_a_big_file_full_of_syntax_errors_is_not_parsed_again_and_again(tmp_path):
+    # Recovery re-parses the file after blanking each broken item: its total work is bounded, so a
+    # 4 MiB file of broken blocks costs a few parses, not one per broken block.
+    p = tmp_path / "broken.ftp"
+    n = (MAX_BYTES - 100) // len('data d99999 { source = csv("x.csv") = }\n')
+    p.write_text("".join(f'data d{i} {{ source = csv("x.csv") = }}\n' for i in range(n)))
+    m = _measure(p)
+    assert m["rc"] == 1 and "FTP101" in m["err"], m["err"]
+    assert m["wall"] < 20, f"took {m['wall']:.1f} s"
+    assert m["rss_mb"] <= 300
