@@ -58,11 +58,11 @@ DEFAULT_FILES = {"onnx": ONNX_FILE, "torchscript": "model.pt", "pt2": "model.pt2
 
 
 def _format(v) -> tuple[str, dict]:
-    if isinstance(v, str):
-        return v, {"opset": 17} if v == "onnx" else {}
-    if isinstance(v, dict) and v.get("$call"):
-        return v["$call"], {k: x for k, x in v.items() if k != "$call"}
-    raise StageError("FTP530", f"format must be onnx(opset), torchscript, pt2, safetensors or hf, got {v!r}")
+    """(format, its arguments), defaults from the schema (the front end guarantees a known format)."""
+    from ftdsl.ir.lower import complete_call
+
+    call = complete_call(v, "export_format")
+    return call["$call"], {k: x for k, x in call.items() if k != "$call"}
 
 
 def _label(attrs: dict) -> str:
@@ -106,14 +106,11 @@ def run(inputs: dict, attrs: dict, ctx):
                          hint=f"train it first: `train t {{ model = {label}, data = ... }}`, then "
                               "`export ... { from = t }`")
     fmt, args = _format(attrs.get("format", "onnx"))
-    if fmt not in DEFAULT_FILES:
-        raise StageError("FTP530", f"unknown export format `{fmt}` (use onnx, torchscript, pt2, safetensors or hf)")
-    if fmt == "hf" and src.spec.get("source") != "pretrained":
-        what = (src.spec.get("arch") or {}).get("$call", "an architecture")
-        raise StageError(
-            "FTP530", f"`format = hf` writes a Hugging Face folder, but `{label}` is built from scratch "
-                      f"(`arch = {what}(...)`), not from a pretrained Hugging Face model",
-            hint="use `format = safetensors` (weights + spec), `onnx(...)` or `pt2` for a from-scratch model")
+    from ftdsl.ir.schema.modality import EXPORT_ORIGINS
+
+    if fmt not in DEFAULT_FILES or src.spec.get("source", "arch") not in EXPORT_ORIGINS[fmt]:
+        # the front end guarantees a known format that suits the model's origin (FTP215, FTP243)
+        raise TypeError(f"export format {fmt!r} for a {src.spec.get('source')!r} model")
     settings = verify_settings(attrs.get("verify"))
     if attrs.get("path"):  # refuse a path outside the pipeline's folder before the work, not after
         from ftdsl.paths import resolve_output

@@ -93,7 +93,7 @@ def verify_settings(v) -> dict | None:
         return {"data": v.get("data"), "atol": float(v.get("atol", VERIFY_ATOL) if v.get("atol") is not None
                                                     else VERIFY_ATOL),
                 "rtol": float(v.get("rtol", VERIFY_RTOL) if v.get("rtol") is not None else VERIFY_RTOL)}
-    raise StageError("FTP530", f"verify must be true or {{ data, atol, rtol }}, got {v!r}")
+    raise TypeError(f"verify must be true or {{ data, atol, rtol }}, got {v!r}")  # the schema guarantees it
 
 
 def verification_batches(settings, src, module, inputs, ctx) -> tuple[list[dict], str]:
@@ -102,7 +102,7 @@ def verification_batches(settings, src, module, inputs, ctx) -> tuple[list[dict]
         dataset = inputs.get("verify.data")
         where = f"{ref.get('$ref')}.{ref.get('split')}"
         if dataset is None:  # pragma: no cover - the executor always passes it
-            raise StageError("FTP530", f"verify: data `{where}` was not passed to the stage")
+            raise TypeError(f"verify: data `{where}` was not passed to the stage")
         return split_batches(src, dataset, ref["split"], where, what="verify", rows=VERIFY_MAX_ROWS,
                              batch_sizes=(1, 32)), where
     return random_batches(src, module, ctx.seed), "random"

@@ -203,8 +203,8 @@ def _calibration(src, inputs: dict, method: dict, seed: int) -> tuple[list[dict]
     where = f"{ref.get('$ref', 'data')}.{ref.get('split', '?')}"
     dataset = inputs.get("method.calibrate")
     if dataset is None:  # pragma: no cover - the executor always passes it
-        raise StageError("FTP530", f"quantize: calibration data `{where}` was not passed to the stage")
-    return split_batches(src, dataset, ref["split"], where, what="quantize", rows=int(method.get("samples") or 256),
+        raise TypeError(f"quantize: calibration data `{where}` was not passed to the stage")
+    return split_batches(src, dataset, ref["split"], where, what="quantize", rows=int(method["samples"]),
                          seed=seed, as_numpy=True), where
 
 
@@ -223,8 +223,8 @@ def _quantize_int8(kind: str, method: dict, pre: Path, dst: Path, calib: list[di
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     if kind == "dynamic":
-        dtype = str(method.get("dtype") or "int8")
-        per_channel = bool(method.get("per_channel", True))
+        dtype = str(method["dtype"])
+        per_channel = bool(method["per_channel"])
         fmt = int8_format(dtype)
         with quiet_quantizer():
             quantize_dynamic(str(pre), str(dst), per_channel=per_channel, reduce_range=fmt["reduce_range"],

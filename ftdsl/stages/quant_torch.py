@@ -26,14 +26,14 @@ def torch_recipe(method: dict) -> dict:
 
     kind = method["$call"]
     if kind == "dynamic":
-        return {"method": "dynamic", "dtype": "int8", "per_channel": bool(method.get("per_channel", True)),
+        return {"method": "dynamic", "dtype": "int8", "per_channel": bool(method["per_channel"]),
                 "modules": ["Linear"], "backend": "torch.ao.quantization.quantize_dynamic"}
     if kind == "static":
         ref = method.get("calibrate") or {}
         engine = "x86" if "x86" in torch.backends.quantized.supported_engines else "qnnpack"
         return {"method": "static", "dtype": "int8", "per_channel": engine == "x86", "qconfig": engine,
                 "calibrate": f"{ref.get('$ref', 'data')}.{ref.get('split', '?')}",
-                "samples": int(method.get("samples") or 256), "backend": "torch.ao.quantization.quantize_fx"}
+                "samples": int(method["samples"]), "backend": "torch.ao.quantization.quantize_fx"}
     return {"method": "fp16", "dtype": "float16", "per_channel": None, "backend": "torch"}
 
 
@@ -82,10 +82,8 @@ def _prepare_static(module, recipe: dict):
 
     from ftdsl.stages.model import FeaturesModule
 
-    if not isinstance(module, FeaturesModule):
-        raise StageError("FTP530", "static int8 quantization in PyTorch is for features models (mlp, cnn)",
-                         hint="export the model to ONNX and quantize that, or use `method = dynamic()` "
-                              "(static int8 also costs transformers much accuracy)")
+    if not isinstance(module, FeaturesModule):  # the front end guarantees it (FTP242)
+        raise TypeError(f"static PyTorch quantization of a {type(module).__name__}")
     engine = recipe.get("qconfig") or "x86"
     if engine not in torch.backends.quantized.supported_engines:  # pragma: no cover - other CPUs
         raise StageError("FTP530", f"this PyTorch has no `{engine}` quantized engine "
@@ -200,19 +198,12 @@ def run_torch(src, method: dict, inputs: dict, attrs: dict, ctx):
     if not getattr(src, "trained", False):
         raise StageError("FTP510", f"quantize: `{label}` is an untrained model; there are no weights to quantize",
                          hint="quantize a trained model: `from = <a train, prune or distill stage>`")
-    if kind == "static" and src.modality != "features":
-        ref = method.get("calibrate") or {}
-        data = f"{ref.get('$ref', 'DATA')}.{ref.get('split', 'valid')}"
-        raise StageError(
-            "FTP530", f"static int8 quantization in PyTorch is for features models (mlp, cnn); `{label}` takes text",
-            hint=f"use `method = dynamic()` (static int8 costs transformers much accuracy), or export it to ONNX "
-                 f"and quantize that: `export e {{ from = {label}, format = onnx() }}` and "
-                 f"`quantize ... {{ from = e, method = static(calibrate = {data}) }}`")
-    if kind == "dynamic" and str(method.get("dtype") or "int8") != "int8":
-        raise StageError("FTP530", f"PyTorch's dynamic quantization stores weights as int8 only, not "
-                                   f"{method.get('dtype')}",
-                         hint="use `method = dynamic(dtype = int8)`, or export to ONNX and quantize that "
-                              "(onnxruntime takes uint8 weights)")
+    from ftdsl.ir.schema.modality import QUANTIZE_SUPPORT
+
+    rules = QUANTIZE_SUPPORT["TorchModel"][kind]  # what the checker enforces (FTP242): reaching here otherwise is a bug
+    if src.modality not in rules.get("inputs", (src.modality,)) or \
+            method.get("dtype") not in rules.get("dtype", (method.get("dtype"),)):
+        raise TypeError(f"{kind} PyTorch quantization of a {src.modality} model with {method!r}")
     recipe = torch_recipe(method)
     ctx.reporter.start(None, f"quantize {label} ({kind})")
     t0 = time.perf_counter()
@@ -224,7 +215,7 @@ def run_torch(src, method: dict, inputs: dict, attrs: dict, ctx):
         ref = method.get("calibrate") or {}
         where = f"{ref.get('$ref', 'data')}.{ref.get('split', '?')}"
         batches = split_batches(src, inputs.get("method.calibrate"), ref["split"], where, what="quantize",
-                                rows=int(method.get("samples") or 256), seed=ctx.seed, as_numpy=True)
+                                rows=int(method["samples"]), seed=ctx.seed, as_numpy=True)
         recipe["calibration_rows"] = sum(len(b["x"]) for b in batches)
         try:
             observers = calibrate_static(src.build(), recipe, batches)

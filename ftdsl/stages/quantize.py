@@ -99,15 +99,12 @@ def _method(attrs: dict) -> dict:
     m = attrs.get("method")
     if isinstance(m, str):
         m = {"$call": m}
-    if not isinstance(m, dict) or m.get("$call") not in ("dynamic", "static", "fp16"):
-        raise StageError("FTP530", f"quantize: method must be dynamic(...), static(...) or fp16, got {m!r}")
-    out = dict(m)
-    if out["$call"] == "dynamic":
-        out.setdefault("dtype", "int8")
-        out.setdefault("per_channel", True)
-    elif out["$call"] == "static":
-        out.setdefault("samples", 256)
-    return out
+    from ftdsl.ir.lower import complete_call
+    from ftdsl.ir.schema import CONSTRUCTORS
+
+    if not isinstance(m, dict) or m.get("$call") not in CONSTRUCTORS["quantize_method"]:
+        raise TypeError(f"quantize: unknown method {m!r}")  # the schema guarantees a known one (FTP215)
+    return complete_call(m, "quantize_method")  # defaults from the schema, the one declaration
 
 
 def first_line(e: BaseException) -> str:
@@ -170,5 +167,5 @@ def run(inputs: dict, attrs: dict, ctx):
         from ftdsl.stages.quant_torch import run_torch
 
         return run_torch(src, method, inputs, attrs, ctx)
-    raise StageError("FTP530", f"quantize: `{label}` is a {type(src).__name__}; quantize a trained model or an "
-                               "ONNX export (`export ... {{ format = onnx() }}`)")
+    # the front end lets only models reach `quantize.from` (FTP209): anything else is a bug
+    raise TypeError(f"quantize: `{label}` is a {type(src).__name__}, not a model")
