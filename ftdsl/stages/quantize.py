@@ -38,13 +38,13 @@ A **TorchModel** is quantized in PyTorch, into a :class:`QuantizedTorchModel`:
 * ``dynamic(dtype = int8, per_channel)``: ``torch.ao.quantization.quantize_dynamic`` of every
   ``nn.Linear`` (int8 weights, per channel or per tensor; activations quantized per batch).
   Runs about 2x faster on CPU, but cannot be exported to ONNX (lint FTP207), trained, pruned or
-  quantized again. ``dtype = uint8`` is FTP530 (PyTorch stores dynamic weights as int8 only).
+  quantized again. ``dtype = uint8`` is lint error FTP242 (PyTorch stores dynamic weights as int8 only).
 * ``static(calibrate, samples)``: features models (mlp, cnn) only: FX graph-mode quantization
   (``torch.ao.quantization.quantize_fx``, the default ``x86`` qconfig mapping: int8 activations
   with histogram observers, per-channel int8 weights) calibrated on up to ``samples`` rows of
   the split. PT2E (torchao) would be the successor; torchao is not a dependency. A text model
-  is FTP530 with a hint (use ``dynamic``, or export to ONNX and quantize that), and so is a
-  network FX cannot trace.
+  is lint error FTP242 with a hint (use ``dynamic``, or export to ONNX and quantize that); a
+  network FX cannot trace is FTP530 at run time (it depends on the model's code).
 * ``fp16``: the weights in float16; ``build()`` returns a module that takes and returns float32
   (features are normalized in float32, then cast).
 
