@@ -20,6 +20,8 @@ DISTRIBUTED: dict[str, bool] = {
     "fsdp": True,
 }
 _NEEDS = {"ddp": ("distributed",), "fsdp": ("distributed", "distributed/fsdp")}
+# train attributes a distributed mode cannot combine with (the engine refuses them): mode -> attrs
+DISTRIBUTED_EXCLUDES: dict[str, tuple[str, ...]] = {"fsdp": ("lora",)}
 
 
 @functools.lru_cache(maxsize=None)

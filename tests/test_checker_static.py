@@ -261,3 +261,11 @@ def test_argument_combinations_a_constructor_cannot_build_are_errors():
         + train("m", "d")
     ds = lint(src)
     assert [pos(d) for d in ds if d.code == "FTP240"] == [at(src, '"t"')]
+
+
+def test_lora_with_fsdp_is_ftp244_at_lint():
+    src = IRIS + "model m { arch = mlp(), task = classify(labels = 3) }\n" + \
+        train("m", "d", ", distributed = fsdp, lora = lora()")
+    d = only(lint(src), "FTP244")[0]
+    assert pos(d) == at(src, "fsdp") and d.hint == "use `distributed = ddp`"
+    assert errors(lint(src.replace("fsdp", "ddp"))) == []

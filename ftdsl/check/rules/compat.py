@@ -227,6 +227,15 @@ def install_capabilities(ctx):
             ok = ", ".join(capabilities.distributed_modes())
             yield make("FTP244", f"`{b.kind} {name}`: `distributed = {v.name}` is not supported by this install's engine",
                        v.span, label="not supported here", hint=f"supported: {ok}")
+        elif isinstance(v, Sym):
+            for attr in capabilities.DISTRIBUTED_EXCLUDES.get(v.name, ()):
+                other = b.value(attr)
+                if other is not None and not (isinstance(other, Lit) and other.value is None):
+                    others = [m for m in capabilities.distributed_modes()
+                              if m not in ("none", v.name) and attr not in capabilities.DISTRIBUTED_EXCLUDES.get(m, ())]
+                    yield make("FTP244", f"`{b.kind} {name}`: `{attr}` with `distributed = {v.name}` is not supported "
+                                         "by this engine", v.span, label=f"not with `{attr}`",
+                               hint=f"use `distributed = {others[0]}`" if others else f"remove `{attr}`")
 
 
 def _int_arg(call: CallV, name: str):
