@@ -65,9 +65,24 @@ def _cli(args, cwd: Path, env=None, timeout=240) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)
 
 
-def _project(root: Path, mode="ddp", batch=32) -> Path:
+DOWNSTREAM = """
+export onnx_model {
+  from = fit
+  format = onnx(opset = 17)
+  verify = { data = digits.valid, atol = 1e-4, rtol = 1e-3 }
+}
+
+evaluate report {
+  models = [fit, onnx_model]
+  data = digits.test
+  metrics = [accuracy, f1]
+}
+"""
+
+
+def _project(root: Path, mode="ddp", batch=32, downstream=False) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    (root / "p.ftp").write_text(PIPELINE.format(mode=mode, batch=batch))
+    (root / "p.ftp").write_text(PIPELINE.format(mode=mode, batch=batch) + (DOWNSTREAM if downstream else ""))
     return root
 
 
@@ -168,10 +183,14 @@ def test_batch_that_does_not_divide_is_ftp541_before_anything_runs(tmp_path):
     assert r.returncode == 1 and "FTP541" in r.stderr
 
 
-def test_fsdp_two_processes_match_one_process(tmp_path, runs):
+def test_fsdp_two_processes_match_one_process_and_feed_export_and_evaluate(tmp_path, runs):
     _, _, one = runs
-    root = _project(tmp_path, mode="fsdp")
+    root = _project(tmp_path, mode="fsdp", downstream=True)
     two = _run(root, "c", "--nproc", "2")
+    # the stages after the distributed one run once, in the launching process, on its weights
+    assert two["onnx_model"]["status"] == "ran" and two["report"]["status"] == "ran"
+    assert (root / "out" / "onnx_model" / "model.onnx").is_file()
+    assert two["report"]["metrics"]  # accuracy of the trained model and of its ONNX export
     m2, m1 = two["fit"]["metrics"], one["fit"]["metrics"]
     for k in ("train.loss", "valid.loss", "test.loss"):
         assert abs(m2[k] - m1[k]) < 1e-5, (k, m2[k], m1[k])
