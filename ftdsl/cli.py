@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("explain", help="the long explanation of a diagnostic code")
     sp.add_argument("code", metavar="CODE")
 
+    sp = sub.add_parser("lsp", help="the language server for editors (stdio; needs the `lsp` extra)")
+    sp.add_argument("--stdio", action="store_true", help="talk over stdin/stdout (the default and only transport; "
+                    "accepted because editors pass it)")
+
     sp = sub.add_parser("cache", help="inspect, check and clean the cache")
     sp.add_argument("action", choices=["ls", "verify", "gc"])
     sp.add_argument("--cache", metavar="DIR")
@@ -118,9 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from ftdsl import commands
 
+        if args.command == "lsp":
+            from ftdsl.lsp import cmd_lsp
+
+            return cmd_lsp(args)
         return getattr(commands, f"cmd_{args.command}")(args)
     except UsageError as e:
-        _err(f"error: {e.message}" + (f"\n  = help: {e.hint}" if e.hint else ""))
+        _err(f"error[{e.code}]: {e.message}" + (f"\n  = help: {e.hint}" if e.hint else ""))
         return EXIT_USAGE
     except ResourceError as e:
         _err(f"error[{e.code}]: {e.message}" + (f"\n  = help: {e.hint}" if e.hint else ""))

@@ -173,7 +173,26 @@ def cmd_run(args) -> int:
     cache = _cache_for(c, args.cache, args.lock_timeout)
     plan = make_plan(c, cache, force=set(args.force), only=set(args.only) or None, device=args.device,
                      verify=args.verify)
+    if any(s.will_run for s in plan.stages):
+        require_engine()  # FTP550 (exit 2) before anything imports torch; a fully cached run needs no engine
     return _execute_run(plan, cache, args)
+
+
+# The `train` extra's modules that running a stage imports (pyproject.toml [project.optional-dependencies]).
+ENGINE_MODULES = ("torch", "numpy", "sklearn", "safetensors", "transformers", "onnx", "onnxruntime", "pydantic")
+
+
+def require_engine() -> None:
+    """Raise FTP550 (exit 2) naming the `train` extra when the engine is not installed. Looks the
+    modules up with importlib.util.find_spec, which imports none of them."""
+    import importlib.util
+
+    missing = [m for m in ENGINE_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UsageError("FTP550", "running a stage needs the training engine, which this install does not have "
+                         f"(missing: {', '.join(missing)})",
+                         hint='pip install "ftdsl[train]"  (`pip install ftdsl` is the light install: lint, fmt, '
+                              'plan, explain, cache)')
 
 
 def _execute_run(plan, cache, args) -> int:

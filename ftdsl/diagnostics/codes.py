@@ -231,6 +231,13 @@ _ALL = [
          "`batch` is the global batch: each of the N processes takes `batch / N` rows of every step, so that the "
          "run computes the same steps as one process. A remainder would change the numbers.",
          "batch = 30   # with --nproc 4", "batch = 32   # with --nproc 4 (8 rows per process)"),
+    Code("FTP550", "engine-not-installed", _E, "a stage must run, and this install has no training engine",
+         "`pip install ftdsl` is the light install: `lint`, `fmt`, `plan`, `explain`, `cache` and a fully cached "
+         "`run` need only the front end (lark, rich, filelock). Running a stage needs PyTorch and the rest of the "
+         "engine, which come with the `train` extra. ftdsl checks for them before it imports anything, so the run "
+         "stops with this message (exit 2) instead of an import error half-way through.",
+         "pip install ftdsl && ftdsl run pipelines/quickstart.ftp",
+         'pip install "ftdsl[train]"   # then run again; `ftdsl plan` shows what would run'),
     Code("FTP901", "internal-error", _E, "an unexpected exception inside ftdsl (a bug)", "", "", ""),
 ]
 
