@@ -1,0 +1,212 @@
+"""The language server (`ftdsl lsp`, stdio, pygls 2): wires the LSP requests to the modules.
+
+Diagnostics come from the same front end as `lint` (`compile_pipeline(path, text=buffer)`), so
+codes, messages and spans are the ones the CLI prints; everything else reads the tolerant scan
+(`scan.py`) and the schema. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lsprotocol import types as T
+from lsprotocol.converters import get_converter
+from pygls.lsp.server import LanguageServer
+from pygls.uris import from_fs_path, to_fs_path
+
+import ftdsl
+from ftdsl.lsp import actions, completion, hover, navigation, tokens
+from ftdsl.lsp.positions import LineIndex
+
+_CONVERTER = get_converter()
+_KIND = {"keyword": T.CompletionItemKind.Keyword, "property": T.CompletionItemKind.Property,
+         "field": T.CompletionItemKind.Field, "function": T.CompletionItemKind.Function,
+         "enum": T.CompletionItemKind.EnumMember, "value": T.CompletionItemKind.Value,
+         "reference": T.CompletionItemKind.Reference, "variable": T.CompletionItemKind.Variable}
+
+
+class FtdslServer(LanguageServer):
+    def __init__(self):
+        super().__init__("ftdsl", ftdsl.__version__, text_document_sync_kind=T.TextDocumentSyncKind.Full)
+        self.texts: dict[str, str] = {}  # open documents by URI
+
+    # --- documents --------------------------------------------------------------------------
+
+    def path_of(self, uri: str) -> Path:
+        p = to_fs_path(uri) if uri.startswith("file:") else None
+        return Path(p).resolve() if p else Path.cwd() / "untitled.ftp"
+
+    def index(self, uri: str) -> LineIndex:
+        enc = str(getattr(self.workspace.position_encoding, "value", self.workspace.position_encoding) or "utf-16")
+        return LineIndex(self.texts.get(uri, ""), enc)
+
+    def read(self, path: Path) -> str | None:
+        uri = from_fs_path(str(path))
+        if uri in self.texts:
+            return self.texts[uri]
+        try:
+            return path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    def sources(self, uri: str) -> list[navigation.Source]:
+        return navigation.load(self.path_of(uri), self.texts.get(uri, ""), self.read)
+
+    def offset(self, uri: str, pos: T.Position) -> int:
+        return self.index(uri).offset(pos.line, pos.character)
+
+    def rng(self, index: LineIndex, start: int, end: int) -> T.Range:
+        (l0, c0), (l1, c1) = index.offset_position(start), index.offset_position(end)
+        return T.Range(T.Position(l0, c0), T.Position(l1, c1))
+
+    def validate(self, uri: str, version: int | None = None) -> None:
+        from ftdsl.frontend import compile_pipeline
+
+        path = self.path_of(uri)
+        text = self.texts.get(uri, "")
+        try:
+            compiled = compile_pipeline(path, text=text)
+            items = actions.to_lsp(compiled.diagnostics, path, self.index(uri))
+        except Exception as e:  # noqa: BLE001 - an editor keeps working; the failure is shown, not raised
+            items = [{"range": {"start": {"line": 0, "character": 0}, "end": {"line": 0, "character": 0}},
+                      "severity": 1, "source": "ftdsl", "code": "FTP900",
+                      "message": f"internal error while checking this file: {type(e).__name__}: {e} "
+                                 "(this is a bug; `ftdsl lint FILE --debug` shows the traceback)"}]
+        diags = _CONVERTER.structure(items, list[T.Diagnostic])
+        self.text_document_publish_diagnostics(T.PublishDiagnosticsParams(uri=uri, diagnostics=diags, version=version))
+
+
+server = FtdslServer()
+
+
+@server.feature(T.TEXT_DOCUMENT_DID_OPEN)
+def did_open(ls: FtdslServer, params: T.DidOpenTextDocumentParams):
+    ls.texts[params.text_document.uri] = params.text_document.text
+    ls.validate(params.text_document.uri, params.text_document.version)
+
+
+@server.feature(T.TEXT_DOCUMENT_DID_CHANGE)
+def did_change(ls: FtdslServer, params: T.DidChangeTextDocumentParams):
+    uri = params.text_document.uri
+    for change in params.content_changes:  # full sync: each change is the whole text
+        ls.texts[uri] = change.text
+    ls.validate(uri, params.text_document.version)
+
+
+@server.feature(T.TEXT_DOCUMENT_DID_SAVE)
+def did_save(ls: FtdslServer, params: T.DidSaveTextDocumentParams):
+    if params.text_document.uri in ls.texts:
+        ls.validate(params.text_document.uri)
+
+
+@server.feature(T.TEXT_DOCUMENT_DID_CLOSE)
+def did_close(ls: FtdslServer, params: T.DidCloseTextDocumentParams):
+    ls.texts.pop(params.text_document.uri, None)
+    ls.text_document_publish_diagnostics(T.PublishDiagnosticsParams(uri=params.text_document.uri, diagnostics=[]))
+
+
+@server.feature(T.TEXT_DOCUMENT_HOVER)
+def on_hover(ls: FtdslServer, params: T.HoverParams):
+    uri = params.text_document.uri
+    found = hover.hover_at(ls.texts.get(uri, ""), ls.offset(uri, params.position),
+                           navigation.kinds(ls.sources(uri)))
+    if found is None:
+        return None
+    md, tok = found
+    return T.Hover(T.MarkupContent(T.MarkupKind.Markdown, md), ls.rng(ls.index(uri), tok.start, tok.end))
+
+
+@server.feature(T.TEXT_DOCUMENT_COMPLETION, T.CompletionOptions(trigger_characters=[".", "=", "(", "["]))
+def on_completion(ls: FtdslServer, params: T.CompletionParams):
+    uri = params.text_document.uri
+    kinds = navigation.kinds(ls.sources(uri))
+    blocks = {n: k for n, k in kinds.items() if k != "param"}
+    params_ = tuple(n for n, k in kinds.items() if k == "param")
+    items = completion.complete(ls.texts.get(uri, ""), ls.offset(uri, params.position), blocks, params_)
+    return T.CompletionList(is_incomplete=False, items=[
+        T.CompletionItem(label=i.label, kind=_KIND.get(i.kind), detail=i.detail or None,
+                         documentation=T.MarkupContent(T.MarkupKind.Markdown, i.doc) if i.doc else None,
+                         insert_text=i.insert) for i in items])
+
+
+@server.feature(T.TEXT_DOCUMENT_DEFINITION)
+def on_definition(ls: FtdslServer, params: T.DefinitionParams):
+    uri = params.text_document.uri
+    srcs = ls.sources(uri)
+    found = navigation.definition(srcs, ls.offset(uri, params.position))
+    if found is None:
+        return None
+    path, tok = found
+    target_uri = from_fs_path(str(path))
+    if tok is None:
+        return T.Location(target_uri, T.Range(T.Position(0, 0), T.Position(0, 0)))
+    src = next(s for s in srcs if s.path == path)
+    return T.Location(target_uri, ls.rng(LineIndex(src.text, ls.index(uri).encoding), tok.start, tok.end))
+
+
+@server.feature(T.TEXT_DOCUMENT_PREPARE_RENAME)
+def on_prepare_rename(ls: FtdslServer, params: T.PrepareRenameParams):
+    uri = params.text_document.uri
+    try:
+        tok = navigation.rename_target(ls.sources(uri), ls.offset(uri, params.position))
+    except navigation.RenameError:
+        return None
+    return ls.rng(ls.index(uri), tok.start, tok.end)
+
+
+@server.feature(T.TEXT_DOCUMENT_RENAME)
+def on_rename(ls: FtdslServer, params: T.RenameParams):
+    from pygls.exceptions import JsonRpcInvalidParams
+
+    uri = params.text_document.uri
+    srcs = ls.sources(uri)
+    try:
+        edits = navigation.rename(srcs, ls.offset(uri, params.position), params.new_name)
+    except navigation.RenameError as e:
+        raise JsonRpcInvalidParams(str(e)) from None
+    enc = ls.index(uri).encoding
+    changes = {}
+    for src in srcs:
+        if src.path in edits:
+            idx = LineIndex(src.text, enc)
+            changes[from_fs_path(str(src.path))] = [T.TextEdit(ls.rng(idx, t.start, t.end), params.new_name)
+                                                    for t in edits[src.path]]
+    return T.WorkspaceEdit(changes=changes)
+
+
+@server.feature(T.TEXT_DOCUMENT_CODE_ACTION,
+                T.CodeActionOptions(code_action_kinds=[T.CodeActionKind.QuickFix]))
+def on_code_action(ls: FtdslServer, params: T.CodeActionParams):
+    found = actions.code_actions(params.text_document.uri, params.context.diagnostics)
+    for a in found:
+        a["diagnostic"] = _CONVERTER.unstructure(a["diagnostic"]) if not isinstance(a["diagnostic"], dict) \
+            else a["diagnostic"]
+        a["diagnostics"] = [a.pop("diagnostic")]
+    return _CONVERTER.structure(found, list[T.CodeAction])
+
+
+@server.feature(T.TEXT_DOCUMENT_FORMATTING)
+def on_formatting(ls: FtdslServer, params: T.DocumentFormattingParams):
+    from ftdsl.syntax.format import format_source
+
+    uri = params.text_document.uri
+    text = ls.texts.get(uri, "")
+    out, _ = format_source(text, os.fspath(ls.path_of(uri)))
+    if out is None or out == text:
+        return []  # syntax errors (shown as diagnostics) or already formatted
+    idx = ls.index(uri)
+    end = idx.end()
+    return [T.TextEdit(T.Range(T.Position(0, 0), T.Position(*end)), out)]
+
+
+@server.feature(T.TEXT_DOCUMENT_SEMANTIC_TOKENS_FULL,
+                T.SemanticTokensLegend(token_types=tokens.TYPES, token_modifiers=tokens.MODIFIERS))
+def on_semantic_tokens(ls: FtdslServer, params: T.SemanticTokensParams):
+    uri = params.text_document.uri
+    data = tokens.encode(ls.texts.get(uri, ""), ls.index(uri), navigation.kinds(ls.sources(uri)))
+    return T.SemanticTokens(data=data)
+
+
+def serve() -> None:
+    server.start_io()
