@@ -141,7 +141,7 @@ class _Trainer:
     # -- data and model ----------------------------------------------------------------------
 
     def _setup_data(self) -> None:
-        from ftdsl.stages.data import check_labels
+        from ftdsl.stages.dataset import check_labels
 
         data, spec = self.data, self.art.spec
         if "train" not in data.splits or len(data.splits["train"]) == 0:
@@ -354,19 +354,30 @@ class _Trainer:
     @torch.no_grad()
     def evaluate(self, split_name: str) -> dict[str, float]:
         split = self.splits[split_name]
+        par = self.parallel
+        # DDP: rank r evaluates batches r, r+W, ...; the batches' outputs are gathered to every
+        # rank in their order, so each rank computes the metrics one process would. (FSDP's
+        # forward is a collective: there every rank evaluates every batch, in step.)
+        shard = par.active and par.mode == "ddp"
         self.module.eval()
-        outs, ys, loss_sum = [], [], 0.0
+        parts = []  # (batch number, outputs, labels, summed loss)
         try:
-            for b in self._batches(split, shuffle=False):
+            for i, b in enumerate(self._batches(split, shuffle=False)):
+                if shard and i % par.world != par.rank:
+                    continue
                 y = b["y"].to(self.device)
                 with self._autocast():
                     out = self.module(**self._inputs(b))
                 out = out.float()
-                loss_sum += float(self.criterion(out, y)) * len(y)
-                outs.append(out.cpu().numpy())
-                ys.append(b["y"].numpy())
+                parts.append((i, out.cpu().numpy(), b["y"].numpy(), float(self.criterion(out, y)) * len(y)))
         finally:
             self.module.train()
+        if shard:
+            parts = sorted((p for ps in par.gather(parts) for p in ps), key=lambda p: p[0])
+        outs, ys = [p[1] for p in parts], [p[2] for p in parts]
+        loss_sum = 0.0
+        for p in parts:
+            loss_sum += p[3]
         n = max(1, len(split))
         if not outs:
             return {}
