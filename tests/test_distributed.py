@@ -287,3 +287,28 @@ def test_text_length_grouped_balanced_with_accumulation_matches_one_process(tmp_
     assert two["steps"] == one["steps"] == 12
     for k in ("train.loss", "valid.loss"):
         assert abs(two[k] - one[k]) < 1e-5, (k, two[k], one[k])
+
+
+@pytest.mark.slow  # two launchers, ~40 s
+def test_two_machines_c10d_rendezvous_on_one_host(runs):
+    """`--nnodes 2 --rdzv-endpoint`: two `ftdsl run`s (two "machines", one process each) on one
+    shared cache meet at the c10d rendezvous; the one whose worker is global rank 0 publishes
+    the entry (no cache lock: it would keep the second machine from joining), the other says
+    FTP540 "rank 0 ran on another machine"."""
+    import socket
+
+    root, _, _ = runs
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    args = [sys.executable, "-m", "ftdsl", "run", "p.ftp", "--cache", "nodes", "--nproc", "1", "--nnodes", "2",
+            "--rdzv-endpoint", f"localhost:{port}", "--rdzv-id", "t"]
+    procs = [subprocess.Popen(args, cwd=root, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=240) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 3], outs
+    assert any("rank 0 ran on another machine" in err for _, err in outs)
+    w, ref = _weights(root, "nodes"), _weights(root, "two")
+    for k in ref:
+        assert (w[k] == ref[k]).all(), k  # world size 2 either way

@@ -47,6 +47,10 @@ class LaunchOptions:
     extra_env: dict = field(default_factory=dict)
 
     @property
+    def one_machine(self) -> bool:
+        return self.nnodes in ("1", "1:1")
+
+    @property
     def launches(self) -> bool:
         """Whether distributed stages go through torchrun (more than one process in the job)."""
         return self.nproc > 1 or self.nnodes not in ("1", "1:1")

@@ -197,7 +197,14 @@ class _Executor:
             self.cache.remove(st.key)  # --force: drop the entry so it is computed again
         t0 = time.perf_counter()
         try:
-            entry, computed = self.cache.get_or_compute(st.key, compute, meta, label=st.name, verify=self.verify)
+            if launched and not self.launch.one_machine:
+                # every machine's ftdsl reaches this stage and must join the rendezvous: the cache
+                # lock would keep the second one waiting for the first (a deadlock on a shared
+                # cache); the entry is published without it (rank 0's machine writes it)
+                entry, computed = self.cache.publish(st.key, compute, meta), True
+            else:
+                entry, computed = self.cache.get_or_compute(st.key, compute, meta, label=st.name,
+                                                            verify=self.verify)
         finally:
             reporter.finish()
         secs = time.perf_counter() - t0
