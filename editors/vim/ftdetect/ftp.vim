@@ -1,0 +1,2 @@
+" ftdsl pipeline files
+autocmd BufRead,BufNewFile *.ftp setfiletype ftp
