@@ -87,6 +87,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--summary-json", metavar="PATH", help="write what ran, was cached, failed (and metrics) as JSON")
     common_pipeline(sp)
 
+    sp = sub.add_parser("predict", help="run a cached model of the pipeline on new rows (never trains)")
+    sp.add_argument("file", metavar="FILE")
+    sp.add_argument("stage", metavar="STAGE", help="a model, train, distill, prune, export or quantize stage")
+    sp.add_argument("--input", required=True, metavar="PATH", help="rows to predict: .csv, .tsv or .jsonl")
+    sp.add_argument("--input-format", choices=["csv", "tsv", "jsonl"], help="default: from the extension")
+    sp.add_argument("--output", metavar="PATH", help="where predictions go (default: stdout)")
+    sp.add_argument("--format", choices=["jsonl", "csv"], help="default: from --output's extension, else jsonl")
+    sp.add_argument("--on-error", choices=["fail", "skip"], default="fail",
+                    help="a row that cannot be read: stop with exit 1 (default) or skip it with a warning")
+    sp.add_argument("--batch", type=int, default=64, metavar="N", help="rows per forward pass")
+    sp.add_argument("--digits", type=int, metavar="N", help="round probabilities and values to N digits")
+    sp.add_argument("--device", type=_device, metavar="D", help="as `run --device` (which cache entry, where "
+                                                                "PyTorch runs)")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
+    common_pipeline(sp)
+
     sp = sub.add_parser("fmt", help="canonical formatting (keeps comments)")
     sp.add_argument("paths", nargs="+", metavar="PATH")
     sp.add_argument("--check", action="store_true", help="exit 1 if a file would change; write nothing")

@@ -217,6 +217,24 @@ def _execute_run(plan, cache, args) -> int:
         distributed.leave()
 
 
+# --- predict ------------------------------------------------------------------------------------
+
+def cmd_predict(args) -> int:
+    """Run a cached model on new rows (ftdsl/predict/): the cache entry `plan` would name, never `out/`."""
+    from ftdsl.predict.engine import Options, predict
+
+    c = _compile_or_report(args.file, args.overrides)
+    if c is None:
+        return 1
+    _check_stage_names(c, [args.stage])
+    cache = _cache_for(c, args.cache)
+    require_engine()  # FTP550 before torch is imported
+    return predict(c, cache, args.file, args.stage,
+                   Options(input=args.input, output=args.output, format=args.format, input_format=args.input_format,
+                           on_error=args.on_error, batch=args.batch, device=args.device, quiet=args.quiet,
+                           digits=args.digits))
+
+
 # --- fmt ----------------------------------------------------------------------------------------
 
 def cmd_fmt(args) -> int:

@@ -238,6 +238,27 @@ _ALL = [
          "stops with this message (exit 2) instead of an import error half-way through.",
          "pip install ftdsl && ftdsl run pipelines/quickstart.ftp",
          'pip install "ftdsl[train]"   # then run again; `ftdsl plan` shows what would run'),
+    Code("FTP560", "predict-not-cached", _E, "`ftdsl predict` was given a stage whose model is not in the cache",
+         "`predict` runs the model `run` left in the cache, found with the same keys as `plan` (the file, `--set`, "
+         "`--device`, the data files). It never trains, and never reads `out/`: what is there may come from another "
+         "version of the pipeline. A changed pipeline or data file, another `--set` or a cleaned cache leaves no "
+         "entry to run.",
+         "ftdsl predict sentiment.ftp finetune --input new.csv   # before `ftdsl run`",
+         "ftdsl run sentiment.ftp --only finetune   # then predict again"),
+    Code("FTP561", "bad-predict-input", _E, "a row of `ftdsl predict`'s input cannot be read",
+         "Each row must hold what the model was trained on: the data stage's feature columns (numbers) or its "
+         "text column (a string), one JSON object per line in a `.jsonl` file. A missing column, a value of the "
+         "wrong type, a malformed JSON line or CSV record is reported with `file:line`; `--on-error fail` (the "
+         "default) stops at the first one (exit 1), `--on-error skip` leaves the row out with a warning. An empty "
+         "input, or a CSV header without a needed column, always stops.",
+         '{"x0": 0.1, "x1": "abc"}   # line 7 of new.jsonl: `x1` is not a number',
+         "Fix the row, or pass `--on-error skip`."),
+    Code("FTP562", "not-predictable", _E, "`ftdsl predict` was given a stage it cannot run as a model",
+         "`predict` runs models: `model` (trained), `train`, `distill`, `prune`, `quantize` stages and `export` "
+         "stages with `format = onnx(...)` or `hf`. A `data` or `evaluate` stage has no model, and a TorchScript, "
+         "`pt2` or `safetensors` export needs the code that wrote it.",
+         "ftdsl predict p.ftp report --input new.csv   # `report` is an evaluate stage",
+         "Give the stage of the model: `ftdsl predict p.ftp finetune --input new.csv`."),
     Code("FTP901", "internal-error", _E, "an unexpected exception inside ftdsl (a bug)", "", "", ""),
 ]
 

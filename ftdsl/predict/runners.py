@@ -1,0 +1,106 @@
+"""Runners: a registry from artifact type to a callable that maps one batch of model inputs
+(``{"x": float32 [B, ...]}`` or ``{"input_ids", "attention_mask"}``, torch tensors, as
+``ftdsl.stages.batching.iter_batches`` makes them) to raw outputs (numpy float32 ``[B, k]``:
+logits for classify, values for regress).
+
+Each runner uses the artifact's public interface, the same calls `evaluate` makes: ``build()``
+for PyTorch models (a trained TorchModel, a PyTorch-quantized model), ``predict()`` for ONNX
+graphs (exported or ONNX-quantized), and for a Hugging Face folder export the folder itself
+(``from_pretrained``, its own tokenizer). A new artifact type adds an entry to ``RUNNERS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from ftdsl.errors import UsageError
+
+
+@dataclass
+class Runner:
+    run: Callable[[dict], np.ndarray]
+    info: dict  # spec-like: modality, task, input_shape, max_length, label_names
+    tokenizer: Any = None
+    what: str = ""  # "PyTorch", "onnxruntime", ... for the progress line
+    extra: dict = field(default_factory=dict)
+
+
+def spec_of(art) -> dict:
+    """A TorchModel-like view of any model artifact (TorchModel.spec, OnnxModel.spec, or an
+    export's metadata)."""
+    spec = getattr(art, "spec", None)
+    if isinstance(spec, dict):
+        return spec
+    meta = getattr(art, "meta", None) or {}
+    return {k: meta.get(k) for k in ("modality", "task", "input_shape", "max_length", "label_names", "vocab_size")}
+
+
+def _torch_call(module, device: str):
+    import torch
+
+    if device != "cpu":
+        module = module.to(device)
+
+    def run(inputs: dict) -> np.ndarray:
+        with torch.inference_mode():
+            out = module(**{k: v.to(device) for k, v in inputs.items()})
+        return out.float().cpu().numpy()
+
+    return run
+
+
+def _torch(art, device: str) -> Runner:
+    quantized = hasattr(art, "recipe")  # PyTorch's quantized kernels are CPU kernels
+    module = art.build()
+    return Runner(_torch_call(module, "cpu" if quantized else device), spec_of(art), art.load_tokenizer(),
+                  "PyTorch (quantized)" if quantized else "PyTorch")
+
+
+def _onnx(art, device: str) -> Runner:
+    import torch
+
+    threads = torch.get_num_threads()
+    art.session(threads)  # open it now: a graph that does not load fails before any row is read
+
+    def run(inputs: dict) -> np.ndarray:
+        return np.asarray(art.predict({k: v.numpy() for k, v in inputs.items()}, threads=threads),
+                          dtype=np.float32)
+
+    q = (art.meta.get("quantization") or {}) if hasattr(art, "meta") else {}
+    return Runner(run, spec_of(art), art.load_tokenizer(), "onnxruntime" + (" (quantized)" if q else ""))
+
+
+def _exported(art, device: str) -> Runner:
+    fmt = art.format
+    if fmt != "hf":
+        src = (art.meta.get("source") or {}).get("stage")
+        raise UsageError("FTP562", f"predict does not load `{fmt}` exports (they need the code that wrote them)",
+                         hint=f"predict the stage it came from (`{src}`), or export with format = onnx(...) or hf"
+                         if src else "export with format = onnx(...) or hf")
+    from ftdsl.stages.model import TextModule, load_hf_model, quiet_transformers
+
+    info = spec_of(art)
+    module = TextModule(load_hf_model(art.path, info.get("task") or {"$call": "classify"}), hf=True).eval()
+    with quiet_transformers() as transformers:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(art.path))
+    cfg = getattr(module.net, "config", None)
+    if not info.get("label_names") and cfg is not None and getattr(cfg, "id2label", None):
+        names = [cfg.id2label[i] for i in sorted(cfg.id2label)]
+        if not all(n == f"LABEL_{i}" for i, n in enumerate(names)):  # transformers' placeholder names
+            info = {**info, "label_names": names}
+    return Runner(_torch_call(module, device), info, tokenizer, "transformers (hf folder)")
+
+
+RUNNERS: dict[str, Callable[[Any, str], Runner]] = {
+    "TorchModel": _torch,
+    "QuantizedTorchModel": _torch,
+    "OnnxModel": _onnx,
+    "ExportedFile": _exported,
+}
+
+
+def runner_for(artifact_type: str, art, device: str = "cpu") -> Runner:
+    return RUNNERS[artifact_type](art, device)
