@@ -144,7 +144,7 @@ def build(work: Path, minilm: bool, train_rows: int) -> dict[str, Path]:
 def rows_for(name: str, work: Path, export_dir: Path) -> tuple[list[dict], np.ndarray]:
     """Feed dicts (batches of 32) and labels of the rows accuracy is measured on."""
     if name == "mlp":
-        from ftdsl.stages.data import Dataset
+        from ftdsl.stages.dataset import Dataset
 
         cache = work / "cache"
         ds = None

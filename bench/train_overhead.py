@@ -70,7 +70,7 @@ from ftdsl.stages import data as data_stage  # noqa: E402
 from ftdsl.stages import model as model_stage  # noqa: E402
 from ftdsl.stages import train as train_stage  # noqa: E402
 from ftdsl.stages.base import Reporter, StageContext  # noqa: E402
-from ftdsl.stages.data import Dataset, Split  # noqa: E402
+from ftdsl.stages.dataset import Dataset, Split  # noqa: E402
 
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 BATCH = 32

@@ -14,7 +14,8 @@ from ftdsl.stages.batching import (
     padding_stats,
     tokenize_split,
 )
-from ftdsl.stages.data import Split, load_tokenizer, train_wordpiece
+from ftdsl.stages.dataset import Split
+from ftdsl.stages.tokenizer import load_tokenizer, train_wordpiece
 
 WORDS = ["alpha", "beta", "gamma", "delta", "echo", "fox", "golf", "hotel", "india", "juliet"]
 

@@ -14,7 +14,8 @@ import pytest
 from ftdsl.errors import StageError
 from ftdsl.stages import data
 from ftdsl.stages.base import StageContext
-from ftdsl.stages.data import Dataset, check_labels, load_tokenizer, regression_targets
+from ftdsl.stages.dataset import Dataset, check_labels, regression_targets
+from ftdsl.stages.tokenizer import load_tokenizer
 
 SMS = Path("/work/shared/data/sms_spam/SMSSpamCollection")
 

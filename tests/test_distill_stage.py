@@ -19,7 +19,7 @@ from ftdsl.stages import distill as distill_stage
 from ftdsl.stages import model as model_stage
 from ftdsl.stages import train as train_stage
 from ftdsl.stages.base import Reporter, StageContext
-from ftdsl.stages.data import Dataset, Split
+from ftdsl.stages.dataset import Dataset, Split
 
 PIPE = """\
 pipeline kd { seed = 2 }
@@ -183,7 +183,7 @@ def test_resume_after_a_crash_is_bitwise_equal(tmp_path, monkeypatch):
 
 
 def _text(tmp_path, vocab: int, tag: str, n=96) -> Dataset:
-    from ftdsl.stages.data import train_wordpiece
+    from ftdsl.stages.tokenizer import train_wordpiece
 
     rng = np.random.default_rng(0)
     good, bad = ["great", "fine", "lovely", "superb"], ["awful", "bad", "boring", "poor"]

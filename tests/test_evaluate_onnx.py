@@ -116,7 +116,7 @@ def test_features_torch_and_onnx_agree(feat):
 
 
 def test_features_accuracy_equals_an_independent_onnxruntime_run(feat):
-    from ftdsl.stages.data import Dataset
+    from ftdsl.stages.dataset import Dataset
     from ftdsl.stages.export import OnnxModel
 
     test = Dataset.load(feat["entries"]["d"] / "artifact").splits["test"]

@@ -73,7 +73,7 @@ def feat(tmp_path_factory):
     assert code == 0, stages
     assert all(s["status"] == "ran" for s in stages.values()), stages
     ent = entries(p, cache)
-    from ftdsl.stages.data import Dataset
+    from ftdsl.stages.dataset import Dataset
     from ftdsl.stages.model import TorchModel
 
     return {"root": root, "p": p, "cache": cache, "stages": stages, "entries": ent,
@@ -288,7 +288,7 @@ def test_hf_export_of_a_pretrained_model(tmp_path):
 
     from ftdsl.stages import export, model as model_stage
     from ftdsl.stages.base import StageContext
-    from ftdsl.stages.data import train_wordpiece
+    from ftdsl.stages.tokenizer import train_wordpiece
 
     folder = tmp_path / "bert"
     texts = [f"the {a} was {b}" for a in ("film", "book", "song", "meal")

@@ -250,7 +250,7 @@ def test_pretrained_bert_like(tmp_path, monkeypatch):
     w = back.build().net.bert.encoder.layer[0].output.dense.weight
     assert float((w == 0).float().mean()) >= 0.5
     # recovery of a pretrained model: the zeros of every pruned tensor stay zero
-    from ftdsl.stages.data import Dataset, Split
+    from ftdsl.stages.dataset import Dataset, Split
 
     texts = [("great fine" if i % 2 else "awful bad") + " film" for i in range(16)]
     y = np.array([i % 2 for i in range(16)], np.int64)

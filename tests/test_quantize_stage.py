@@ -148,7 +148,7 @@ def feat(tmp_path_factory):
     # the quantizer logs through the root logger: no handler may be left behind
     assert logging.getLogger().handlers == handlers
     ent = entries(p, cache)
-    from ftdsl.stages.data import Dataset
+    from ftdsl.stages.dataset import Dataset
 
     rows = {r["model"]: r for r in json.loads((root / "out" / "ev" / "report.json").read_text())["rows"]}
     return {"root": root, "p": p, "cache": cache, "stages": stages, "entries": ent, "rows": rows,
@@ -519,7 +519,7 @@ def test_uint8_on_a_torch_model_is_a_lint_error_with_a_hint(feat, capsys):
 def test_text_quantization_tokenizes_calibration_and_ships_the_tokenizer(tmp_path, capsys):
     import torch
 
-    from ftdsl.stages.data import Dataset
+    from ftdsl.stages.dataset import Dataset
     from ftdsl.stages.export import OnnxModel
     from ftdsl.stages.quantize import QuantizedTorchModel
 

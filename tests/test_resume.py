@@ -35,7 +35,8 @@ SCRIPT = textwrap.dedent('''
     from ftdsl.stages import model as model_stage
     from ftdsl.stages import train as train_stage
     from ftdsl.stages.base import Reporter, StageContext
-    from ftdsl.stages.data import Dataset, Split, train_wordpiece
+    from ftdsl.stages.dataset import Dataset, Split
+    from ftdsl.stages.tokenizer import train_wordpiece
 
 
     class Printer(Reporter):
@@ -163,7 +164,7 @@ class _Log(Reporter):
 
 
 def _dataset():
-    from ftdsl.stages.data import Dataset, Split
+    from ftdsl.stages.dataset import Dataset, Split
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 96).astype(np.int64)

@@ -295,7 +295,7 @@ evaluate report { models = [t], data = d.test, metrics = [accuracy, f1, precisio
     import torch
     from sklearn.metrics import accuracy_score, f1_score, log_loss, precision_score, recall_score
 
-    from ftdsl.stages.data import Dataset
+    from ftdsl.stages.dataset import Dataset
     from ftdsl.stages.model import TorchModel
 
     planned = {x["name"]: x["cache_key"].split(":")[1] for x in plan_json(p, cache)["stages"]}

@@ -15,7 +15,7 @@ from ftdsl.errors import StageError
 from ftdsl.stages import model as model_stage
 from ftdsl.stages import train as train_stage
 from ftdsl.stages.base import Reporter, StageContext
-from ftdsl.stages.data import Dataset, Split
+from ftdsl.stages.dataset import Dataset, Split
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 
@@ -301,7 +301,7 @@ def test_lora_on_scratch_mlp_is_merged(tmp_path):
 
 
 def _text_dataset(tmp_path, n=48):
-    from ftdsl.stages.data import train_wordpiece
+    from ftdsl.stages.tokenizer import train_wordpiece
 
     rng = np.random.default_rng(0)
     good, bad = ["great", "fine", "lovely", "superb"], ["awful", "bad", "boring", "poor"]

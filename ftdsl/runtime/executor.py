@@ -234,9 +234,9 @@ class _Executor:
 
     def _recompute_corrupt(self, st: PlannedStage, by_name, cls, exc: Exception):
         """An entry whose checksums pass but whose artifact fails its load's checks (a tampered
-        file with a fixed-up manifest, NaN rows) is corrupt too: quarantine it (FTP503) and compute
+        file with a fixed-up manifest, NaN rows or weights) is corrupt too: quarantine it (FTP503) and compute
         the stage again, once. A fresh artifact that does not load is a bug (raised as is)."""
-        if (isinstance(exc, FtdslError) and exc.code != "FTP503") or st.name in self._recomputed:
+        if (isinstance(exc, FtdslError) and exc.code not in ("FTP503", "FTP507")) or st.name in self._recomputed:
             raise exc
         self._recomputed.add(st.name)
         why = exc.message if isinstance(exc, FtdslError) else f"{type(exc).__name__}: {str(exc)[:200]}"

@@ -20,7 +20,7 @@ STAGES: dict[str, str] = {
 # artifact type name -> "module:Class" with save(dir) and classmethod load(dir)
 ARTIFACTS: dict[str, str] = {
     "Dataset": "ftdsl.stages.dataset:Dataset",
-    "TorchModel": "ftdsl.stages.model:TorchModel",
+    "TorchModel": "ftdsl.stages.torch_model:TorchModel",
     "QuantizedTorchModel": "ftdsl.stages.quant_torch_model:QuantizedTorchModel",
     "OnnxModel": "ftdsl.stages.export_artifacts:OnnxModel",
     "ExportedFile": "ftdsl.stages.export_artifacts:ExportedFile",

@@ -194,7 +194,7 @@ def _generate(split, batches, text, token_ids, max_length, pid, with_index):
         out: dict[str, torch.Tensor] = {}
         tidx = torch.from_numpy(np.asarray(idx, dtype=np.int64))
         if text:
-            seqs = [_truncate(token_ids[i], max_length) for i in idx]
+            seqs = [truncate(token_ids[i], max_length) for i in idx]
             out["input_ids"], out["attention_mask"] = _pad(seqs, pid)
         else:
             out["x"] = feats.index_select(0, tidx)
@@ -204,7 +204,7 @@ def _generate(split, batches, text, token_ids, max_length, pid, with_index):
         yield out
 
 
-def _truncate(seq: list[int], max_length: int | None) -> list[int]:
+def truncate(seq: list[int], max_length: int | None) -> list[int]:
     if max_length is None or len(seq) <= max_length:
         return seq
     # keep the final special token ([SEP]) the way tokenizer truncation would

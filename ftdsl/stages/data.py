@@ -3,9 +3,8 @@ WordPiece tokenizer. Produces a `Dataset` artifact (docs/internals.md §2).
 
 Module map: the artifact and the checks downstream stages run against it are in
 `ftdsl.stages.dataset` (its validated load in `dataset_check`), the readers in `_sources`, the
-tokenizer in `ftdsl.stages.tokenizer`, batching (torch) in `ftdsl.stages.batching`. The names
-other modules import from here (`Dataset`, `Split`, `check_labels`, `regression_targets`,
-`load_tokenizer`, `train_wordpiece`) are re-exported. No torch here.
+tokenizer in `ftdsl.stages.tokenizer`, batching (torch) in `ftdsl.stages.batching`; other modules
+import those names from their own modules, not from here. No torch here.
 """
 
 from __future__ import annotations
@@ -19,16 +18,9 @@ import numpy as np
 
 from ftdsl.errors import StageError
 from ftdsl.stages import _sources as S
-from ftdsl.stages._sources import BAD_DATA, NOT_FOUND, Part, Table  # noqa: F401  (re-export)
-from ftdsl.stages.dataset import (  # noqa: F401  (re-export)
-    FORMAT_VERSION,
-    SPLIT_ORDER,
-    Dataset,
-    Split,
-    check_labels,
-    regression_targets,
-)
-from ftdsl.stages.tokenizer import SPECIAL_TOKENS, load_tokenizer, train_wordpiece  # noqa: F401  (re-export)
+from ftdsl.stages._sources import BAD_DATA, Part, Table
+from ftdsl.stages.dataset import SPLIT_ORDER, Dataset, Split
+from ftdsl.stages.tokenizer import train_wordpiece
 
 DEFAULT_SPLIT = {"train": 0.8, "valid": 0.1, "test": 0.1}  # `source` without `split`
 

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from ftdsl.errors import StageError
 from ftdsl.stages import metrics as M
-from ftdsl.stages.model import TorchModel
+from ftdsl.stages.torch_model import TorchModel
 
 __all__ = ["run", "kd_loss"]
 
@@ -111,13 +111,13 @@ class _Teacher:
 
     def _forward(self, split, rows: np.ndarray) -> torch.Tensor:
         if self.modality == "text":
-            from ftdsl.stages.batching import _truncate, tokenize_split
+            from ftdsl.stages.batching import tokenize_split, truncate
 
             key = id(split)
             if key not in self._ids:
                 self._ids[key] = tokenize_split(split, self.tokenizer, self.max_length)
             ids = self._ids[key]
-            seqs = [_truncate(ids[i], self.max_length) for i in rows]
+            seqs = [truncate(ids[i], self.max_length) for i in rows]
             width = max((len(s) for s in seqs), default=0)
             input_ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.int64)
             mask = torch.zeros((len(seqs), width), dtype=torch.int64)
@@ -225,7 +225,7 @@ def _compare(d: _Distiller) -> dict[str, Any]:
 
 def run(inputs: dict[str, object], attrs: dict, ctx) -> TorchModel:
     """Distill ``inputs["teacher"]`` into ``inputs["student"]`` on ``inputs["data"]``."""
-    from ftdsl.stages import train
+    from ftdsl.stages.train import fit
 
     teacher_art, student, data = inputs.get("teacher"), inputs.get("student"), inputs.get("data")
     for role, art in (("teacher", teacher_art), ("student", student)):
@@ -245,7 +245,7 @@ def run(inputs: dict[str, object], attrs: dict, ctx) -> TorchModel:
 
     teacher = _Teacher(teacher_art, data, teacher_name)
     d = _Distiller(teacher, temperature, alpha)
-    art = train.fit(student, data, attrs, ctx, loss_fn=d.loss, prepare=d.prepare)
+    art = fit(student, data, attrs, ctx, loss_fn=d.loss, prepare=d.prepare)
     extra = _compare(d) if d.trainer is not None else {}
     art.metrics.update({k: v for k, v in extra.items() if isinstance(v, (int, float))})
     from ftdsl.stages.outputs import json_safe

@@ -101,31 +101,21 @@ class _OrtRunner:
         return self.art.predict(inputs, threads=self.threads)
 
 
-def _is_onnx(art) -> bool:
-    from ftdsl.stages.export import OnnxModel
-
-    return isinstance(art, OnnxModel) or (hasattr(art, "onnx_path") and hasattr(art, "predict"))
-
-
 def _runner(art, name: str):
     """(callable for _predict, size in bytes (lazy), parameter count or None) for an artifact:
     an OnnxModel runs in onnxruntime (size: the .onnx file); anything with ``build()``
     (TorchModel, a quantized TorchModel) runs in PyTorch (size: its weights)."""
-    if _is_onnx(art):
+    from ftdsl.stages.artifacts import runs_in_onnxruntime
+
+    if runs_in_onnxruntime(art):
         return _OrtRunner(art), lambda: int(art.size_bytes), None
     if hasattr(art, "build"):
         module = art.build()
 
-        def size() -> int:
-            if getattr(art, "size_bytes", None) is not None:
-                return int(art.size_bytes)
-            state = art.state_dict() or {}
-            return sum(t.numel() * t.element_size() for t in state.values())
-
         # a quantized model's packed int8 weights are not `parameters()`: it counts them itself
         n = getattr(art, "num_params", None)
         n = n() if callable(n) else n
-        return module, size, int(n if n is not None else sum(p.numel() for p in module.parameters()))
+        return module, lambda: int(art.size_bytes), int(n if n is not None else sum(p.numel() for p in module.parameters()))
     # the front end lets only models reach `evaluate.models` (FTP209): anything else is a bug
     raise TypeError(f"`{name}`: evaluate got a {type(art).__name__}, not a model")
 
@@ -152,7 +142,7 @@ def run(inputs: dict, attrs: dict, ctx) -> Report:
         runner, size_bytes, params = _runner(art, name)
         tokenizer = art.load_tokenizer()
         if tokenizer is None and getattr(data, "tokenizer_dir", None) is not None:
-            from ftdsl.stages.data import load_tokenizer
+            from ftdsl.stages.tokenizer import load_tokenizer
 
             tokenizer = load_tokenizer(data.tokenizer_dir)
         max_length = getattr(data, "max_length", None) or art.spec.get("max_length")

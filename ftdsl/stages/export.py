@@ -273,12 +273,12 @@ def _run_file(fmt, src, module, meta, settings, inputs, label, ctx) -> ExportedF
             def reload():
                 from safetensors.torch import load_file
 
-                from ftdsl.stages.model import TorchModel
+                from ftdsl.stages.torch_model import TorchModel
 
                 return TorchModel(spec, load_file(str(out / main)),
                                   hf_config=out / "hf_config" if (out / "hf_config").is_dir() else None).build()
         elif fmt == "hf":
-            from ftdsl.stages.model import quiet_transformers
+            from ftdsl.stages.pretrained import quiet_transformers
 
             folder = out / main
             tmp = out / f".{main}.tmp"
@@ -292,7 +292,8 @@ def _run_file(fmt, src, module, meta, settings, inputs, label, ctx) -> ExportedF
             os.replace(tmp, folder)
 
             def reload():
-                from ftdsl.stages.model import TextModule, load_hf_model
+                from ftdsl.stages.modules import TextModule
+                from ftdsl.stages.pretrained import load_hf_model
 
                 return TextModule(load_hf_model(folder, src.spec["task"]), hf=True).eval()
     except (FtdslError, KeyboardInterrupt):

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ftdsl.errors import FtdslError, StageError
+from ftdsl.stages.artifacts import copy_tokenizer_files, load_tokenizer_dir
 
 __all__ = ["OnnxModel", "ExportedFile", "FORMAT_VERSION", "ONNX_FILE", "TOKENIZER_DIR", "copy_tokenizer",
            "link_or_copy", "copy_tree", "guarded_io", "raise_if_resource", "write_bytes", "write_json", "read_json"]
@@ -28,24 +29,11 @@ TOKENIZER_DIR = "tokenizer"
 # file helpers
 
 
-def _tokenizer_files():
-    from ftdsl.stages.model import TOKENIZER_FILES
-
-    return TOKENIZER_FILES
-
-
 def copy_tokenizer(src: Path | None, dst: Path) -> Path | None:
     """Copy the tokenizer files of ``src`` into ``dst`` (created); None when there is none."""
     if src is None or not Path(src).is_dir():
         return None
-    src, dst = Path(src), Path(dst)
-    if src.resolve() == dst.resolve():
-        return dst
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in _tokenizer_files():
-        if (src / name).is_file():
-            guarded_io(lambda n=name: shutil.copyfile(src / n, dst / n), dst / name)
-    return dst
+    return copy_tokenizer_files(src, dst, lambda f, t: guarded_io(lambda: shutil.copyfile(f, t), t))
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
@@ -114,19 +102,6 @@ def _read_meta(dir: Path, name: str, kind: str) -> dict:
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{dir}: unsupported {kind} format {meta.get('format_version')!r}")
     return meta
-
-
-def _load_tokenizer_dir(tok_dir: Path | None, pretrained: bool):
-    if tok_dir is None or not Path(tok_dir).is_dir():
-        return None
-    if pretrained or not (Path(tok_dir) / "tokenizer.json").is_file():
-        from ftdsl.stages.model import quiet_transformers
-
-        with quiet_transformers() as transformers:
-            return transformers.AutoTokenizer.from_pretrained(str(tok_dir))
-    from ftdsl.stages.data import load_tokenizer
-
-    return load_tokenizer(tok_dir)
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,7 +193,7 @@ class OnnxModel:
 
     def load_tokenizer(self):
         """The tokenizer saved beside the model (text models), or None."""
-        return _load_tokenizer_dir(self.tokenizer_dir, self.meta.get("source_kind") == "pretrained")
+        return load_tokenizer_dir(self.tokenizer_dir, pretrained=self.meta.get("source_kind") == "pretrained")
 
     # -- persistence -----------------------------------------------------------------------
 

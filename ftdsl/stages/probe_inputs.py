@@ -208,7 +208,7 @@ def split_batches(src, dataset, split_name: str, where: str, *, what: str, rows:
             raise StageError("FTP510", f"{what}: `{where}` holds features, but the model takes text")
         tokenizer = src.load_tokenizer()
         if tokenizer is None and getattr(dataset, "tokenizer_dir", None) is not None:
-            from ftdsl.stages.data import load_tokenizer
+            from ftdsl.stages.tokenizer import load_tokenizer
 
             tokenizer = load_tokenizer(dataset.tokenizer_dir)
         if tokenizer is None:

@@ -42,7 +42,8 @@ from torch import nn
 from torch.nn.utils import prune as tprune
 
 from ftdsl.errors import StageError
-from ftdsl.stages.model import FtdslModule, TorchModel
+from ftdsl.stages.modules import FtdslModule
+from ftdsl.stages.torch_model import TorchModel
 
 __all__ = ["run", "prune_targets", "apply_pruning", "sparsity_report", "HEAD_NAMES"]
 
@@ -208,7 +209,7 @@ def _recover_attrs(rec: dict, data_ref: Any, model: TorchModel) -> dict:
 
 
 def _recover(pruned: TorchModel, masks: dict[str, torch.Tensor], data, rec: dict, ctx) -> TorchModel:
-    from ftdsl.stages import train
+    from ftdsl.stages.train import fit
 
     def prepare(tr) -> None:
         params = dict(tr.module.named_parameters())
@@ -223,7 +224,7 @@ def _recover(pruned: TorchModel, masks: dict[str, torch.Tensor], data, rec: dict
         _apply_masks(tr._prune_params, tr._prune_masks)
 
     ctx.reporter.log(f"recovering: {rec.get('epochs') or 1} epoch(s) on `{data.source}` with the masks fixed")
-    return train.fit(pruned, data, _recover_attrs(rec, rec.get("data"), pruned), ctx,
+    return fit(pruned, data, _recover_attrs(rec, rec.get("data"), pruned), ctx,
                      after_step=after_step, prepare=prepare)
 
 

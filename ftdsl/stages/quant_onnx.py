@@ -39,7 +39,7 @@ import numpy as np
 
 from ftdsl.errors import FtdslError, StageError
 from ftdsl.stages.export_artifacts import raise_if_resource
-from ftdsl.stages.quantize import REPORT_FILE, first_line, is_classifier, label_of, quiet_quantizer
+from ftdsl.stages.quant_common import REPORT_FILE, first_line, is_classifier, label_of, quiet_quantizer
 
 __all__ = ["run_onnx", "int8_format", "cpu_isa", "max_abs_int8_weight"]
 

@@ -3,7 +3,7 @@
 Saved form: the float weights (``model.safetensors``, as a TorchModel saves them) plus
 ``quantization.json`` (the recipe) and, for ``static``, ``observers.safetensors`` (the calibrated
 activation ranges and histograms, plain float tensors). ``build()`` rebuilds the float module and
-applies the same quantization (:func:`ftdsl.stages.quant_torch.quantize_module`), which is
+applies the same quantization (:func:`ftdsl.stages.quant_recipe.quantize_module`), which is
 deterministic, so a reload computes exactly what the stage computed. ``size_bytes`` is the
 quantized size (int8 weights, a float32 scale and an int32 zero point per channel (or tensor),
 and the float tensors left), not the file's; ``num_params`` counts the quantized weights too.
@@ -135,7 +135,7 @@ class QuantizedTorchModel:
 
     def build(self):
         """The quantized module (CPU, eval mode): the float model rebuilt, then quantized."""
-        from ftdsl.stages.quant_torch import quantize_module
+        from ftdsl.stages.quant_recipe import quantize_module
 
         return quantize_module(self.base.build(), self.recipe, self.observers())
 
@@ -156,7 +156,7 @@ class QuantizedTorchModel:
     # -- persistence -------------------------------------------------------------------------
 
     def save(self, dir: Path) -> None:
-        from ftdsl.stages.model import TorchModel
+        from ftdsl.stages.torch_model import TorchModel
 
         dir = Path(dir)
         dir.mkdir(parents=True, exist_ok=True)
@@ -174,7 +174,7 @@ class QuantizedTorchModel:
 
     @classmethod
     def load(cls, dir: Path) -> "QuantizedTorchModel":
-        from ftdsl.stages.model import TorchModel
+        from ftdsl.stages.torch_model import TorchModel
 
         dir = Path(dir)
         q = json.loads((dir / QUANT_FILE).read_text(encoding="utf-8"))

@@ -76,23 +76,12 @@ Modules: this one (the stage: dispatch and shared helpers), :mod:`~ftdsl.stages.
 
 from __future__ import annotations
 
-import contextlib
-import logging
-from typing import Any
-
 from ftdsl.errors import StageError
+from ftdsl.stages.quant_common import label_of, quiet_quantizer
 from ftdsl.stages.quant_torch_model import FORMAT_VERSION, QuantizedTorchModel, parameter_count, quantized_size_bytes
 
 __all__ = ["run", "QuantizedTorchModel", "quantize_module", "quantized_size_bytes", "parameter_count",
            "quiet_quantizer", "FORMAT_VERSION"]
-
-REPORT_FILE = "quantize.json"
-
-
-def label_of(attrs: dict) -> str:
-    """The name of the stage quantized (its ``from``)."""
-    ref = attrs.get("from")
-    return ref.get("$ref", "model") if isinstance(ref, dict) else str(ref or "model")
 
 
 def _method(attrs: dict) -> dict:
@@ -107,63 +96,28 @@ def _method(attrs: dict) -> dict:
     return complete_call(m, "quantize_method")  # defaults from the schema, the one declaration
 
 
-def first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:400]
-
-
-def is_classifier(task: Any) -> bool:
-    return not isinstance(task, dict) or task.get("$call", "classify") == "classify"
-
-
-@contextlib.contextmanager
-def quiet_quantizer():
-    """Silence onnxruntime's quantizer (and torch.ao's deprecation warning): its warnings go
-    through the *root* logger (``logging.warning``), so logging below ERROR is disabled for the
-    duration; a NullHandler keeps ``logging.warning`` from installing a stderr handler on the
-    root logger for good (``basicConfig``). Prints and Python warnings are captured too."""
-    from ftdsl.stages.onnx_utils import quiet_exporter
-
-    root = logging.getLogger()
-    added = None
-    if not root.handlers:
-        added = logging.NullHandler()
-        root.addHandler(added)
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with quiet_exporter() as buf:
-            yield buf
-    finally:
-        logging.disable(previous)
-        if added is not None:
-            root.removeHandler(added)
-
-
-
 def quantize_module(module, recipe: dict, observers: dict | None = None):
-    """See :func:`ftdsl.stages.quant_torch.quantize_module`."""
-    from ftdsl.stages.quant_torch import quantize_module as apply
+    """See :func:`ftdsl.stages.quant_recipe.quantize_module`."""
+    from ftdsl.stages.quant_recipe import quantize_module as apply
 
     return apply(module, recipe, observers)
 
 
 def run(inputs: dict, attrs: dict, ctx):
     """Quantize ``inputs["from"]``: an OnnxModel with onnxruntime, a TorchModel in PyTorch."""
-    from ftdsl.stages.export_artifacts import OnnxModel
+    from ftdsl.stages.artifacts import is_artifact
 
     src = inputs.get("from")
     method = _method(attrs)
     label = label_of(attrs)
-    if isinstance(src, OnnxModel):
+    if is_artifact(src, "OnnxModel"):
         from ftdsl.stages.quant_onnx import run_onnx
 
         return run_onnx(src, method, inputs, attrs, ctx)
     if isinstance(src, QuantizedTorchModel):
         raise StageError("FTP207", f"`{label}` is already quantized in PyTorch",
                          hint="quantize the float model, once")
-    from ftdsl.stages.model import TorchModel
-
-    if isinstance(src, TorchModel):
+    if is_artifact(src, "TorchModel"):
         from ftdsl.stages.quant_torch import run_torch
 
         return run_torch(src, method, inputs, attrs, ctx)

@@ -111,7 +111,9 @@ class _Sweep:
         return self._finish()
 
     def _finish(self):
-        from ftdsl.stages.model import TorchModel
+        from ftdsl.stages.artifacts import artifact_class
+
+        TorchModel = artifact_class("TorchModel")
 
         recs = self.runner.records
         ok = [r for r in recs if r["status"] == "ok"]

@@ -37,7 +37,9 @@ from ftdsl.errors import StageError
 from ftdsl.runtime import checkpoint as ckpt
 from ftdsl.runtime.device import resolve_device, resolve_precision
 from ftdsl.stages import metrics as M
-from ftdsl.stages.model import TextModule, TorchModel, materialize, quiet_transformers
+from ftdsl.stages.modules import TextModule, materialize
+from ftdsl.stages.pretrained import quiet_transformers
+from ftdsl.stages.torch_model import TorchModel
 from ftdsl.stages.outputs import MetricsWriter
 from ftdsl.stages.train_early_stop import early_stop
 from ftdsl.stages.train_env import Signals, StageInterrupted, amp_dtype, autocast, determinism

@@ -11,13 +11,14 @@ from typing import Any
 from torch import nn
 
 from ftdsl.errors import StageError
-from ftdsl.stages.model import FtdslModule, TextModule, quiet_transformers
+from ftdsl.stages.modules import FtdslModule, TextModule
+from ftdsl.stages.pretrained import quiet_transformers
 
 __all__ = ["to_regression", "freeze", "apply_lora", "adalora_state", "restore_adalora"]
 
 
 def to_regression(data, split):
-    from ftdsl.stages.data import Split, regression_targets
+    from ftdsl.stages.dataset import Split, regression_targets
 
     return Split(split.features, split.texts, regression_targets(data, split), split.rows, split.source)
 

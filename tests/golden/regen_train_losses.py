@@ -40,7 +40,7 @@ TRAIN_ATTRS = {
 
 
 def make_dataset():
-    from ftdsl.stages.data import Dataset, Split
+    from ftdsl.stages.dataset import Dataset, Split
 
     rng = np.random.default_rng(1234)
     centers = rng.normal(size=(3, 6)) * 2
