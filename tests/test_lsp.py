@@ -279,3 +279,20 @@ def test_lsp_without_pygls_says_which_extra(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 2
     assert 'pip install "ftdsl[lsp]"' in r.stderr
+
+
+def test_a_burst_of_changes_is_checked_once_with_the_last_text(lsp, work):
+    """Keystrokes that arrive while a long file is being checked are coalesced: the server never
+    falls behind the typing, and the diagnostics it ends with are those of the last text."""
+    body = "".join(f"train t{i} {{ model = m  data = digits  epochs = 1 }}\n" for i in range(1500))
+    text = 'ftp 1\nuse "common.ftp"\nmodel m { arch = mlp() task = classify(labels = 10) }\n' + body
+    uri = (work / "burst.ftp").as_uri()
+    lsp.notify("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "ftp", "version": 1, "text": text}})
+    for v in range(2, 12):
+        lsp.notify("textDocument/didChange", {"textDocument": {"uri": uri, "version": v},
+                                              "contentChanges": [{"text": text.replace("epochs", "epoch", v - 1)}]})
+    seen = []
+    last = lsp.wait_notification("textDocument/publishDiagnostics", timeout=60,
+                                 where=lambda p: p["uri"] == uri and (seen.append(p["version"]) or p["version"] == 11))
+    assert sum(1 for d in last["diagnostics"] if d["code"] == "FTP201") == 10
+    assert len(seen) < 11, seen  # fewer checks than changes

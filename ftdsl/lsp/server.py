@@ -30,6 +30,8 @@ class FtdslServer(LanguageServer):
     def __init__(self):
         super().__init__("ftdsl", ftdsl.__version__, text_document_sync_kind=T.TextDocumentSyncKind.Full)
         self.texts: dict[str, str] = {}  # open documents by URI
+        self.pending: dict[str, object] = {}  # URI -> the scheduled check (an asyncio handle)
+        self.cost: dict[str, float] = {}  # URI -> seconds its last check took
 
     # --- documents --------------------------------------------------------------------------
 
@@ -60,6 +62,34 @@ class FtdslServer(LanguageServer):
         (l0, c0), (l1, c1) = index.offset_position(start), index.offset_position(end)
         return T.Range(T.Position(l0, c0), T.Position(l1, c1))
 
+    def schedule(self, uri: str, version: int | None) -> None:
+        """Check the document once the messages already received are handled: a burst of
+        keystrokes that arrived while a long file was being checked costs one more check, not one
+        per keystroke (handlers run on the event loop, in order; a newer change cancels this)."""
+        import asyncio
+
+        old = self.pending.pop(uri, None)
+        if old is not None:
+            old.cancel()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # called outside the server's loop (tests of the handlers)
+            return self.validate(uri, version)
+        # pygls reads one message per turn of the loop: a short wait lets the messages already
+        # buffered (typed during the last check) replace this one first. 5 ms plus a tenth of
+        # the last check's time, so small files stay immediate.
+        delay = min(0.005 + self.cost.get(uri, 0.0) / 10, 0.05)
+        self.pending[uri] = loop.call_later(delay, self._scheduled, uri, version)
+
+    def _scheduled(self, uri: str, version: int | None) -> None:
+        import time
+
+        self.pending.pop(uri, None)
+        if uri in self.texts:
+            t0 = time.perf_counter()
+            self.validate(uri, version)
+            self.cost[uri] = time.perf_counter() - t0
+
     def validate(self, uri: str, version: int | None = None) -> None:
         from ftdsl.frontend import compile_pipeline
 
@@ -83,7 +113,7 @@ server = FtdslServer()
 @server.feature(T.TEXT_DOCUMENT_DID_OPEN)
 def did_open(ls: FtdslServer, params: T.DidOpenTextDocumentParams):
     ls.texts[params.text_document.uri] = params.text_document.text
-    ls.validate(params.text_document.uri, params.text_document.version)
+    ls.schedule(params.text_document.uri, params.text_document.version)
 
 
 @server.feature(T.TEXT_DOCUMENT_DID_CHANGE)
@@ -91,18 +121,21 @@ def did_change(ls: FtdslServer, params: T.DidChangeTextDocumentParams):
     uri = params.text_document.uri
     for change in params.content_changes:  # full sync: each change is the whole text
         ls.texts[uri] = change.text
-    ls.validate(uri, params.text_document.version)
+    ls.schedule(uri, params.text_document.version)
 
 
 @server.feature(T.TEXT_DOCUMENT_DID_SAVE)
 def did_save(ls: FtdslServer, params: T.DidSaveTextDocumentParams):
     if params.text_document.uri in ls.texts:
-        ls.validate(params.text_document.uri)
+        ls.schedule(params.text_document.uri, None)
 
 
 @server.feature(T.TEXT_DOCUMENT_DID_CLOSE)
 def did_close(ls: FtdslServer, params: T.DidCloseTextDocumentParams):
     ls.texts.pop(params.text_document.uri, None)
+    old = ls.pending.pop(params.text_document.uri, None)
+    if old is not None:
+        old.cancel()
     ls.text_document_publish_diagnostics(T.PublishDiagnosticsParams(uri=params.text_document.uri, diagnostics=[]))
 
 
