@@ -150,6 +150,24 @@ def test_every_regex_compiles():
     assert g["scopeName"] == "source.ftp"
 
 
+def test_generated_grammars_are_current():
+    """editors/regen.py writes the grammar (kinds from the schema), its VS Code copy and the
+    Sublime plist: run it after changing the schema's block kinds."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("editors_regen", ROOT / "editors" / "regen.py")
+    regen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(regen)
+    stale = [str(p.relative_to(ROOT)) for p, data in regen.outputs().items() if p.read_bytes() != data]
+    assert not stale, f"stale: {stale}; run python editors/regen.py"
+
+
+def test_vim_block_kinds_are_the_schema_kinds():
+    vim = (ROOT / "editors" / "vim" / "syntax" / "ftp.vim").read_text(encoding="utf-8")
+    alt = re.search(r"ftpBlockKind +\"[^\n]*?\\%\(([a-z\\|]+)\\\)", vim).group(1)
+    assert set(alt.split("\\|")) == set(S.KINDS)
+
+
 def test_grammar_block_kinds_are_the_schema_kinds():
     g = json.loads(GRAMMAR.read_text(encoding="utf-8"))
     alt = re.search(r"\(([a-z|]+)\)", g["repository"]["block"]["match"]).group(1)
@@ -252,3 +270,13 @@ def test_vim_syntax_on_a_pipeline(tmp_path):
     wrong = [f"{p[0]}:{p[1]} {p[3]!r}: {g or 'nothing'}, not {p[2]}" for p, g in zip(probes, got) if g != p[2]]
     assert len(probes) > 50 and len(got) >= len(probes)
     assert not wrong, "\n".join(wrong[:20])
+
+
+def test_sublime_plist_is_the_grammar():
+    """Sublime Text reads the plist form; it must say what the JSON grammar says."""
+    import plistlib
+
+    g = json.loads(GRAMMAR.read_text(encoding="utf-8"))
+    g.pop("$schema", None)
+    with open(ROOT / "editors" / "sublime" / "ftp.tmLanguage", "rb") as f:
+        assert plistlib.load(f) == g
