@@ -1,8 +1,8 @@
 """IR -> the stages to run, with cache keys and the reason each one must (or need not) run.
 
 No torch here. A stage's key is sha256 of canonical JSON of: its lowered attributes, the keys of
-its inputs, the content hashes of the files it reads, the library versions that change results,
-the seed and the device class (docs/internals.md §3). `plan` and `run` call the same
+its inputs, the content hashes of the files it reads, the version of its kind's engine
+(`ftdsl.stages.ENGINE_VERSION`), the library versions that change results, the seed and the device class (docs/internals.md §3). `plan` and `run` call the same
 `make_plan`, so what `plan` prints is what `run` does.
 """
 
@@ -17,6 +17,7 @@ from pathlib import Path
 import ftdsl
 from ftdsl.frontend import Compiled
 from ftdsl.ir.lower import flatten, stage_config
+from ftdsl.stages import ENGINE_VERSION
 
 LIBS = ("torch", "transformers", "onnxruntime", "tokenizers", "peft")
 SOURCE_CALLS = ("csv", "jsonl", "parquet")
@@ -220,7 +221,7 @@ def make_plan(compiled: Compiled, cache=None, *, force: set[str] = frozenset(), 
         env = {"seed": seed, "device": dev}
         if b.kind in ("train", "distill", "prune", "sweep") and dev == "cpu":
             env["cpu_bf16"] = cpu_has_bf16()
-        payload = {"kind": b.kind, "attrs": cfg, "inputs": {a: keys[s] for a, s in sorted(inputs[name].items())},
+        payload = {"kind": b.kind, "engine": ENGINE_VERSION[b.kind], "attrs": cfg, "inputs": {a: keys[s] for a, s in sorted(inputs[name].items())},
                    "files": files, "versions": {k: versions[k] for k in sorted(versions)}, "env": env}
         key = stage_key(payload)
         keys[name] = key
@@ -277,6 +278,8 @@ def _decide(st: PlannedStage, pipeline: str, cache, force, by_name, verify: bool
     for f, h in st.payload["files"].items():
         if f in old_files and old_files[f] != h:
             reasons.append(f"changed: file {f}")
+    if prev_payload and prev_payload.get("engine") != st.payload["engine"]:
+        reasons.append(f"engine changed: {st.kind} engine {prev_payload.get('engine') or 0} -> {st.payload['engine']}")
     old_versions = prev_payload.get("versions", {})
     for lib, v in st.payload["versions"].items():
         if lib in old_versions and old_versions[lib] != v:

@@ -293,3 +293,19 @@ def test_plan_of_sweeps_with_ranges_counts_trials_without_torch_or_numpy(tmp_pat
     assert by["r"]["trials"] == {"strategy": "random", "trials": 5, "exact": True, "cached": 0, "from_stages": {},
                                  "failed": 0, "resume": [], "to_run": 5}
     assert by["o"]["trials"]["exact"] is False and by["o"]["trials"]["to_run"] == 4
+
+
+def test_a_new_engine_version_reruns_that_kind_and_plan_says_why(project, tmp_path, monkeypatch):
+    """Entries an older engine computed are not reused: the kind's engine version is in the key."""
+    from ftdsl.stages import ENGINE_VERSION
+
+    simulate_run(tmp_path)
+    before, _ = plan_json(project)
+    old = ENGINE_VERSION["prune"]
+    monkeypatch.setitem(ENGINE_VERSION, "prune", old + 1)
+    stages, _ = plan_json(project)
+    assert stages["sparse"]["cache_key"] != before["sparse"]["cache_key"]
+    assert stages["finetune"]["cache_key"] == before["finetune"]["cache_key"]
+    assert f"engine changed: prune engine {old} -> {old + 1}" in stages["sparse"]["reasons"]
+    assert stages["sparse"]["status"].startswith(f"run (engine changed: prune engine {old} -> {old + 1}")
+    assert {n for n, s in stages.items() if s["status"] != "cached"} == {"sparse", "onnx", "report"}

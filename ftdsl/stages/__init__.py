@@ -17,6 +17,22 @@ STAGES: dict[str, str] = {
     "sweep": "ftdsl.stages.sweep:run",
 }
 
+# kind -> the version of its engine, part of every cache key of that kind (ftdsl/plan.py). Bump a
+# kind's number when the same configuration and inputs would now produce a different artifact or
+# different out/ files (numerics, file formats, defaults applied inside the stage); not for messages,
+# speed or refactoring. docs/internals.md §3 lists what was bumped and why.
+ENGINE_VERSION: dict[str, int] = {
+    "data": 1,
+    "model": 1,
+    "train": 1,
+    "evaluate": 1,
+    "prune": 1,
+    "distill": 1,
+    "export": 1,
+    "quantize": 2,  # 2: int8 ONNX weights in 7 bits (reduce_range), the same on CPUs with and without VNNI
+    "sweep": 1,
+}
+
 # artifact type name -> "module:Class" with save(dir) and classmethod load(dir)
 ARTIFACTS: dict[str, str] = {
     "Dataset": "ftdsl.stages.dataset:Dataset",
