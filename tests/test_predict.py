@@ -316,3 +316,48 @@ def test_stage_without_a_model(env, tmp_path, capsys):
     assert "error[FTP562]: `evaluate r` produces a Report" in capsys.readouterr().err
     assert env.predict("nope", "--input", str(inp)) == 2
     assert "error[FTP212]: no stage named `nope`" in capsys.readouterr().err
+
+
+# --- a Hugging Face folder export ---------------------------------------------------------------
+
+HF_PIPELINE = """\
+pipeline hf { seed = 1 }
+data d {
+  source = csv("texts.csv")
+  text = "sentence", label = "mood"
+  split = { train = 0.7, valid = 0.15, test = 0.15 }
+  max_length = 16
+}
+model base { pretrained = "sentence-transformers/all-MiniLM-L6-v2", task = classify(labels = 2) }
+train t { model = base, data = d, max_steps = 2, batch = 8, precision = fp32 }
+export h { from = t, format = hf }  # ftdsl: ignore[FTP230]
+"""
+
+
+def test_hf_folder_export_equals_transformers_and_the_train_stage(tmp_path):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    e = Env(tmp_path)
+    e.pipe.write_text(HF_PIPELINE)
+    _write_texts(tmp_path / "texts.csv", n=24)
+    assert main(["run", str(e.pipe), "--cache", str(e.cache), "--quiet"]) == 0
+    texts = ["the film was lovely and very good", "the meal was awful", "a day"]
+    inp = tmp_path / "in.csv"
+    inp.write_text("sentence\n" + "\n".join(texts) + "\n")
+    got = {}
+    for stage in ("h", "t"):
+        assert e.predict(stage, "--input", str(inp), "--output", str(tmp_path / f"{stage}.jsonl")) == 0
+        got[stage] = _read_jsonl(tmp_path / f"{stage}.jsonl")
+    names = ["grumpy", "happy"]  # the data's label names, in class order
+    assert all(set(r["probabilities"]) == set(names) for r in got["h"])
+    folder = e.artifact("h").path
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    model = AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()
+    with torch.inference_mode():
+        enc = tok(texts, truncation=True, max_length=16, padding=True, return_tensors="pt")
+        want = _softmax(model(**enc).logits.numpy())
+    for stage in ("h", "t"):
+        probs = np.array([[r["probabilities"][n] for n in names] for r in got[stage]])
+        assert np.allclose(probs, want, atol=1e-5), stage
+        assert [r["label"] for r in got[stage]] == [names[i] for i in want.argmax(axis=1)]
