@@ -207,7 +207,9 @@ def _execute_run(plan, cache, args) -> int:
                                        quiet=args.quiet)
     if args.device and args.device.startswith("cuda:"):
         plan.device = args.device  # the key has the class (cuda); the stages get the GPU
-    distributed.annotate_plan(plan, launch)  # FTP541 before anything runs
+    if not distributed.annotate_plan(plan, launch) and launch.launches:  # FTP541 before anything runs
+        print(f"note: --nproc {args.nproc}: no stage has `distributed = ddp | fsdp`; every stage runs in this "
+              "one process", file=sys.stderr)
     world = distributed.external_world()
     quiet = args.quiet or (world is not None and world.rank != 0)  # one rank talks under an outside launcher
     try:

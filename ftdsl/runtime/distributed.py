@@ -99,15 +99,18 @@ def world_size_of(opts: LaunchOptions | None) -> int | None:
         return None
 
 
-def annotate_plan(plan, opts: LaunchOptions | None) -> None:
+def annotate_plan(plan, opts: LaunchOptions | None) -> int:
     """Show each distributed stage's world size and per-process batch in the plan, and refuse a
-    global batch the processes cannot share (FTP541) before anything runs."""
+    global batch the processes cannot share (FTP541) before anything runs. Returns how many
+    stages are distributed."""
     from ftdsl.errors import FtdslError
 
     world = world_size_of(opts)
+    count = 0
     for st in plan.stages:
         if not is_distributed(st.kind, st.config):
             continue
+        count += 1
         if world is None:
             st.estimate["world_size"] = f"{opts.nnodes} x {opts.nproc}" if opts else "?"
             continue
@@ -119,6 +122,7 @@ def annotate_plan(plan, opts: LaunchOptions | None) -> None:
                              f"among {world} processes",
                              hint=f"use batch = {lo or world} or {lo + world}, or a process count that divides {batch}")
         st.estimate["per_process_batch"] = batch // world
+    return count
 
 
 # --------------------------------------------------------------------------------------------
@@ -412,8 +416,13 @@ def run_external(ex, st, by_name, world: World) -> None:
         ex._sync_outputs(st, entry)
         metrics = meta["metrics"]
     else:
+        import shutil
+
         scratch = Path(tempfile.mkdtemp(prefix=f"ftdsl-rank{world.rank}-"))
-        artifact = run_in_rank(st.kind, inputs, st.config, context(scratch / "out", Reporter()))
+        try:
+            artifact = run_in_rank(st.kind, inputs, st.config, context(scratch / "out", Reporter()))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)  # rank 0 writes the outputs
         ex.loaded[st.name] = artifact  # the same weights as rank 0's (DDP keeps them equal)
         dist.barrier()
         metrics = json_safe(getattr(artifact, "metrics", None) or {})
