@@ -11,7 +11,6 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -189,6 +188,10 @@ def test_rename_block(lsp, work):
     bad = lsp.request("textDocument/rename", {"textDocument": {"uri": lsp.uri}, "position": pos(BROKEN, "fit", 0, 1),
                                               "newName": "2x"})
     assert "error" in bad and "not a valid name" in bad["error"]["message"]
+    ok = lsp.request("textDocument/prepareRename", {"textDocument": {"uri": lsp.uri}, "position": pos(BROKEN, "[fit]", 0, 2)})
+    assert ok["result"]["start"] == pos(BROKEN, "[fit]", 0, 1)
+    no = lsp.request("textDocument/prepareRename", {"textDocument": {"uri": lsp.uri}, "position": pos(BROKEN, "precision", 0, 1)})
+    assert no["result"] is None  # an attribute is not renamed
 
 
 def test_code_action_applies_did_you_mean(lsp):

@@ -76,20 +76,13 @@ def _range(index: LineIndex, span) -> dict:
     return {"start": {"line": l0, "character": c0}, "end": {"line": l1, "character": c1}}
 
 
-def code_actions(uri: str, diagnostics) -> list[dict]:
-    """Quick fixes for the diagnostics the client sends back (lsprotocol objects or dicts)."""
+def code_actions(uri: str, diagnostics: list[dict]) -> list[dict]:
+    """Quick fixes (LSP `CodeAction`s, JSON shape) for the diagnostics the client sends back."""
     out = []
     for d in diagnostics:
-        data = getattr(d, "data", None) if not isinstance(d, dict) else d.get("data")
-        if not isinstance(data, dict):
-            continue
-        rng = d["range"] if isinstance(d, dict) else _plain_range(d.range)
-        for fix in data.get("fixes") or ():
-            out.append({"title": f"Replace with {fix}", "kind": "quickfix", "isPreferred": len(data["fixes"]) == 1,
-                        "diagnostic": d, "edit": {"changes": {uri: [{"range": rng, "newText": fix}]}}})
+        data = d.get("data")
+        fixes = data.get("fixes") if isinstance(data, dict) else None
+        for fix in fixes or ():
+            out.append({"title": f"Replace with {fix}", "kind": "quickfix", "isPreferred": len(fixes) == 1,
+                        "diagnostics": [d], "edit": {"changes": {uri: [{"range": d["range"], "newText": fix}]}}})
     return out
-
-
-def _plain_range(r) -> dict:
-    return {"start": {"line": r.start.line, "character": r.start.character},
-            "end": {"line": r.end.line, "character": r.end.character}}

@@ -89,11 +89,8 @@ def definition(sources: list[Source], offset: int) -> tuple[Path, Tok | None] | 
 
 
 def _named(t: Tok) -> str | None:
-    if t.role in ("ref", "blockname", "paramname"):
-        return t.text
-    if t.role == "refpart" and isinstance(t.info, str):
-        return None  # a split or field of a block, not a name of its own
-    return None
+    """The block or param name a token stands for (`test` in `digits.test` is a split, not a name)."""
+    return t.text if t.role in ("ref", "blockname", "paramname") else None
 
 
 def references(sources: list[Source], name: str) -> dict[Path, list[Tok]]:

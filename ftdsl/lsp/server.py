@@ -211,12 +211,8 @@ def on_rename(ls: FtdslServer, params: T.RenameParams):
 @server.feature(T.TEXT_DOCUMENT_CODE_ACTION,
                 T.CodeActionOptions(code_action_kinds=[T.CodeActionKind.QuickFix]))
 def on_code_action(ls: FtdslServer, params: T.CodeActionParams):
-    found = actions.code_actions(params.text_document.uri, params.context.diagnostics)
-    for a in found:
-        a["diagnostic"] = _CONVERTER.unstructure(a["diagnostic"]) if not isinstance(a["diagnostic"], dict) \
-            else a["diagnostic"]
-        a["diagnostics"] = [a.pop("diagnostic")]
-    return _CONVERTER.structure(found, list[T.CodeAction])
+    sent = _CONVERTER.unstructure(params.context.diagnostics, list[T.Diagnostic])
+    return _CONVERTER.structure(actions.code_actions(params.text_document.uri, sent), list[T.CodeAction])
 
 
 @server.feature(T.TEXT_DOCUMENT_FORMATTING)
