@@ -1,13 +1,18 @@
-"""Evaluation metrics in plain numpy (checked against sklearn.metrics in tests).
+"""Evaluation metrics, computed by ``sklearn.metrics``.
 
 Which metrics exist, the tasks they apply to and their direction are declared once, in the schema's
 metric registry (``ftdsl/ir/schema/metrics.py``); ``quality_metrics(task, ...)`` computes exactly
 the registry's quality metrics of a task (tests/test_schema_contract.py ties the two). Latency and
 size are measured by the evaluate stage, not computed from predictions.
 
-Conventions follow scikit-learn's defaults: macro averages run over the labels that occur in
+Conventions are scikit-learn's defaults: macro averages run over the labels that occur in
 ``y_true`` or ``y_pred`` (unless ``labels`` is given), and a class whose precision or recall is
-undefined (0/0) counts as 0.
+undefined (0/0) counts as 0 (``zero_division=0``). sklearn is imported on first use (it costs
+seconds of start-up). Two things stay here: the cross-entropy, computed from logits with a
+log-softmax (``sklearn.metrics.log_loss`` takes probabilities and clips them, which differs for
+confident wrong predictions), and the cases sklearn refuses or answers with NaN and a warning
+(no samples; ``r2`` of one sample; ``labels`` none of which occur), which keep the values they
+always had.
 """
 
 from __future__ import annotations
@@ -29,47 +34,44 @@ __all__ = [
 ]
 
 
-def _labels(y_true: np.ndarray, y_pred: np.ndarray, labels=None) -> np.ndarray:
-    if labels is not None:
-        return np.asarray(labels)
-    return np.union1d(np.unique(y_true), np.unique(y_pred))
+def _skm():
+    import sklearn.metrics as skm  # lazy: seconds of import time, and only stages compute metrics
+
+    return skm
 
 
 def accuracy(y_true, y_pred) -> float:
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     if y_true.size == 0:
         return float("nan")
-    return float(np.mean(y_true == y_pred))
+    return float(_skm().accuracy_score(y_true, y_pred))
 
 
 def confusion_matrix(y_true, y_pred, labels=None) -> np.ndarray:
     """``C[i, j]`` = number of samples of true class ``labels[i]`` predicted as ``labels[j]``."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    labs = _labels(y_true, y_pred, labels)
-    index = {v: i for i, v in enumerate(labs.tolist())}
-    k = len(labs)
-    ti = np.array([index.get(v, -1) for v in y_true.tolist()], dtype=np.int64)
-    pi = np.array([index.get(v, -1) for v in y_pred.tolist()], dtype=np.int64)
-    keep = (ti >= 0) & (pi >= 0)
-    cm = np.zeros((k, k), dtype=np.int64)
-    np.add.at(cm, (ti[keep], pi[keep]), 1)
-    return cm
+    if labels is not None and not np.isin(np.asarray(labels), y_true).any():
+        # sklearn refuses labels none of which is in y_true; the counts are all zero then
+        labs = np.asarray(labels)
+        index = {v: i for i, v in enumerate(labs.tolist())}
+        cm = np.zeros((len(labs), len(labs)), dtype=np.int64)
+        for t, p in zip(y_true.tolist(), y_pred.tolist()):
+            if t in index and p in index:
+                cm[index[t], index[p]] += 1
+        return cm
+    if y_true.size == 0 and labels is None:
+        return np.zeros((0, 0), dtype=np.int64)
+    return _skm().confusion_matrix(y_true, y_pred, labels=labels).astype(np.int64)
 
 
 def precision_recall_f1(y_true, y_pred, labels=None) -> tuple[float, float, float]:
     """Macro-averaged precision, recall and F1 (sklearn's ``average="macro"``, zero_division=0)."""
-    cm = confusion_matrix(y_true, y_pred, labels)
-    if cm.size == 0:
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.size == 0 and (labels is None or len(labels) == 0):
         return 0.0, 0.0, 0.0
-    tp = np.diag(cm).astype(np.float64)
-    pred_pos = cm.sum(axis=0).astype(np.float64)
-    true_pos = cm.sum(axis=1).astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        prec = np.where(pred_pos > 0, tp / pred_pos, 0.0)
-        rec = np.where(true_pos > 0, tp / true_pos, 0.0)
-        denom = pred_pos + true_pos  # = 2tp + fp + fn
-        f1 = np.where(denom > 0, 2 * tp / denom, 0.0)
-    return float(prec.mean()), float(rec.mean()), float(f1.mean())
+    p, r, f1, _ = _skm().precision_recall_fscore_support(y_true, y_pred, labels=labels, average="macro",
+                                                        zero_division=0)
+    return float(p), float(r), float(f1)
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -88,12 +90,16 @@ def cross_entropy(logits, y_true) -> float:
 
 def mse(y_true, y_pred) -> float:
     a, b = np.asarray(y_true, dtype=np.float64), np.asarray(y_pred, dtype=np.float64)
-    return float(np.mean((a - b) ** 2))
+    if a.size == 0:
+        return float("nan")
+    return float(_skm().mean_squared_error(a.reshape(len(a), -1), b.reshape(len(b), -1)))
 
 
 def mae(y_true, y_pred) -> float:
     a, b = np.asarray(y_true, dtype=np.float64), np.asarray(y_pred, dtype=np.float64)
-    return float(np.mean(np.abs(a - b)))
+    if a.size == 0:
+        return float("nan")
+    return float(_skm().mean_absolute_error(a.reshape(len(a), -1), b.reshape(len(b), -1)))
 
 
 def r2(y_true, y_pred) -> float:
@@ -104,11 +110,9 @@ def r2(y_true, y_pred) -> float:
     if a.size == 0:
         return float("nan")
     a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
-    sse = ((a - b) ** 2).sum(axis=0)
-    sst = ((a - a.mean(axis=0)) ** 2).sum(axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        per = np.where(sst > 0, 1.0 - sse / np.where(sst > 0, sst, 1.0), np.where(sse == 0, 1.0, 0.0))
-    return float(per.mean())
+    if len(a) < 2:  # sklearn: NaN and a warning; one sample has constant targets: 1 if exact, else 0
+        return float(np.mean(np.where((a - b) ** 2 == 0, 1.0, 0.0)))
+    return float(_skm().r2_score(a, b, multioutput="uniform_average"))
 
 
 def classification_metrics(logits, y_true, num_classes: int | None = None) -> dict[str, float]:
