@@ -255,7 +255,8 @@ def test_positions_convert_non_bmp_both_ways():
 
 
 def test_utf8_negotiated_and_no_torch(work):
-    """A client that prefers UTF-8 gets byte columns; a whole session never imports torch."""
+    """A client that prefers UTF-8 gets byte columns; a whole session imports neither torch nor any
+    other engine library (the list of tests/test_no_torch_import.py)."""
     c = LspClient(args=("-X", "importtime"), cwd=work)
     r = c.initialize(work.as_uri(), {"general": {"positionEncodings": ["utf-8", "utf-16"]}})
     assert r["result"]["capabilities"]["positionEncoding"] == "utf-8"
@@ -273,7 +274,9 @@ def test_utf8_negotiated_and_no_torch(work):
     assert c.close() == 0
     imported = c.stderr.decode("utf-8", "replace")
     assert "ftdsl.lsp.server" in imported  # -X importtime did list the imports
-    assert not re.search(r"\|\s+(torch|transformers)\s*$", imported, re.M)
+    heavy = "|".join(("torch", "transformers", "onnxruntime", "onnx", "onnxscript", "peft", "optuna", "sklearn",
+                      "numpy", "matplotlib", "tensorboard", "safetensors", "tokenizers", "pyarrow"))
+    assert not re.findall(rf"\|\s+((?:{heavy})(?:\.\S+)?)\s*$", imported, re.M)
 
 
 def test_lsp_without_pygls_says_which_extra(tmp_path):
