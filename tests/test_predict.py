@@ -79,8 +79,8 @@ class Env:
         return main(["predict", str(self.pipe), stage, "--cache", str(self.cache), "--quiet", *args])
 
     def artifact(self, stage: str):
-        from ftdsl.plan import make_plan
         from ftdsl.frontend import compile_pipeline
+        from ftdsl.plan import make_plan
         from ftdsl.runtime.cache import Cache
         from ftdsl.stages import ARTIFACTS, load_object
 

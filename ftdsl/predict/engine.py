@@ -77,6 +77,10 @@ def predict(compiled, cache, file: str, stage: str, opts: Options) -> int:
     task = _task_name(info)
     out_kind = W.task_output(task)
     schema = _schema(loc, info)
+    if loc.dataset is None and schema.modality == "features" and not schema.feature_names and loc.data_stage:
+        raise FtdslError("FTP560", f"the data stage `{loc.data_stage}` is not in the cache, and predict needs the "
+                         f"feature columns it chose for `{stage}`",
+                         hint=f"run it first: `ftdsl run {file} --only {loc.data_stage}`")
     if schema.modality not in R.INPUT_KINDS:
         raise FtdslError("FTP562", f"predict cannot read inputs of `{schema.modality}` models yet")
     convert = schema.converter()

@@ -43,7 +43,7 @@ def locate(compiled, cache, file: str, stage: str, *, device: str | None = None)
     by_name = plan.by_name()
     st = by_name[stage]
     if st.artifact not in MODEL_ARTIFACTS:
-        models = [s.name for s in plan.stages if s.artifact in MODEL_ARTIFACTS]
+        models = [s.name for s in plan.stages if s.artifact in MODEL_ARTIFACTS and s.kind != "model"]
         raise UsageError(NOT_A_MODEL, f"`{st.kind} {stage}` produces a {st.artifact or 'nothing'}, not a model "
                          "predict can run",
                          hint=("give a model, train, distill, prune, export or quantize stage"
