@@ -6,14 +6,13 @@ run of `lint` reports every problem in a file.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from ftdsl.syntax.ast import Span
 
 ERROR = "error"
 WARNING = "warning"
 INFO = "info"
-SEVERITY_ORDER = {ERROR: 0, WARNING: 1, INFO: 2}
 
 
 @dataclass(frozen=True)
@@ -40,9 +39,6 @@ class Diagnostic:
 
         c = CODES.get(self.code)
         return c.name if c else "unknown"
-
-    def with_severity(self, severity: str) -> "Diagnostic":
-        return replace(self, severity=severity)
 
     def sort_key(self):
         s = self.span

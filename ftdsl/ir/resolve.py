@@ -96,7 +96,7 @@ def _build(files: list[A.File], root: Path, shown: str, overrides: list[str], di
     params: dict[str, A.Param] = {}
     blocks: dict[str, A.Block] = {}
     pipeline: A.Block | None = None
-    for fi, f in enumerate(files):
+    for f in files:
         for ii, it in enumerate(f.items):
             if isinstance(it, A.Header):
                 if ii != 0:  # each file (root or `use`d) may open with its own header

@@ -28,7 +28,6 @@ from ftdsl.errors import StageError
 __all__ = ["Split", "Dataset", "check_labels", "regression_targets", "FORMAT_VERSION", "SPLIT_ORDER"]
 
 BAD_DATA = "FTP510"
-CORRUPT = "FTP503"
 FORMAT_VERSION = 1
 SPLIT_ORDER = ("train", "valid", "test")
 _EXAMPLES = 5  # offending rows shown in a message

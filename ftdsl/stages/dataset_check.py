@@ -131,12 +131,10 @@ def _check_split(name: str, sm: dict, meta: dict, arrays: dict, texts: dict) -> 
 def _check_tokenizer(tok: Path) -> None:
     data = _read_json(tok / "tokenizer.json")
     _need(isinstance(data, dict) and isinstance(data.get("model"), dict), "tokenizer/tokenizer.json is malformed")
-    try:
-        from tokenizers import Tokenizer
+    from tokenizers import Tokenizer
 
+    try:
         Tokenizer.from_str(json.dumps(data))
-    except ImportError:  # pragma: no cover - tokenizers is a dependency
-        return
     except Exception as e:  # the Rust parser's own error type
         raise _Bad(f"tokenizer/tokenizer.json does not load ({str(e)[:120]})") from None
 

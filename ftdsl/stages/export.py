@@ -89,12 +89,9 @@ def _base_meta(src, module, label: str, ctx) -> dict:
         "stage": ctx.name,
         "key": getattr(ctx, "key", ""),
     }
-    try:
-        import torch
+    import torch
 
-        meta["torch"] = torch.__version__
-    except ImportError:  # pragma: no cover
-        pass
+    meta["torch"] = torch.__version__
     return meta
 
 
@@ -199,13 +196,10 @@ def _summary_line(label: str, what: str, size: int, metrics: dict) -> str:
     return line
 
 
-def _ort_version() -> str | None:
-    try:
-        import onnxruntime
+def _ort_version() -> str:
+    import onnxruntime
 
-        return onnxruntime.__version__
-    except ImportError:  # pragma: no cover
-        return None
+    return onnxruntime.__version__
 
 
 # -- torchscript / pt2 / safetensors / hf -----------------------------------------------------

@@ -58,12 +58,9 @@ def resolve_pretrained(name: str, pipeline_dir: Path | None = None, revision: st
     """
     tried: list[str] = []
     # 1. a local folder
-    try:
-        from ftdsl.paths import resolve_input
+    from ftdsl.paths import resolve_input
 
-        local = resolve_input(pipeline_dir or Path.cwd(), name)
-    except ImportError:  # pragma: no cover
-        local = Path(name) if Path(name).is_absolute() else Path(pipeline_dir or Path.cwd()) / name
+    local = resolve_input(pipeline_dir or Path.cwd(), name)
     if local.is_dir():
         if (local / "config.json").is_file():
             return local.resolve(), f"local folder {local}"
@@ -81,19 +78,16 @@ def resolve_pretrained(name: str, pipeline_dir: Path | None = None, revision: st
     is_repo = bool(_REPO_ID.match(name)) and not name.startswith((".", "/"))
     # 2. the local Hugging Face cache
     if is_repo:
-        try:
-            from huggingface_hub import constants, snapshot_download
+        from huggingface_hub import constants, snapshot_download  # a dependency of transformers
 
-            cache = constants.HF_HUB_CACHE
-            try:
-                snap = Path(snapshot_download(name, revision=revision, local_files_only=True))
-                if (snap / "config.json").is_file():
-                    return snap, f"Hugging Face cache {snap}"
-                tried.append(f"Hugging Face cache {cache} (incomplete snapshot)")
-            except Exception:  # LocalEntryNotFoundError, RepositoryNotFoundError, ...
-                tried.append(f"Hugging Face cache {cache} (not cached)")
-        except ImportError:  # pragma: no cover
-            tried.append("Hugging Face cache (huggingface_hub not installed)")
+        cache = constants.HF_HUB_CACHE
+        try:
+            snap = Path(snapshot_download(name, revision=revision, local_files_only=True))
+            if (snap / "config.json").is_file():
+                return snap, f"Hugging Face cache {snap}"
+            tried.append(f"Hugging Face cache {cache} (incomplete snapshot)")
+        except Exception:  # LocalEntryNotFoundError, RepositoryNotFoundError, ...
+            tried.append(f"Hugging Face cache {cache} (not cached)")
     # 3. a package that ships the model
     pkg = OFFLINE_PACKAGES.get(name)
     if pkg is not None:

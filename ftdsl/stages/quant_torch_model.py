@@ -117,10 +117,6 @@ class QuantizedTorchModel:
     def load_tokenizer(self):
         return self.base.load_tokenizer()
 
-    def float_state_dict(self):
-        """The float weights the quantization is applied to."""
-        return self.base.state_dict()
-
     def observers(self) -> dict | None:
         """Static quantization: the calibrated observers' state (read on first use)."""
         if self._observers is None and self._observers_path is not None:

@@ -24,10 +24,6 @@ class Span:
     start: int = 0  # character offsets; end exclusive
     end: int = 0
 
-    @staticmethod
-    def point(file: str, line: int, col: int, offset: int = 0) -> "Span":
-        return Span(file, line, col, line, col + 1, offset, offset + 1)
-
     def to(self, other: "Span") -> "Span":
         return Span(self.file, self.line, self.col, other.end_line, other.end_col, self.start, other.end)
 
