@@ -11,6 +11,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -302,3 +303,26 @@ def test_a_burst_of_changes_is_checked_once_with_the_last_text(lsp, work):
                                  where=lambda p: p["uri"] == uri and (seen.append(p["version"]) or p["version"] == 11))
     assert sum(1 for d in last["diagnostics"] if d["code"] == "FTP201") == 10
     assert len(seen) < 11, seen  # fewer checks than changes
+
+
+def test_editor_features_never_raise_on_text_being_typed():
+    """Every prefix of the example pipelines (text as it is being typed), with a stray character
+    appended, goes through completion, hover, semantic tokens and definition without an exception."""
+    import random
+
+    from ftdsl.lsp import completion, hover, navigation, tokens
+
+    rnd = random.Random(7)
+    root = Path(__file__).resolve().parents[1]
+    n = 0
+    for p in sorted((root / "pipelines").glob("*.ftp")):
+        text = p.read_text(encoding="utf-8")
+        for cut in range(0, len(text), 17):
+            t = text[:cut] + rnd.choice(['"', "{", "(", "[", "}", ")", "=", ".", ",", "x", "😀", "\n", ""])
+            off = len(t)
+            completion.complete(t, off, {"digits": "data", "fit": "train"}, ("lr",))
+            hover.hover_at(t, max(off - 1, 0), {"digits": "data"})
+            tokens.encode(t, LineIndex(t), {})
+            navigation.definition(navigation.load(p, t, lambda _: None), max(off - 2, 0))
+            n += 1
+    assert n > 500
