@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ftdsl.ir import schema as S
+from ftdsl.ir.cycles import walk
 from ftdsl.ir.nodes import BlockIR, CallV, DictIR, ListIR, Program, RefV
 
 
@@ -96,38 +97,8 @@ def topo_order(program: Program, es: list[Edge]) -> tuple[list[str], list[list[s
     for e in es:
         if e.src in deps and e.dst in deps and e.src not in deps[e.dst]:
             deps[e.dst].append(e.src)
-    order: list[str] = []
-    state: dict[str, int] = {}
-    cycles: list[list[str]] = []
-    for start in program.blocks:
-        if state.get(start):
-            continue
-        # Iterative DFS (a 10,000-stage chain must not hit the recursion limit).
-        stack: list[tuple[str, int]] = [(start, 0)]
-        path: list[str] = []
-        while stack:
-            node, i = stack.pop()
-            if i == 0:
-                if state.get(node) == 2:
-                    continue
-                if state.get(node) == 1:
-                    continue
-                state[node] = 1
-                path.append(node)
-            ds = deps[node]
-            if i < len(ds):
-                stack.append((node, i + 1))
-                d = ds[i]
-                if state.get(d) == 1:
-                    cyc = path[path.index(d):] + [d]
-                    cycles.append(cyc)
-                elif not state.get(d):
-                    stack.append((d, 0))
-            else:
-                state[node] = 2
-                path.pop()
-                order.append(node)
-    return order, cycles
+    order, found = walk(program.blocks, deps.__getitem__)
+    return order, [cyc + [cyc[0]] for cyc, _ in found]
 
 
 def artifact_types(program: Program, order: list[str]) -> dict[str, str]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ftdsl.diagnostics import Diagnostic, Label, make
 from ftdsl.ir import schema as S
+from ftdsl.ir.cycles import walk
 from ftdsl.ir.convert import Converter, Scope, default_value, did_you_mean
 from ftdsl.ir.nodes import BLOCK_MODELS, AttrIR, ParamIR, PipelineBlock, Program
 from ftdsl.syntax import ast as A
@@ -191,37 +192,13 @@ def _param_cycles(params: dict[str, A.Param], diags) -> frozenset[str]:
     not: one diagnostic per cycle, pointing at every param in it. Returns the params on a cycle
     (their uses are not reported again)."""
     deps = {name: _param_refs(p.value, params) for name, p in params.items()}
-    state: dict[str, int] = {}
     seen: set[frozenset] = set()
     on_cycle: set[str] = set()
-    for root in params:
-        if state.get(root):
-            continue
-        stack: list[tuple[str, int]] = [(root, 0)]
-        path: list[str] = []
-        while stack:  # iterative DFS: 10,000 chained params must not hit the recursion limit
-            node, i = stack.pop()
-            if i == 0:
-                if state.get(node):
-                    continue
-                state[node] = 1
-                path.append(node)
-            refs = deps[node]
-            if i < len(refs):
-                stack.append((node, i + 1))
-                nxt = refs[i].parts[0]
-                if state.get(nxt) == 1:
-                    cyc = path[path.index(nxt):]
-                    key = frozenset(cyc)
-                    if key not in seen:
-                        seen.add(key)
-                        on_cycle.update(cyc)
-                        diags.append(_cycle_diag(cyc, refs[i], params, deps))
-                elif not state.get(nxt):
-                    stack.append((nxt, 0))
-            else:
-                state[node] = 2
-                path.pop()
+    for cyc, closing in walk(params, deps.__getitem__, lambda ref: ref.parts[0])[1]:
+        if frozenset(cyc) not in seen:
+            seen.add(frozenset(cyc))
+            on_cycle.update(cyc)
+            diags.append(_cycle_diag(cyc, closing, params, deps))
     return frozenset(on_cycle)
 
 
