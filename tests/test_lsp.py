@@ -326,3 +326,22 @@ def test_editor_features_never_raise_on_text_being_typed():
             navigation.definition(navigation.load(p, t, lambda _: None), max(off - 2, 0))
             n += 1
     assert n > 500
+
+
+def test_use_files_diagnostics_on_the_use_line_and_rename_from_the_used_file(lsp, work):
+    (work / "broken_common.ftp").write_text('ftp 1\ndata other { source = sklearn("digitz") }\n', encoding="utf-8")
+    text = 'ftp 1\n# 😀\nuse "broken_common.ftp"\nevaluate e { models = [] data = other.test }\n'
+    uri = (work / "uses_broken.ftp").as_uri()
+    lsp.notify("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "ftp", "version": 1, "text": text}})
+    d = lsp.wait_notification("textDocument/publishDiagnostics", where=lambda p: p["uri"] == uri)
+    bad = next(x for x in d["diagnostics"] if x["code"] == "FTP203")
+    assert bad["message"].startswith("broken_common.ftp:2:")
+    assert bad["range"]["start"] == pos(text, '"broken_common.ftp"') and bad["range"]["end"]["line"] == 2
+    # Renaming a block in the used file also renames the references in the open file that uses it.
+    common = (work / "common.ftp").resolve().as_uri()
+    lsp.notify("textDocument/didOpen", {"textDocument": {"uri": common, "languageId": "ftp", "version": 1,
+                                                         "text": COMMON}})
+    r = lsp.request("textDocument/rename", {"textDocument": {"uri": common}, "position": pos(COMMON, "digits", 0, 1),
+                                            "newName": "dig"})
+    ch = r["result"]["changes"]
+    assert len(ch[common]) == 1 and len(ch[lsp.uri]) == 2

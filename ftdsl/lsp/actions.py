@@ -39,21 +39,23 @@ def _same(file: str, path: Path) -> bool:
     return Path(os.path.abspath(file)) == path
 
 
-def to_lsp(diags, path: Path, index: LineIndex) -> list[dict]:
+def to_lsp(diags, path: Path, index: LineIndex, use_at=None) -> list[dict]:
     """The front end's diagnostics that belong to `path`, as LSP `Diagnostic` objects (JSON shape).
 
-    Those in a `use`d file are shown on line 1 with the file's name, so an error in an included
-    file is not silently missing; those without a location too."""
+    One in a `use`d file is shown, with its `file:line:col`, on the `use` that brings the file in
+    (`use_at(file path)` gives that line's (start, end) code-point offsets, or None), else on
+    line 1, so an error in an included file is never silently missing."""
     out = []
     for d in diags:
         s = d.span
+        written = ""
         if s is not None and _same(s.file, path):
             (l0, c0), (l1, c1) = index.span_range(s)
             written = index.text[index.offset(l0, c0):index.offset(l1, c1)] if l0 == l1 else ""
             message = d.message
         else:
-            l0 = c0 = l1 = c1 = 0
-            written = ""
+            at = use_at(Path(os.path.abspath(s.file))) if s is not None and use_at is not None else None
+            (l0, c0), (l1, c1) = (index.offset_position(at[0]), index.offset_position(at[1])) if at else ((0, 0), (0, 0))
             message = f"{s.file}:{s.line}:{s.col}: {d.message}" if s is not None else d.message
         if d.hint:
             message += f"\nhelp: {d.hint}"

@@ -55,6 +55,26 @@ class FtdslServer(LanguageServer):
     def sources(self, uri: str) -> list[navigation.Source]:
         return navigation.load(self.path_of(uri), self.texts.get(uri, ""), self.read)
 
+    def use_locator(self, uri: str):
+        """A function: a file's path -> the (start, end) offsets of the `use` in this document
+        through which it is included (directly or further down), or None."""
+        srcs = self.sources(uri)
+        if not srcs:
+            return None
+        via: dict[Path, tuple[int, int]] = {}
+        for tok in navigation.uses(srcs[0].scan.toks):
+            target = navigation.use_target(srcs[0].path, tok)
+            if target is None:
+                continue
+            for src in navigation.load(target, self.read(target) or "", self.read):
+                via.setdefault(src.path, (tok.start, tok.end))
+        return lambda p: via.get(p.resolve())
+
+    def dependents(self, uri: str) -> list[str]:
+        """The other open documents that `use` this one (directly or further down)."""
+        path = self.path_of(uri)
+        return [u for u in self.texts if u != uri and any(s.path == path for s in self.sources(u)[1:])]
+
     def offset(self, uri: str, pos: T.Position) -> int:
         return self.index(uri).offset(pos.line, pos.character)
 
@@ -97,10 +117,10 @@ class FtdslServer(LanguageServer):
         text = self.texts.get(uri, "")
         try:
             compiled = compile_pipeline(path, text=text)
-            items = actions.to_lsp(compiled.diagnostics, path, self.index(uri))
+            items = actions.to_lsp(compiled.diagnostics, path, self.index(uri), self.use_locator(uri))
         except Exception as e:  # noqa: BLE001 - an editor keeps working; the failure is shown, not raised
             items = [{"range": {"start": {"line": 0, "character": 0}, "end": {"line": 0, "character": 0}},
-                      "severity": 1, "source": "ftdsl", "code": "FTP900",
+                      "severity": 1, "source": "ftdsl", "code": "FTP901",
                       "message": f"internal error while checking this file: {type(e).__name__}: {e} "
                                  "(this is a bug; `ftdsl lint FILE --debug` shows the traceback)"}]
         diags = _CONVERTER.structure(items, list[T.Diagnostic])
@@ -128,6 +148,9 @@ def did_change(ls: FtdslServer, params: T.DidChangeTextDocumentParams):
 def did_save(ls: FtdslServer, params: T.DidSaveTextDocumentParams):
     if params.text_document.uri in ls.texts:
         ls.schedule(params.text_document.uri, None)
+        # The front end reads `use`d files from disk: files that include this one change now.
+        for dep in ls.dependents(params.text_document.uri):
+            ls.schedule(dep, None)
 
 
 @server.feature(T.TEXT_DOCUMENT_DID_CLOSE)
@@ -194,6 +217,12 @@ def on_rename(ls: FtdslServer, params: T.RenameParams):
 
     uri = params.text_document.uri
     srcs = ls.sources(uri)
+    seen = {s.path for s in srcs}
+    for dep in ls.dependents(uri):  # open files that include this one refer to its blocks too
+        for src in ls.sources(dep):
+            if src.path not in seen:
+                seen.add(src.path)
+                srcs.append(src)
     try:
         edits = navigation.rename(srcs, ls.offset(uri, params.position), params.new_name)
     except navigation.RenameError as e:
