@@ -361,3 +361,20 @@ def test_hf_folder_export_equals_transformers_and_the_train_stage(tmp_path):
         probs = np.array([[r["probabilities"][n] for n in names] for r in got[stage]])
         assert np.allclose(probs, want, atol=1e-5), stage
         assert [r["label"] for r in got[stage]] == [names[i] for i in want.argmax(axis=1)]
+
+
+def test_through_the_command_line_stdout_is_only_predictions(env, tmp_path):
+    """The real entry point: predictions on stdout (valid JSONL, nothing else), the summary line on
+    stderr, no progress bar when stderr is not a terminal."""
+    import os
+    import subprocess
+    import sys
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("\n".join(_jsonl_rows(env, 3)) + "\n")
+    r = subprocess.run([sys.executable, "-m", "ftdsl", "predict", str(env.pipe), "t", "--cache", str(env.cache),
+                        "--input", str(inp)], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "NO_COLOR": "1"})
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(line)["row"] for line in r.stdout.splitlines()] == [1, 2, 3]
+    assert r.stderr.strip() == "predicted 3 rows with `t` (TorchModel, PyTorch) -> stdout"
