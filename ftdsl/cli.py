@@ -17,10 +17,29 @@ EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_STAGE, EXIT_RESOURCE, EXIT_INTERNAL = 0, 
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        from ftdsl.cli_help import Formatter
+
+        kwargs.setdefault("formatter_class", Formatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message):  # exit 2 with a short message (argparse's default, without the full usage dump)
         self.print_usage(sys.stderr)
-        sys.stderr.write(f"error: {message}\n")
+        sys.stderr.write(f"{self.prog}: error: {message}\n  = help: `{self.prog} --help` lists the options\n")
         raise SystemExit(EXIT_USAGE)
+
+    def parse_args(self, args=None, namespace=None):
+        # argparse reports a command's unknown flags from the top parser, with the top usage: report
+        # them from the command's own parser instead (`ftdsl lint --bogus` shows lint's usage).
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            sub = next((a for a in self._actions if isinstance(a, argparse._SubParsersAction)), None)
+            command = getattr(ns, "command", None)
+            argv = list(sys.argv[1:] if args is None else args)
+            before = argv[:argv.index(command)] if command in argv else argv  # flags given before the command
+            ours = sub is not None and command in sub.choices and not any(e in before for e in extras)
+            (sub.choices[command] if ours else self).error("unrecognized arguments: " + " ".join(extras))
+        return ns
 
 
 def _device(value: str) -> str:
@@ -35,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="ftdsl", description="Declarative fine-tuning pipelines: lint, plan, run.")
     p.add_argument("--version", action="version", version=f"ftdsl {ftdsl.__version__}")
     p.add_argument("--debug", action="store_true", help="show Python tracebacks")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, prog="ftdsl")
 
     def common_pipeline(sp):
         sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V",
@@ -46,18 +65,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("lint", help="static checks only (for CI)")
     sp.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (`-` reads stdin)")
-    sp.add_argument("--format", default="text", choices=["text", "concise", "json", "github", "sarif"])
+    sp.add_argument("--format", default="text", choices=["text", "concise", "json", "github", "sarif"],
+                    help="text/concise for people (stderr); json, github annotations, sarif for machines (stdout)")
     sp.add_argument("--strict", action="store_true", help="warnings fail the run too")
     sp.add_argument("--select", default="", metavar="CODES", help="only these codes or prefixes (FTP2,FTP301)")
     sp.add_argument("--ignore", default="", metavar="CODES", help="drop these codes or prefixes")
-    sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+    sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V",
+                    help="lint with an override applied, as `run --set` would (`fit.epochs=1`); repeatable")
     sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     sp = sub.add_parser("plan", help="dry run: what would run, what is cached, and why")
     sp.add_argument("file", metavar="FILE")
-    sp.add_argument("--format", default="text", choices=["text", "json", "mermaid"])
-    sp.add_argument("--only", action="append", default=[], metavar="STAGE")
-    sp.add_argument("--force", action="append", default=[], metavar="STAGE")
+    sp.add_argument("--format", default="text", choices=["text", "json", "mermaid"],
+                    help="text (Terraform style), json (format_version 1.0) or a mermaid flowchart")
+    sp.add_argument("--only", action="append", default=[], metavar="STAGE",
+                    help="plan this stage and its inputs (repeatable)")
+    sp.add_argument("--force", action="append", default=[], metavar="STAGE",
+                    help="show this stage as re-run even when cached (repeatable)")
     sp.add_argument("--device", type=_device, metavar="D", help="auto, cpu, cuda, cuda:N or mps")
     sp.add_argument("--verify", action="store_true", help="re-hash data files (ignore the stat memo)")
     sp.add_argument("--detailed-exitcode", action="store_true", help="exit 2 when something would run")
@@ -82,8 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="restart the distributed workers up to N times after a failure (resuming from checkpoints)")
     sp.add_argument("--verify", action="store_true", help="verify every cache entry's checksums on load")
     sp.add_argument("--force-resume", action="store_true", help="resume a checkpoint written with other settings")
-    sp.add_argument("--lock-timeout", type=float, default=600.0, metavar="S")
-    sp.add_argument("--quiet", action="store_true", help="no progress bars")
+    sp.add_argument("--lock-timeout", type=float, default=600.0, metavar="S",
+                    help="seconds to wait for another run's lock on a cache entry before FTP504 (exit 4)")
+    sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars, stage lines or summary "
+                    "table; errors only")
     sp.add_argument("--summary-json", metavar="PATH", help="write what ran, was cached, failed (and metrics) as JSON")
     common_pipeline(sp)
 
@@ -104,27 +130,34 @@ def build_parser() -> argparse.ArgumentParser:
     common_pipeline(sp)
 
     sp = sub.add_parser("fmt", help="canonical formatting (keeps comments)")
-    sp.add_argument("paths", nargs="+", metavar="PATH")
+    sp.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (every .ftp file under a folder)")
     sp.add_argument("--check", action="store_true", help="exit 1 if a file would change; write nothing")
     sp.add_argument("--diff", action="store_true", help="print a unified diff instead of writing")
     sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     sp = sub.add_parser("explain", help="the long explanation of a diagnostic code")
-    sp.add_argument("code", metavar="CODE")
+    sp.add_argument("code", metavar="CODE", help="a code (FTP201) or its name (unknown-attribute)")
 
     sp = sub.add_parser("lsp", help="the language server for editors (stdio; needs the `lsp` extra)")
     sp.add_argument("--stdio", action="store_true", help="talk over stdin/stdout (the default and only transport; "
                     "accepted because editors pass it)")
 
     sp = sub.add_parser("cache", help="inspect, check and clean the cache")
-    sp.add_argument("action", choices=["ls", "verify", "gc"])
-    sp.add_argument("--cache", metavar="DIR")
+    sp.add_argument("action", choices=["ls", "verify", "gc"],
+                    help="ls: list entries; verify: re-check checksums; gc: remove entries (needs a scope)")
+    sp.add_argument("--cache", metavar="DIR", help="the cache folder (default: $FTDSL_CACHE, then .ftdsl/cache)")
     sp.add_argument("--older-than", type=float, metavar="DAYS", help="gc: entries older than this")
     sp.add_argument("--keep", metavar="FILE", action="append", default=[],
                     help="gc: keep every entry this pipeline's current plan uses")
     sp.add_argument("--all", action="store_true", help="gc: remove every unlocked entry")
-    sp.add_argument("--dry-run", action="store_true")
-    sp.add_argument("--format", default="text", choices=["text", "json"])
+    sp.add_argument("--dry-run", action="store_true", help="gc: list what would be removed, remove nothing")
+    sp.add_argument("--format", default="text", choices=["text", "json"], help="ls: text or json")
+
+    from ftdsl.cli_help import add_epilogs, add_verbosity, fill_positional_help
+
+    add_verbosity(sub)  # -q/--quiet and -v/--verbose on every command
+    fill_positional_help(sub)
+    add_epilogs(p, sub)  # examples, exit codes, environment variables
     return p
 
 

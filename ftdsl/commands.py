@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 from ftdsl.errors import UsageError
@@ -51,6 +52,8 @@ def _codes_filter(select: str, ignore: str):
 
 def cmd_lint(args) -> int:
     from ftdsl.diagnostics.render import render
+
+    t0 = time.perf_counter()
     from ftdsl.frontend import compile_pipeline
 
     try:
@@ -84,9 +87,18 @@ def cmd_lint(args) -> int:
     diags = [d for d in diags if keep(d)]
     diags.sort(key=lambda d: d.sort_key())
     stream = sys.stderr if args.format in ("text", "concise") else sys.stdout
-    render(args.format, diags, sources, stream)
-    if args.format == "text" and not files:
+    quiet, verbose = getattr(args, "quiet", False), getattr(args, "verbose", 0)
+    if quiet and args.format in ("text", "concise"):  # the diagnostics, without the summary line
+        from ftdsl.diagnostics.text import render_concise, render_text
+
+        (render_text if args.format == "text" else render_concise)(diags, sources, stream, summary=False)
+    else:
+        render(args.format, diags, sources, stream)
+    if args.format == "text" and not files and not quiet:
         print("no .ftp files found", file=sys.stderr)
+    if verbose and not quiet:
+        print(f"checked {len(files)} file{'s' if len(files) != 1 else ''} in {time.perf_counter() - t0:.2f} s",
+              file=sys.stderr)
     errors = sum(d.severity == "error" for d in diags)
     warnings = sum(d.severity == "warning" for d in diags)
     return 1 if errors or (args.strict and warnings) else 0
@@ -137,7 +149,14 @@ def cmd_plan(args) -> int:
     from ftdsl.runtime.distributed import LaunchOptions, annotate_plan
 
     annotate_plan(plan, LaunchOptions(nproc=args.nproc, nnodes=str(args.nnodes)))
-    render_plan(plan, args.format, sys.stdout)
+    if getattr(args, "quiet", False) and args.format == "text":
+        from ftdsl.plan_render import plan_text
+
+        print(plan_text(plan).rstrip("\n").splitlines()[-1])  # the `Plan: N to run, ...` line only
+    else:
+        render_plan(plan, args.format, sys.stdout)
+    if getattr(args, "verbose", 0) and not getattr(args, "quiet", False):
+        _say_keys(plan, cache)
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
         from ftdsl.plan_render import plan_markdown
@@ -150,6 +169,13 @@ def cmd_plan(args) -> int:
     if args.detailed_exitcode and any(s.will_run for s in plan.stages):
         return 2
     return 0
+
+
+def _say_keys(plan, cache) -> None:
+    """-v: the cache folder and each stage's key and status (stderr)."""
+    print(f"cache: {cache.root}  device: {plan.device}", file=sys.stderr)
+    for s in plan.stages:
+        print(f"  {s.address}: {s.status}  sha256:{s.key}", file=sys.stderr)
 
 
 def _check_stage_names(c, names) -> None:
@@ -175,6 +201,8 @@ def cmd_run(args) -> int:
                      verify=args.verify)
     if any(s.will_run for s in plan.stages):
         require_engine()  # FTP550 (exit 2) before anything imports torch; a fully cached run needs no engine
+    if getattr(args, "verbose", 0) and not args.quiet:
+        _say_keys(plan, cache)
     return _execute_run(plan, cache, args)
 
 
@@ -249,6 +277,7 @@ def cmd_fmt(args) -> int:
 
     files = _collect_paths(args.paths)
     changed, failed = [], False
+    quiet, verbose = getattr(args, "quiet", False), getattr(args, "verbose", 0) and not getattr(args, "quiet", False)
     for f in files:
         if f == "-":
             raise UsageError("FTP001", "fmt does not read stdin; give files or folders")
@@ -264,6 +293,8 @@ def cmd_fmt(args) -> int:
             failed = True
             continue
         if out == raw:
+            if verbose:
+                print(f"unchanged {f}", file=sys.stderr)
             continue
         changed.append(f)
         if args.diff:
@@ -272,14 +303,17 @@ def cmd_fmt(args) -> int:
             print(f"would reformat {f}", file=sys.stderr)
         else:
             write_text_atomic(Path(f), out)
-            print(f"reformatted {f}", file=sys.stderr)
+            if not quiet:
+                print(f"reformatted {f}", file=sys.stderr)
     n = len(files)
     if args.check or args.diff:
-        print(f"{len(changed)} file{'s' if len(changed) != 1 else ''} would be reformatted, "
-              f"{n - len(changed)} already formatted", file=sys.stderr)
+        if not quiet:
+            print(f"{len(changed)} file{'s' if len(changed) != 1 else ''} would be reformatted, "
+                  f"{n - len(changed)} already formatted", file=sys.stderr)
         return 1 if changed or failed else 0
-    print(f"{len(changed)} file{'s' if len(changed) != 1 else ''} reformatted, {n - len(changed)} unchanged",
-          file=sys.stderr)
+    if not quiet:
+        print(f"{len(changed)} file{'s' if len(changed) != 1 else ''} reformatted, {n - len(changed)} unchanged",
+              file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -312,6 +346,12 @@ def cmd_cache(args) -> int:
     # ls, verify and gc refuse a folder that is not an ftdsl cache (FTP515, exit 4) before they
     # read, quarantine or delete anything in it; a missing or empty folder is an empty cache.
     cache.require_ours()
+    quiet, verbose = getattr(args, "quiet", False), getattr(args, "verbose", 0)
+
+    def note(text: str) -> None:  # the counts on stderr; -q drops them
+        if not quiet:
+            print(text, file=sys.stderr)
+
     if args.action == "ls":
         rows = cache.ls()
         if args.format == "json":
@@ -322,16 +362,16 @@ def cmd_cache(args) -> int:
         for r in rows:
             meta = r.get("meta") or {}
             total += r.get("size") or 0
-            print(f"{r['key'][:12]}  {_size(r.get('size') or 0):>9}  {str(r.get('created', ''))[:19]:19}  "
+            print(f"{r['key'] if verbose else r['key'][:12]}  {_size(r.get('size') or 0):>9}  {str(r.get('created', ''))[:19]:19}  "
                   f"{meta.get('kind', '?')}.{meta.get('stage', '?')}  {meta.get('pipeline', '')}")
-        print(f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'}, {_size(total)} in {root}", file=sys.stderr)
+        note(f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'}, {_size(total)} in {root}")
         return 0
     if args.action == "verify":
         results = cache.verify_all()
         bad = [(k, p) for k, p in results if p]
         for k, p in bad:
             print(f"corrupt {k[:12]}: {p} (moved to quarantine)")
-        print(f"{len(results)} entries checked, {len(bad)} corrupt", file=sys.stderr)
+        note(f"{len(results)} entries checked, {len(bad)} corrupt")
         return 1 if bad else 0
     # gc
     keep: set[str] | None = None
@@ -354,8 +394,7 @@ def cmd_cache(args) -> int:
     removed = cache.gc(keep=keep, older_than_s=older, dry_run=args.dry_run)
     for k in removed:
         print(f"{'would remove' if args.dry_run else 'removed'} {k[:12]}")
-    print(f"{len(removed)} entr{'y' if len(removed) == 1 else 'ies'} {'to remove' if args.dry_run else 'removed'}",
-          file=sys.stderr)
+    note(f"{len(removed)} entr{'y' if len(removed) == 1 else 'ies'} {'to remove' if args.dry_run else 'removed'}")
     return 0
 
 

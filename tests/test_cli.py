@@ -421,3 +421,199 @@ def test_every_registered_code_has_an_explanation(cli):
 def test_version_flag(cli):
     rc, out, _ = cli("--version")
     assert rc == 0 and out.startswith("ftdsl ")
+
+
+# --- CLI conventions (issue 11 item 7) -----------------------------------------------------------
+
+def _subparsers():
+    import argparse
+
+    from ftdsl.cli import build_parser
+
+    p = build_parser()
+    return p, next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def test_every_option_of_every_command_has_help_and_every_command_examples():
+    import argparse
+
+    parser, commands = _subparsers()
+    missing = []
+    for name, sp in commands.items():
+        for a in sp._actions:
+            if a.help == argparse.SUPPRESS:
+                continue
+            if not (a.help or "").strip():
+                missing.append(f"ftdsl {name} {'/'.join(a.option_strings) or a.metavar or a.dest}")
+        assert sp.epilog and "examples:" in sp.epilog and f"ftdsl {name} " in sp.epilog, name
+    assert missing == []
+
+
+def test_top_help_lists_exit_codes_and_environment(cli):
+    rc, out, _ = cli("--help")
+    assert rc == 0
+    exit_part = out[out.index("exit codes:"):out.index("environment:")]
+    for code in ("0", "1", "2", "3", "4", "70", "130"):
+        assert re.search(rf"^  {code}\s", exit_part, re.M), code
+    for var in ("FTDSL_CACHE", "FTDSL_DEVICE", "FTDSL_DEBUG", "NO_COLOR", "COLUMNS", "GITHUB_STEP_SUMMARY",
+                "HF_HUB_OFFLINE"):
+        assert re.search(rf"^  {var}", out[out.index("environment:"):], re.M), var
+    assert "examples:" in out and 'pip install "ftdsl[train]"' in out
+
+
+@pytest.mark.parametrize("command", ["lint", "plan", "run", "fmt", "explain", "cache"])
+def test_command_help_shows_examples_and_quiet_verbose(cli, command):
+    rc, out, _ = cli(command, "--help")
+    assert rc == 0
+    assert out.startswith(f"usage: ftdsl {command} ")
+    assert "-q, --quiet" in out and "-v, --verbose" in out
+    assert re.search(rf"^examples:\n  ftdsl {command} ", out, re.M)
+    assert re.search(r"^exit: 0", out, re.M)
+
+
+@pytest.mark.parametrize("argv,command", [
+    (["lint", "--bogus", "p.ftp"], "lint"),
+    (["plan", "p.ftp", "--nope"], "plan"),
+    (["run", "p.ftp", "--nproc"], "run"),          # a flag without its value
+    (["cache", "ls", "--older"], "cache"),
+    (["fmt", "--check", "--colour", "p.ftp"], "fmt"),
+])
+def test_a_bad_flag_shows_the_commands_own_usage(cli, argv, command):
+    rc, out, err = cli(*argv)
+    assert rc == 2 and out == ""
+    assert err.startswith(f"usage: ftdsl {command} "), err
+    assert f"ftdsl {command}: error: " in err
+    assert f"`ftdsl {command} --help`" in err
+    assert "COMMAND" not in err  # not the top-level usage
+
+
+def test_a_bad_flag_before_the_command_shows_the_top_usage(cli):
+    rc, _, err = cli("--bogus", "lint", "p.ftp")
+    assert rc == 2 and err.startswith("usage: ftdsl ") and "ftdsl: error: unrecognized arguments: --bogus" in err
+
+
+def test_quiet_and_verbose_lint(cli, tmp_path):
+    good, bad = write(tmp_path, VALID, "good.ftp"), write(tmp_path, BROKEN, "bad.ftp")
+    assert cli("lint", "-q", good) == (0, "", "")
+    rc, _, err = cli("lint", "--quiet", bad)
+    assert rc == 1 and "error[FTP201]" in err and "Found 1 error" not in err
+    _, _, loud = cli("lint", bad)
+    assert loud.rstrip().endswith("Found 1 error.") and err == loud[:loud.rindex("Found 1 error.")]
+    rc, _, err = cli("lint", "-v", good, bad)
+    assert rc == 1 and re.search(r"^checked 2 files in \d+\.\d\d s$", err, re.M)
+    rc, out, _ = cli("lint", "-q", "--format", "json", bad)  # machine output is unchanged
+    assert rc == 1 and json.loads(out)["error_count"] == 1
+
+
+def test_quiet_and_verbose_plan_fmt_cache(cli, tmp_path):
+    f = write(tmp_path, VALID)
+    rc, out, err = cli("plan", "-q", f)
+    assert rc == 0 and re.fullmatch(r"Plan: \d+ to run, 0 to re-run, 0 cached\.\n", out), out
+    rc, out, err = cli("plan", "-v", f)
+    keys = re.findall(r"^  (\w+\.\w+): new  sha256:([0-9a-f]{64})$", err, re.M)
+    assert rc == 0 and len(keys) >= 5 and err.startswith("cache: ")
+    rc, js, _ = cli("plan", "--format", "json", f)
+    assert {(s["address"], s["cache_key"].removeprefix("sha256:")) for s in json.loads(js)["stages"]} >= set(keys)
+    ugly = write(tmp_path, VALID.replace("epochs = 3", "epochs    =  3"), "ugly.ftp")
+    rc, out, err = cli("fmt", "-q", ugly)
+    assert rc == 0 and (out, err) == ("", "")
+    rc, _, err = cli("fmt", "-v", ugly)
+    assert rc == 0 and "unchanged ugly.ftp" in err
+    rc, _, err = cli("cache", "ls", "-q")
+    assert rc == 0 and err == ""
+    rc, _, err = cli("cache", "ls")
+    assert rc == 0 and err.startswith("0 entries")
+    assert cli("explain", "-q", "FTP201")[0] == 0 and cli("explain", "-v", "FTP201")[0] == 0
+
+
+def test_run_without_the_engine_is_ftp550_naming_the_extra(cli, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    rc, out, err = cli("run", write(tmp_path, VALID))
+    assert rc == 2 and out == ""
+    assert err.startswith("error[FTP550]: running a stage needs the training engine") and "missing: torch" in err
+    assert 'pip install "ftdsl[train]"' in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_that_is_not_a_terminal_is_not_wrapped_at_80_columns(tmp_path):
+    # stderr is a pipe and COLUMNS is unset: a 300-character line comes out as one line
+    code = ("from ftdsl.runtime.progress import Console\n"
+            "c = Console()\nc.line('x' * 150 + ' ' + 'y' * 150)\nprint(c.rich.width)")
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.splitlines() == ["x" * 150 + " " + "y" * 150]
+    assert int(p.stdout) > 1000
+    env["COLUMNS"] = "60"  # an explicit width still wins
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert int(p.stdout) == 60
+
+
+class _FakeRich:
+    def __init__(self):
+        self.lines = []
+
+    def print(self, text, **kwargs):
+        self.lines.append(str(text))
+
+
+class _FakeConsole:
+    quiet, interactive = False, False
+
+    def __init__(self):
+        self.rich = _FakeRich()
+
+    def line(self, text, style=None):
+        self.rich.print(text)
+
+
+def test_long_work_without_steps_prints_still_working_lines_in_a_log(monkeypatch):
+    import time
+
+    from ftdsl.runtime.progress import StageReporter
+
+    monkeypatch.setattr(StageReporter, "HEARTBEAT_S", 0.2)
+    monkeypatch.setattr(StageReporter, "TICK_S", 0.02)
+    console = _FakeConsole()
+    r = StageReporter(console, "onnx")
+    r.start(None, "export fit (onnx)")
+    time.sleep(0.7)
+    r.finish()
+    lines = console.rich.lines
+    assert lines[0] == "onnx: export fit (onnx)"
+    beats = [x for x in lines if x.startswith("onnx: still working (export fit (onnx)), ")]
+    assert 2 <= len(beats) <= 5, lines
+    n = len(lines)
+    time.sleep(0.3)
+    assert len(console.rich.lines) == n  # finish() stopped the watcher
+    # a stage that counts steps gets no heartbeat between its own lines
+    console = _FakeConsole()
+    r = StageReporter(console, "fit")
+    r.start(100, "train")
+    time.sleep(0.5)
+    r.finish()
+    assert console.rich.lines == ["fit: train (100 steps)"]
+
+
+def test_interactive_stage_without_start_gets_a_spinner(monkeypatch):
+    import time
+
+    from ftdsl.runtime.progress import StageReporter
+
+    monkeypatch.setattr(StageReporter, "SPINNER_AFTER_S", 0.05)
+    monkeypatch.setattr(StageReporter, "TICK_S", 0.02)
+    started = []
+    monkeypatch.setattr(StageReporter, "_start_spinner", lambda self, desc: started.append(desc) or
+                        setattr(self, "_progress", None) or setattr(self, "_started", True))
+    console = _FakeConsole()
+    console.interactive = True
+    r = StageReporter(console, "base")  # e.g. loading a pretrained model: no start() call
+    time.sleep(0.3)
+    r.finish()
+    assert started == ["working"]
+    quick = StageReporter(console, "cached")  # finishes before the delay: no spinner
+    quick.finish()
+    assert started == ["working"]
