@@ -139,7 +139,7 @@ def test_hover_shows_schema_docs(lsp):
 
 
 def test_completion(lsp, work):
-    text = ('ftp 1\nuse "common.ftp"\nmodel m { task = classify(labels = 2) }\n'
+    text = ('ftp 1\nuse "common.ftp"\nparam rate = 2\nmodel m { task = classify(labels = 2) }\n'
             'train t {\n  model = \n  data = \n  optimizer = \n  precision = \n  early_stop = { metric = "x",  }\n  \n}\n'
             'evaluate e { models = [t] data = digits. }\n\n')
     uri = (work / "complete.ftp").as_uri()
@@ -159,7 +159,8 @@ def test_completion(lsp, work):
     attrs = labels("}\n  \n", 0, 4)
     assert {"epochs", "batch", "lora"} <= attrs and "model" not in attrs  # already set
     assert labels("digits.") == {"train", "valid", "test"}
-    assert labels("labels", 0, 0) == {"labels"}  # a constructor's arguments inside its call
+    assert labels("labels", 0, 0) == {"labels", "rate"}  # arguments of the call, or a positional value
+    assert labels("labels = ") == {"rate"}  # a number: the params; not in `precision = ` (exact set above)
 
 
 def test_definition_and_use_files(lsp, work):

@@ -53,10 +53,15 @@ def complete(text: str, offset: int, blocks: dict[str, str], params: tuple[str, 
         out = _names(f)
         if f.kind == "call":
             out += _values(value_type(f), blocks, params)
-        return out
+        return _unique(out)
     if f.state == "value" or f.kind == "list":
         return _values(value_type(f), blocks, params)
     return []
+
+
+def _unique(items: list[Item]) -> list[Item]:
+    seen: set[str] = set()
+    return [i for i in items if not (i.label in seen or seen.add(i.label))]
 
 
 def _items_kinds() -> list[Item]:
@@ -110,6 +115,9 @@ def _values(t, blocks: dict[str, str], params: tuple[str, ...]) -> list[Item]:
                     add(Item(name, "reference", f"{kind} block"))
         elif isinstance(x, S.ListT) and x.item is not None:
             pass  # values are offered inside the brackets
-    for p in params:
-        add(Item(p, "variable", "param"))
+    # A param can stand for a number, a string or a list; not for a name the schema knows better
+    # (an enum value, a constructor, a reference, true/false).
+    if t is None or any(isinstance(x, (S.Int, S.Float, S.Str, S.PathT, S.ListT)) for x in unwrap(t)):
+        for p in params:
+            add(Item(p, "variable", "param"))
     return out
