@@ -82,11 +82,11 @@ class Env:
         from ftdsl.frontend import compile_pipeline
         from ftdsl.plan import make_plan
         from ftdsl.runtime.cache import Cache
-        from ftdsl.stages import ARTIFACTS, load_object
+        from ftdsl.stages.artifacts import artifact_class
 
         cache = Cache(self.cache)
         st = make_plan(compile_pipeline(str(self.pipe), []), cache).by_name()[stage]
-        return load_object(ARTIFACTS[st.artifact]).load(cache.lookup(st.key) / "artifact")
+        return artifact_class(st.artifact).load(cache.lookup(st.key) / "artifact")
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,7 @@ def _run_hint(file: str, stage: str) -> str:
 
 def locate(compiled, cache, file: str, stage: str, *, device: str | None = None) -> Located:
     from ftdsl.plan import make_plan
-    from ftdsl.stages import ARTIFACTS, load_object
+    from ftdsl.stages.artifacts import artifact_class
 
     plan = make_plan(compiled, cache, only={stage}, device=device)
     by_name = plan.by_name()
@@ -52,7 +52,7 @@ def locate(compiled, cache, file: str, stage: str, *, device: str | None = None)
     if entry is None:
         raise FtdslError(NOT_CACHED, f"the model of `{st.kind} {stage}` is not in the cache "
                          f"({cache.root}, key {st.key[:12]})", hint=_run_hint(file, stage))
-    cls = load_object(ARTIFACTS[st.artifact])
+    cls = artifact_class(st.artifact)
     try:
         art = cls.load(entry / "artifact")
     except FtdslError:
@@ -71,7 +71,7 @@ def locate(compiled, cache, file: str, stage: str, *, device: str | None = None)
         data_config = ds.config
         d_entry = cache.lookup(ds.key, label=data_stage)
         if d_entry is not None:
-            dataset = load_object(ARTIFACTS["Dataset"]).load(d_entry / "artifact")
+            dataset = artifact_class("Dataset").load(d_entry / "artifact")
     return Located(stage, st.kind, st.artifact, art, dataset, data_stage, data_config)
 
 

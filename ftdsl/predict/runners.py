@@ -53,10 +53,12 @@ def _torch_call(module, device: str):
 
 
 def _torch(art, device: str) -> Runner:
-    quantized = hasattr(art, "recipe")  # PyTorch's quantized kernels are CPU kernels
-    module = art.build()
-    return Runner(_torch_call(module, "cpu" if quantized else device), spec_of(art), art.load_tokenizer(),
-                  "PyTorch (quantized)" if quantized else "PyTorch")
+    return Runner(_torch_call(art.build(), device), spec_of(art), art.load_tokenizer(), "PyTorch")
+
+
+def _torch_quantized(art, device: str) -> Runner:
+    # PyTorch's quantized kernels are CPU kernels
+    return Runner(_torch_call(art.build(), "cpu"), spec_of(art), art.load_tokenizer(), "PyTorch (quantized)")
 
 
 def _onnx(art, device: str) -> Runner:
@@ -80,7 +82,8 @@ def _exported(art, device: str) -> Runner:
         raise UsageError("FTP562", f"predict does not load `{fmt}` exports (they need the code that wrote them)",
                          hint=f"predict the stage it came from (`{src}`), or export with format = onnx(...) or hf"
                          if src else "export with format = onnx(...) or hf")
-    from ftdsl.stages.model import TextModule, load_hf_model, quiet_transformers
+    from ftdsl.stages.modules import TextModule
+    from ftdsl.stages.pretrained import load_hf_model, quiet_transformers
 
     info = spec_of(art)
     module = TextModule(load_hf_model(art.path, info.get("task") or {"$call": "classify"}), hf=True).eval()
@@ -96,7 +99,7 @@ def _exported(art, device: str) -> Runner:
 
 RUNNERS: dict[str, Callable[[Any, str], Runner]] = {
     "TorchModel": _torch,
-    "QuantizedTorchModel": _torch,
+    "QuantizedTorchModel": _torch_quantized,
     "OnnxModel": _onnx,
     "ExportedFile": _exported,
 }
