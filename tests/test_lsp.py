@@ -112,6 +112,15 @@ def test_utf16_after_emoji_on_the_same_line(lsp, work):
     assert bad["range"]["end"]["character"] - bad["range"]["start"]["character"] == u16('"😀digitz"') == 10
 
 
+def test_a_byte_order_mark_is_not_an_error(lsp, work):
+    uri = (work / "bom.ftp").as_uri()
+    text = '\ufeffftp 1\ndata d { source = sklearn("digitz") }\n'
+    lsp.notify("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "ftp", "version": 1, "text": text}})
+    d = lsp.wait_notification("textDocument/publishDiagnostics", where=lambda p: p["uri"] == uri)
+    assert [x["code"] for x in d["diagnostics"] if x["severity"] == 1] == ["FTP203"]  # not FTP102
+    assert next(x for x in d["diagnostics"] if x["code"] == "FTP203")["range"]["start"] == pos(text, '"digitz"')
+
+
 def test_did_change_republishes(lsp, work):
     uri = (work / "change.ftp").as_uri()
     good = "ftp 1\ndata d {\n  source = sklearn(\"digits\")\n}\n"

@@ -115,6 +115,8 @@ class FtdslServer(LanguageServer):
 
         path = self.path_of(uri)
         text = self.texts.get(uri, "")
+        if text.startswith("\ufeff"):  # a byte order mark, as `lint` strips it; a space keeps the columns
+            text = " " + text[1:]
         try:
             compiled = compile_pipeline(path, text=text)
             items = actions.to_lsp(compiled.diagnostics, path, self.index(uri), self.use_locator(uri))
