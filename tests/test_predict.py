@@ -1,7 +1,7 @@
 """`ftdsl predict` (issue 9 item 5): a cached model of the pipeline on new rows.
 
 One pipeline is run once for the module (in-process, ~20 s here): a features MLP (`t`), its ONNX
-export (`e`), that export quantized to int8 by onnxruntime (`q`), the MLP quantized in PyTorch
+export (`e`), that export quantized by onnxruntime to int8 (`q`) and fp16 (`q16`), the MLP quantized in PyTorch
 (`tq`), a from-scratch text transformer with its own WordPiece tokenizer (`tt`), a regression MLP
 (`tr`), and `evaluate` over the classifiers. Then `out/` is deleted: predict reads the cache only.
 
@@ -35,8 +35,9 @@ model m { arch = mlp(hidden = [16]), task = classify(labels = 3) }
 train t { model = m, data = d, max_steps = 24, batch = 16, optimizer = adamw(lr = 0.01), precision = fp32 }
 export e { from = t, format = onnx(opset = 17), verify = true }
 quantize q { from = e, method = dynamic(dtype = int8) }
+quantize q16 { from = e, method = fp16 }
 quantize tq { from = t, method = dynamic() }
-evaluate r { models = [t, e, q, tq], data = d.test, metrics = [accuracy] }
+evaluate r { models = [t, e, q, q16, tq], data = d.test, metrics = [accuracy] }
 
 data txt {
   source = csv("texts.csv")
@@ -130,7 +131,7 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize("stage", ["t", "e", "q", "tq"])
+@pytest.mark.parametrize("stage", ["t", "e", "q", "q16", "tq"])
 def test_classify_matches_the_artifact_and_evaluate(env, tmp_path, stage):
     data, sp = _features_csv(env, tmp_path / "in.csv")
     out = tmp_path / "pred.jsonl"
@@ -147,7 +148,7 @@ def test_classify_matches_the_artifact_and_evaluate(env, tmp_path, stage):
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-9)
     art = env.artifact(stage)
     x = np.ascontiguousarray(sp.features, dtype=np.float32)
-    logits = np.asarray(art.predict({"x": x})) if stage in ("e", "q") else _torch_logits(art, x)
+    logits = np.asarray(art.predict({"x": x})) if stage in ("e", "q", "q16") else _torch_logits(art, x)
     assert np.allclose(probs, _softmax(logits), atol=1e-5)
     assert [r["label"] for r in recs] == [names[i] for i in probs.argmax(axis=1)]
     truth = [names[int(c)] for c in sp.labels]
@@ -181,6 +182,39 @@ def test_text_model_uses_the_pipelines_tokenizer(env, tmp_path):
     truth = [data.label_names[int(c)] for c in sp.labels]
     acc = np.mean([r["label"] == t for r, t in zip(recs, truth)])
     assert acc == pytest.approx(env.reports["tt"]["accuracy"], abs=1e-12)
+
+
+def test_text_from_csv_with_quoted_newlines(env, tmp_path):
+    """A CSV text field may hold commas and newlines: the record's `line` is where it ends."""
+    texts = ["the film was lovely, really", "the meal\nwas awful", "a day"]
+    inp = tmp_path / "in.csv"
+    with open(inp, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["sentence"])
+        w.writerows([t] for t in texts)
+    out = tmp_path / "pred.jsonl"
+    assert env.predict("tt", "--input", str(inp), "--output", str(out)) == 0
+    assert [(r["row"], r["line"]) for r in _read_jsonl(out)] == [(1, 2), (2, 4), (3, 5)]
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps({"sentence": texts[1]}) + "\n")
+    assert env.predict("tt", "--input", str(one), "--output", str(tmp_path / "one_out.jsonl")) == 0
+    assert _read_jsonl(tmp_path / "one_out.jsonl")[0]["probabilities"] == pytest.approx(
+        _read_jsonl(out)[1]["probabilities"], abs=1e-6)
+
+
+def test_input_is_read_as_a_stream(tmp_path):
+    """Rows come from the file as they are needed: the first row of a 4 MB file is there after
+    reading a few kilobytes (predict never holds the input in memory)."""
+    from ftdsl.predict.rows import Row, Source
+
+    for fmt, head, line in (("jsonl", "", '{"a": 1.5, "b": "x"}\n'), ("csv", "a,b\n", "1.5,x\n")):
+        p = tmp_path / f"big.{fmt}"
+        p.write_text(head + line * (4_000_000 // len(line)))
+        src = Source(str(p), fmt)
+        first = next(src.rows())
+        assert isinstance(first, Row) and first.values["b"] == "x"
+        assert src.done_bytes < 100_000 < src.total_bytes
+        src.close()
 
 
 def test_regress_values_as_csv(env, tmp_path, capsys):
