@@ -8,6 +8,7 @@ documentation against the schema's declarations.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -110,6 +111,18 @@ def test_utf16_after_emoji_on_the_same_line(lsp, work):
     assert bad["range"]["start"] == {"line": 1, "character": start - text.index("\n") - 1}
     # the string is 9 code points but 10 UTF-16 units
     assert bad["range"]["end"]["character"] - bad["range"]["start"]["character"] == u16('"😀digitz"') == 10
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_use_of_a_fifo_does_not_hang_the_server(lsp, work):
+    os.mkfifo(work / "pipe.ftp")
+    uri = (work / "fifo.ftp").as_uri()
+    text = 'ftp 1\nuse "pipe.ftp"\ndata d { source = sklearn("digits") }\n'
+    lsp.notify("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "ftp", "version": 1, "text": text}})
+    d = lsp.wait_notification("textDocument/publishDiagnostics", where=lambda p: p["uri"] == uri, timeout=15)
+    assert "FTP004" in {x["code"] for x in d["diagnostics"]}
+    r = lsp.request("textDocument/semanticTokens/full", {"textDocument": {"uri": uri}}, timeout=15)
+    assert r["result"]["data"]
 
 
 def test_a_byte_order_mark_is_not_an_error(lsp, work):

@@ -47,10 +47,11 @@ class FtdslServer(LanguageServer):
         uri = from_fs_path(str(path))
         if uri in self.texts:
             return self.texts[uri]
-        try:
-            return path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            return None
+        from ftdsl.syntax.parser import read_source
+
+        # The front end's reader: a `use` of a FIFO or a device is refused, never read (FTP004).
+        text, _ = read_source(path)
+        return text
 
     def sources(self, uri: str) -> list[navigation.Source]:
         return navigation.load(self.path_of(uri), self.texts.get(uri, ""), self.read)
