@@ -259,10 +259,15 @@ def cmd_predict(args) -> int:
     _check_stage_names(c, [args.stage])
     cache = _cache_for(c, args.cache)
     require_engine()  # FTP550 before torch is imported
+    import shlex
+
+    flags = "".join(f" --set {shlex.quote(o)}" for o in args.overrides)
+    flags += (f" --device {args.device}" if args.device else "") + (f" --cache {shlex.quote(args.cache)}"
+                                                                    if args.cache else "")
     return predict(c, cache, args.file, args.stage,
                    Options(input=args.input, output=args.output, format=args.format, input_format=args.input_format,
                            on_error=args.on_error, batch=args.batch, device=args.device, quiet=args.quiet,
-                           digits=args.digits))
+                           digits=args.digits, run_flags=flags))
 
 
 # --- fmt ----------------------------------------------------------------------------------------

@@ -338,7 +338,7 @@ def test_stage_not_cached_hints_run(env, tmp_path, capsys):
     assert env.predict("t", "--input", str(inp), "--set", "t.max_steps=25") == 1
     err = capsys.readouterr().err
     assert "error[FTP560]: the model of `train t` is not in the cache" in err
-    assert f"ftdsl run {env.pipe} --only t" in err
+    assert f"ftdsl run {env.pipe} --only t --set t.max_steps=25 --cache {env.cache}`" in err  # the same keys
     after = sorted(p.name for p in (env.cache / "entries").rglob("*") if p.parent.parent == env.cache / "entries")
     assert after == before
 

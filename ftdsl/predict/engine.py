@@ -33,6 +33,7 @@ class Options:
     device: str | None = None
     quiet: bool = False
     digits: int | None = None
+    run_flags: str = ""  # ` --set K=V --device D --cache DIR`: the `run` that makes the entry (for hints)
 
 
 def _task_name(info: dict) -> str:
@@ -70,8 +71,12 @@ def predict(compiled, cache, file: str, stage: str, opts: Options) -> int:
         from ftdsl.errors import UsageError
 
         raise UsageError("FTP001", "--batch must be at least 1")
-    loc = locate(compiled, cache, file, stage, device=opts.device)
-    run_device = opts.device if opts.device and opts.device not in ("auto",) else "cpu"
+    loc = locate(compiled, cache, file, stage, device=opts.device, flags=opts.run_flags)
+    from ftdsl.runtime.device import resolve_device
+
+    # where PyTorch runs: --device, else the pipeline's `device` (auto: a GPU when there is one),
+    # the same choice `run` makes; a device that is not there is FTP530
+    run_device = resolve_device(opts.device or compiled.program.setting("device", "auto") or "auto")
     runner = runner_for(loc.artifact_type, loc.artifact, run_device)
     info = runner.info
     task = _task_name(info)
@@ -80,14 +85,14 @@ def predict(compiled, cache, file: str, stage: str, opts: Options) -> int:
     if loc.dataset is None and schema.modality == "features" and not schema.feature_names and loc.data_stage:
         raise FtdslError("FTP560", f"the data stage `{loc.data_stage}` is not in the cache, and predict needs the "
                          f"feature columns it chose for `{stage}`",
-                         hint=f"run it first: `ftdsl run {file} --only {loc.data_stage}`")
+                         hint=f"run it first: `ftdsl run {file} --only {loc.data_stage}{opts.run_flags}`")
     if schema.modality not in R.INPUT_KINDS:
         raise FtdslError("FTP562", f"predict cannot read inputs of `{schema.modality}` models yet")
     convert = schema.converter()
     tokenizer = _tokenizer(runner, loc) if schema.modality == "text" else None
     if schema.modality == "text" and tokenizer is None:
         raise FtdslError("FTP503", f"the text model of `{stage}` has no tokenizer in the cache",
-                         hint=f"recompute it: `ftdsl run {file} --only {stage} --force {stage}`")
+                         hint=f"recompute it: `ftdsl run {file} --only {stage} --force {stage}{opts.run_flags}`")
     ds = loc.dataset
     max_length = info.get("max_length") or (ds.max_length if ds is not None else None)
     targets = None

@@ -31,11 +31,12 @@ class Located:
     data_config: dict | None  # the data stage's lowered attributes (text / features / label columns)
 
 
-def _run_hint(file: str, stage: str) -> str:
-    return f"run it first: `ftdsl run {file} --only {stage}` (predict never trains)"
+def _run_hint(file: str, stage: str, flags: str) -> str:
+    return f"run it first: `ftdsl run {file} --only {stage}{flags}` (predict never trains)"
 
 
-def locate(compiled, cache, file: str, stage: str, *, device: str | None = None) -> Located:
+def locate(compiled, cache, file: str, stage: str, *, device: str | None = None, flags: str = "") -> Located:
+    """``flags``: the `run` flags that give the same keys (` --set K=V --device D --cache DIR`), for hints."""
     from ftdsl.plan import make_plan
     from ftdsl.stages.artifacts import artifact_class
 
@@ -51,7 +52,7 @@ def locate(compiled, cache, file: str, stage: str, *, device: str | None = None)
     entry = cache.lookup(st.key, label=stage)
     if entry is None:
         raise FtdslError(NOT_CACHED, f"the model of `{st.kind} {stage}` is not in the cache "
-                         f"({cache.root}, key {st.key[:12]})", hint=_run_hint(file, stage))
+                         f"({cache.root}, key {st.key[:12]})", hint=_run_hint(file, stage, flags))
     cls = artifact_class(st.artifact)
     try:
         art = cls.load(entry / "artifact")
@@ -60,7 +61,7 @@ def locate(compiled, cache, file: str, stage: str, *, device: str | None = None)
     except Exception as e:  # a damaged entry: the same treatment `run` gives it
         raise FtdslError("FTP503", f"the cache entry of `{stage}` does not load ({type(e).__name__}: "
                          f"{str(e)[:200]})", hint=f"recompute it: `ftdsl run {file} --only {stage} --force "
-                                                  f"{stage}`") from None
+                                                  f"{stage}{flags}`") from None
     if not getattr(art, "trained", True):
         raise UsageError(NOT_A_MODEL, f"`{st.kind} {stage}` is an untrained model",
                          hint="predict with the `train` stage that trains it")
