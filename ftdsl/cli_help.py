@@ -71,7 +71,7 @@ exit: 0, 1 pipeline errors, 2 usage (FTP550: install "ftdsl[train]"), 3 a stage 
 examples:
   ftdsl predict p.ftp fit --input new.csv                  JSON lines on stdout
   ftdsl predict p.ftp q8 --input rows.jsonl --output out.csv
-exit: 0, 1 pipeline errors or a bad row, 2 usage (or the stage is not cached)""",
+exit: 0, 1 pipeline errors, a bad row or the stage is not cached (FTP560), 2 usage or not a model (FTP562)""",
     "fmt": """\
 examples:
   ftdsl fmt pipelines/                        rewrite files in canonical form (comments kept)
