@@ -232,10 +232,12 @@ _ALL = [
          "run computes the same steps as one process. A remainder would change the numbers.",
          "batch = 30   # with --nproc 4", "batch = 32   # with --nproc 4 (8 rows per process)"),
     Code("FTP550", "engine-not-installed", _E, "a stage must run, and this install has no training engine",
-         "`pip install ftdsl` is the light install: `lint`, `fmt`, `plan`, `explain`, `cache` and a fully cached "
-         "`run` need only the front end (lark, rich, filelock). Running a stage needs PyTorch and the rest of the "
-         "engine, which come with the `train` extra. ftdsl checks for them before it imports anything, so the run "
-         "stops with this message (exit 2) instead of an import error half-way through.",
+         "`pip install ftdsl` is the light install: `lint`, `fmt`, `plan`, `explain` and `cache` need only the "
+         "front end (lark, rich, filelock). Running a stage needs PyTorch and the rest of the engine, which come "
+         "with the `train` extra. ftdsl checks for them before it imports anything, so the run stops with this "
+         "message (exit 2) instead of an import error half-way through. A cache written by a full install does not "
+         "make the stages cached here: a stage's key includes the engine's library versions (`plan` shows "
+         "`changed: torch ... -> absent`).",
          "pip install ftdsl && ftdsl run pipelines/quickstart.ftp",
          'pip install "ftdsl[train]"   # then run again; `ftdsl plan` shows what would run'),
     Code("FTP560", "predict-not-cached", _E, "`ftdsl predict` was given a stage whose model is not in the cache",
