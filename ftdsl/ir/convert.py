@@ -86,6 +86,44 @@ class Converter:
     def err(self, code: str, message: str, span, **kw) -> None:
         self.scope.diags.append(make(code, message, span, **kw))
 
+    def named_values(self, items, lookup, seen: dict[str, A.Span], *, path, unknown, twice) -> dict[str, Value]:
+        """Convert ``name = value`` items (``(name, name_span, value)``: keyword arguments, struct
+        keys, block attributes) against ``lookup(name)``'s spec. An unknown name is FTP201
+        (``unknown(name)`` gives the message and the diagnostic's extras), a name already in ``seen``
+        (name -> where it was given; updated) FTP206 (``twice(name)``: the message and the label);
+        each value is converted for ``path(name)``. Returns the converted values by name: an invalid
+        one is left out (already reported)."""
+        got: dict[str, Value] = {}
+        for name, span, value in items:
+            spec = lookup(name)
+            if spec is None:
+                message, extras = unknown(name)
+                self.err("FTP201", message, span, **extras)
+                continue
+            if name in seen:
+                message, label = twice(name)
+                self.err("FTP206", message, span, label=label, secondary=(Label(seen[name], "first here"),))
+                continue
+            seen[name] = span
+            c = self.convert(value, spec.type, path(name))
+            if c is not None:
+                got[name] = c
+        return got
+
+    def defaults(self, specs, given, missing) -> dict[str, Value]:
+        """The default values of the ``specs`` whose names are not in ``given``; a required one is
+        FTP208 instead (``missing(spec)`` gives the message, the span and the diagnostic's extras)."""
+        out: dict[str, Value] = {}
+        for spec in specs:
+            if spec.name in given:
+                continue
+            if spec.required:
+                message, span, extras = missing(spec)
+                self.err("FTP208", message, span, **extras)
+            else:
+                out[spec.name] = default_value(spec)
+        return out
+
     # entry point ---------------------------------------------------------------------------
     def convert(self, v: A.Value, t: S.Type, what: str) -> Value | None:
         """Convert `v` to type `t`; `what` names the attribute in messages (`train.batch`)."""
@@ -314,63 +352,32 @@ class Converter:
             written.add(spec.name)
             if c is not None:
                 args[spec.name] = c
-        for kw in v.kwargs:
-            spec = ctor.arg(kw.name)
-            if spec is None:
-                self.err("FTP201", f"`{v.name}(...)` has no argument `{kw.name}`", kw.name_span,
-                         label="unknown argument", hint=did_you_mean(kw.name, [a.name for a in ctor.args]),
-                         notes=(f"arguments of `{v.name}`: " + (", ".join(a.name for a in ctor.args) or "none"),))
-                continue
-            if kw.name in spans:
-                self.err("FTP206", f"argument `{kw.name}` of `{v.name}(...)` is given twice", kw.name_span,
-                         label="given again", secondary=(Label(spans[kw.name], "first here"),))
-                continue
-            spans[kw.name] = kw.name_span
-            written.add(kw.name)
-            c = self.convert(kw.value, spec.type, f"{what}.{kw.name}")
-            if c is not None:
-                args[kw.name] = c
-        out = []
-        for spec in ctor.args:
-            if spec.name in args:
-                out.append((spec.name, args[spec.name]))
-            elif spec.name in written:
-                continue  # it was written but invalid: already reported
-            elif spec.required:
-                self.err("FTP208", f"`{v.name}(...)` needs argument `{spec.name}`", v.span,
-                         label=f"missing `{spec.name}`", hint=f"`{spec.name}`: {spec.doc or spec.type.describe()}")
-            else:
-                out.append((spec.name, default_value(spec)))
+        names = [a.name for a in ctor.args]
+        args.update(self.named_values(
+            ((kw.name, kw.name_span, kw.value) for kw in v.kwargs), ctor.arg, spans, path=lambda n: f"{what}.{n}",
+            unknown=lambda n: (f"`{v.name}(...)` has no argument `{n}`", dict(
+                label="unknown argument", hint=did_you_mean(n, names),
+                notes=(f"arguments of `{v.name}`: " + (", ".join(names) or "none"),))),
+            twice=lambda n: (f"argument `{n}` of `{v.name}(...)` is given twice", "given again")))
+        written.update(spans)
+        # an argument written but invalid is in `spans` (already reported), not in `args`
+        filled = self.defaults(ctor.args, spans, lambda spec: (
+            f"`{v.name}(...)` needs argument `{spec.name}`", v.span,
+            dict(label=f"missing `{spec.name}`", hint=f"`{spec.name}`: {spec.doc or spec.type.describe()}")))
+        out = [(n, args[n] if n in args else filled[n]) for n in names if n in args or n in filled]
         return CallV(v.name, tuple(out), v.span, frozenset(written))
 
     def _struct(self, v: A.DictV, t: S.StructT, what: str):
         seen: dict[str, A.Span] = {}
-        got: dict[str, Value] = {}
-        for e in v.entries:
-            spec = t.get(e.key)
-            if spec is None:
-                self.err("FTP201", f"`{what}` has no key `{e.key}`", e.key_span, label="unknown key",
-                         hint=did_you_mean(e.key, [f.name for f in t.fields]),
-                         notes=("valid keys: " + ", ".join(f.name for f in t.fields),))
-                continue
-            if e.key in seen:
-                self.err("FTP206", f"key `{e.key}` appears twice in `{what}`", e.key_span, label="duplicate key",
-                         secondary=(Label(seen[e.key], "first here"),))
-                continue
-            seen[e.key] = e.key_span
-            c = self.convert(e.value, spec.type, f"{what}.{e.key}")
-            if c is not None:
-                got[e.key] = c
-        entries = []
-        for spec in t.fields:
-            if spec.name in got:
-                entries.append((spec.name, got[spec.name]))
-            elif spec.name in seen:
-                continue
-            elif spec.required:
-                self.err("FTP208", f"`{what}` needs key `{spec.name}`", v.span, label=f"missing `{spec.name}`")
-            else:
-                entries.append((spec.name, default_value(spec)))
+        keys = [f.name for f in t.fields]
+        got = self.named_values(
+            ((e.key, e.key_span, e.value) for e in v.entries), t.get, seen, path=lambda k: f"{what}.{k}",
+            unknown=lambda k: (f"`{what}` has no key `{k}`", dict(
+                label="unknown key", hint=did_you_mean(k, keys), notes=("valid keys: " + ", ".join(keys),))),
+            twice=lambda k: (f"key `{k}` appears twice in `{what}`", "duplicate key"))
+        filled = self.defaults(t.fields, seen, lambda spec: (
+            f"`{what}` needs key `{spec.name}`", v.span, dict(label=f"missing `{spec.name}`")))
+        entries = [(k, got[k] if k in got else filled[k]) for k in keys if k in got or k in filled]
         return DictIR(tuple(entries), v.span, tuple(seen.get(k) for k, _ in entries))
 
 

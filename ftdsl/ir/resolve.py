@@ -13,7 +13,7 @@ from pathlib import Path
 from ftdsl.diagnostics import Diagnostic, Label, make
 from ftdsl.ir import schema as S
 from ftdsl.ir.cycles import walk
-from ftdsl.ir.convert import Converter, Scope, default_value, did_you_mean
+from ftdsl.ir.convert import Converter, Scope, did_you_mean
 from ftdsl.ir.nodes import BLOCK_MODELS, AttrIR, ParamIR, PipelineBlock, Program
 from ftdsl.syntax import ast as A
 from ftdsl.syntax.parser import parse, read_source
@@ -237,35 +237,25 @@ def _count_refs(values, params) -> dict[str, int]:
 
 def _convert_block(b: A.Block, conv: Converter):
     kind = S.KINDS[b.kind]
-    attrs: dict[str, AttrIR] = {}
+    valid = [f.name for f in kind.fields]
     seen: dict[str, A.Span] = {}
+    got = conv.named_values(
+        ((a.name, a.name_span, a.value) for a in b.attrs), kind.field, seen, path=lambda n: f"{b.name}.{n}",
+        unknown=lambda n: (f"unknown attribute `{n}` in `{b.kind} {b.name}`", dict(
+            label="unknown attribute", hint=did_you_mean(n, valid),
+            notes=("valid attributes: " + ", ".join(sorted(valid)),), fingerprint=f"{b.name}.{n}")),
+        twice=lambda n: (f"attribute `{n}` is set twice in `{b.kind} {b.name}`", "set again"))
+    first: dict[str, A.Attr] = {}  # the one converted (a second one of a name is FTP206)
     for a in b.attrs:
-        spec = kind.field(a.name)
-        if spec is None:
-            valid = [f.name for f in kind.fields]
-            conv.err("FTP201", f"unknown attribute `{a.name}` in `{b.kind} {b.name}`", a.name_span,
-                     label="unknown attribute", hint=did_you_mean(a.name, valid),
-                     notes=("valid attributes: " + ", ".join(sorted(valid)),),
-                     fingerprint=f"{b.name}.{a.name}")
-            continue
-        if a.name in seen:
-            conv.err("FTP206", f"attribute `{a.name}` is set twice in `{b.kind} {b.name}`", a.name_span,
-                     label="set again", secondary=(Label(seen[a.name], "first here"),))
-            continue
-        seen[a.name] = a.name_span
-        v = conv.convert(a.value, spec.type, f"{b.name}.{a.name}")
-        if v is not None:
-            attrs[a.name] = AttrIR(name=a.name, value=v, span=a.span, name_span=a.name_span,
-                                                   written=True)
-    for spec in kind.fields:
-        if spec.name in attrs or spec.name in seen:
-            continue
-        if spec.required:
-            conv.err("FTP208", f"`{b.kind} {b.name}` needs attribute `{spec.name}`", b.name_span,
-                     label=f"missing `{spec.name}`", hint=f"`{spec.name}`: {spec.doc or spec.type.describe()}")
-            continue
-        attrs[spec.name] = AttrIR(name=spec.name, value=default_value(spec), span=None,
-                                                  name_span=None, written=False)
+        first.setdefault(a.name, a)
+    attrs: dict[str, AttrIR] = {}
+    for name, v in got.items():
+        a = first[name]
+        attrs[name] = AttrIR(name=name, value=v, span=a.span, name_span=a.name_span, written=True)
+    for name, v in conv.defaults(kind.fields, seen, lambda spec: (
+            f"`{b.kind} {b.name}` needs attribute `{spec.name}`", b.name_span,
+            dict(label=f"missing `{spec.name}`", hint=f"`{spec.name}`: {spec.doc or spec.type.describe()}"))).items():
+        attrs[name] = AttrIR(name=name, value=v, span=None, name_span=None, written=False)
     model = BLOCK_MODELS[b.kind] if b.kind in BLOCK_MODELS else PipelineBlock
     return model(kind=b.kind, name=b.name, span=b.span, name_span=b.name_span,
                                  kind_span=b.kind_span, attrs=attrs, mentioned=tuple(a.name for a in b.attrs))
