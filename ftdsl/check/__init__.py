@@ -7,7 +7,7 @@ register its code in `ftdsl/diagnostics/codes.py`, and add it to `RULES`.
 from __future__ import annotations
 
 from ftdsl.check.context import CheckContext
-from ftdsl.check.rules import compat, hygiene, inputs, metrics, order, references, safety, structure, sweep
+from ftdsl.check.rules import compat, hygiene, inputs, metrics, order, prune, references, safety, structure, sweep
 from ftdsl.diagnostics import Diagnostic
 from ftdsl.ir.nodes import Program
 
@@ -24,6 +24,7 @@ RULES = (
     compat.export_support,
     compat.install_capabilities,
     compat.constructor_constraints,
+    prune.structured_support,
     sweep.sweep_over_paths,
     safety.trust_remote_code,
     safety.pickle_weights,

@@ -150,6 +150,12 @@ _ALL = [
          "`hf` writes a Hugging Face folder with `save_pretrained`, which only a pretrained model has.",
          "export e { from = fit, format = hf }   # fit trains an `arch = mlp(...)` model",
          "format = safetensors()"),
+    Code("FTP245", "prune-unsupported", _E, "`structured(...)` pruning of a model that has no such structure",
+         "Structured pruning removes attention heads and FFN rows (BERT-like encoders), hidden units (`mlp`) or "
+         "channels (`cnn`). An architecture without them (`rnn`, ftdsl's `transformer`) or a `what` the model does "
+         "not have would fail at the stage; the table lives in the schema (`PRUNE_STRUCTURE`).",
+         "prune p { from = fit, method = structured(amount = 0.3, what = heads) }   # fit trains an `mlp`",
+         "method = structured(amount = 0.3, what = units)"),
     Code("FTP244", "not-on-this-install", _E, "a setting the engine of this install cannot honour",
          "The engine's capabilities (`ftdsl/capabilities.py`) are known without running; a run would stop at the "
          "stage.", "distributed = fsdp", "distributed = none"),

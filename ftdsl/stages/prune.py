@@ -8,10 +8,14 @@ Methods (``method = ...``), all by ``torch.nn.utils.prune`` and made permanent w
   ``amount`` of its entries with the smallest magnitude (``prune.l1_unstructured``).
 * ``global_magnitude(amount)``: L1 unstructured over all pruned tensors at once
   (``prune.global_unstructured``): the fraction ``amount`` of all their entries, unevenly spread.
-* ``structured(amount, dim, norm)``: the fraction ``amount`` of the slices along ``dim`` with
-  the smallest L``norm`` norm (``prune.ln_structured``). ``dim = 0`` removes output units
-  (rows of a Linear weight, output channels of a convolution); their bias entries are zeroed
-  too, so a pruned unit outputs exactly what a removed one would (``act(0)``), not ``act(bias)``.
+* ``structured(amount, what, criterion)``: removes whole attention heads, FFN rows, MLP units or
+  CNN channels (``ftdsl.stages.prune_structured`` / ``prune_shrink``): the artifact is a smaller
+  dense model whose spec records its shapes (``spec["shrunk"]``), so it is smaller on disk and
+  faster, and every later stage loads it like any model.
+
+``magnitude`` and ``global_magnitude`` store the zeros densely: no runtime ftdsl exports to
+(PyTorch eager, ONNX Runtime on CPU) runs unstructured sparse weights faster, so the file keeps
+its size and inference its speed; ``prune.json`` says so (``storage``).
 
 What is pruned: the weights of every ``nn.Linear`` (including Hugging Face's ``Conv1D``) and
 ``nn.Conv1d/2d/3d``, and the packed input projection of ``nn.MultiheadAttention``. Not pruned:
@@ -252,6 +256,10 @@ def run(inputs: dict[str, object], attrs: dict, ctx) -> TorchModel:
                              hint="name it: `recover = { epochs = 1, data = DATA }` (the data block the model "
                              "was trained on)")
 
+    if method["$call"] == "structured":  # removes units: a smaller model (prune_structured.py)
+        from ftdsl.stages.prune_structured import run_structured
+
+        return run_structured(src, method, rec, data, ctx, _recover)
     module = src.build()
     masks = apply_pruning(module, method)
     names = [k for k, _, _ in prune_targets(module)]
@@ -260,7 +268,8 @@ def run(inputs: dict[str, object], attrs: dict, ctx) -> TorchModel:
     desc = ", ".join(f"{k} = {v}" for k, v in method.items() if k != "$call")
     ctx.reporter.log(f"{method['$call']}({desc}): {before['pruned_zeros']:,} of {before['pruned_params']:,} weights "
                      f"in {len(names)} tensors are zero ({before['sparsity']:.1%}); "
-                     f"whole model {before['model_sparsity']:.1%}")
+                     f"whole model {before['model_sparsity']:.1%}; stored dense: the file keeps its size and "
+                     f"inference its speed")
     pruned_spec = {"pruned_by": ctx.name, "pruning": method}
     pruned = src.with_module(module, metrics={}, **pruned_spec)
 
@@ -289,6 +298,8 @@ def run(inputs: dict[str, object], attrs: dict, ctx) -> TorchModel:
     report = {
         "method": method,
         "skipped": "output head (" + ", ".join(HEAD_NAMES) + "), embeddings, norms",
+        "storage": "dense: the zeros are stored as weights, so the file keeps its size and inference its speed "
+                   "(no runtime ftdsl targets runs unstructured sparsity faster); `structured(...)` removes units",
         "pruned": {k: v for k, v in before.items() if k != "layers"},
         "recovered": bool(recovered),
         "final": summary,

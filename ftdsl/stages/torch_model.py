@@ -123,14 +123,20 @@ class TorchModel:
         """The module the spec builds, before any weights are loaded into it."""
         spec = self.spec
         if spec["source"] == "pretrained":
-            return TextModule(self._hf_from_config(), hf=True)
-        if spec.get("modality") is None or (spec.get("input_shape") is None and spec.get("vocab_size") is None):
+            module: FtdslModule = TextModule(self._hf_from_config(), hf=True)
+        elif spec.get("modality") is None or (spec.get("input_shape") is None and spec.get("vocab_size") is None):
             raise StageError(
                 "FTP530",
                 "this model is untrained and has no input shape yet; train it first "
                 "(`train { model = ..., data = ... }`)",
             )
-        return materialize(spec, seed=int(spec.get("seed", 0)))
+        else:
+            module = materialize(spec, seed=int(spec.get("seed", 0)))
+        if spec.get("shrunk"):  # structured pruning removed units: rebuild the smaller shapes
+            from ftdsl.stages.prune_shrink import apply_record
+
+            apply_record(module, spec["shrunk"])
+        return module
 
     def _expected_shapes(self) -> dict[str, tuple[int, ...]]:
         """name -> shape of every tensor the spec's module holds (built on the meta device: no

@@ -196,6 +196,7 @@ class Ctor:
 # --- shared pieces ------------------------------------------------------------------------
 
 FRACTION = Float(min=0, max=1, min_open=True, max_open=True)  # (0, 1)
+PRUNE_PARTS = ("heads", "ffn", "units", "channels")  # = ftdsl.stages.prune_shrink.PARTS
 PROB = Float(min=0, max=1, max_open=True)  # [0, 1)
 SPLIT = RefT(("Dataset",), split="required")
 DATASET = RefT(("Dataset",), split="forbidden")
@@ -292,8 +293,13 @@ _CTORS: list[Ctor] = [
       "L1 unstructured pruning of each Linear/Conv layer."),
     C("global_magnitude", "prune_method", (F("amount", FRACTION, REQUIRED, "fraction of all weights to zero"),),
       "L1 unstructured pruning across all layers at once."),
-    C("structured", "prune_method", (F("amount", FRACTION, REQUIRED), F("dim", Int(min=0, max=7), 0),
-                                     F("norm", Float(min=1, max=1000), 2)), "Remove whole rows/channels by Ln norm."),
+    C("structured", "prune_method", (
+        F("amount", FRACTION, REQUIRED, "fraction of the units of each layer to remove"),
+        F("what", OneOf((Enum(("all",) + PRUNE_PARTS), ListT(Enum(PRUNE_PARTS), min_len=1, max_len=4))), "all",
+          "what to remove: attention `heads` and `ffn` rows (BERT-like encoders), hidden `units` (mlp) and "
+          "`channels` (cnn); `all`: every kind the model has"),
+        F("criterion", Enum(("l2", "l1")), "l2", "rank units by the norm of their weights")),
+      "Remove whole attention heads, FFN rows, units or channels: the model gets smaller and faster."),
     # quantization
     C("dynamic", "quantize_method", (F("dtype", Enum(("int8", "uint8")), "int8"), F("per_channel", Bool(), True)),
       "Dynamic int8 quantization of weights."),

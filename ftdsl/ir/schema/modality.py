@@ -95,6 +95,15 @@ QUANTIZE_SUPPORT: dict[str, dict[str, dict[str, tuple[str, ...]]]] = {
     },
 }
 
+# structured pruning: arch -> the units `structured(what = ...)` can remove (ftdsl.stages.prune_shrink
+# families); a pretrained model is known at run time (heads and ffn for BERT-like encoders).
+PRUNE_STRUCTURE: dict[str, tuple[str, ...]] = {
+    "mlp": ("units",),
+    "cnn": ("channels", "units"),
+    "rnn": (),
+    "transformer": (),
+}
+
 # export: format -> the model origins it can write ("arch": built from scratch; "pretrained").
 EXPORT_ORIGINS: dict[str, tuple[str, ...]] = {
     "onnx": ("arch", "pretrained"),

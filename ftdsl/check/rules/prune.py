@@ -1,0 +1,59 @@
+"""FTP245: `structured(...)` pruning of a model without the structure it removes.
+
+Follows the prune stage's `from` back to its `model` block (`compat.origin`); an `arch` model's
+prunable units are the schema's `PRUNE_STRUCTURE` table. A pretrained model is checked at run time.
+"""
+
+from __future__ import annotations
+
+from ftdsl.check.rules.compat import origin
+from ftdsl.diagnostics import Label, make
+from ftdsl.ir.nodes import CallV, ListIR, RefV, Sym
+from ftdsl.ir.schema import modality as M
+
+
+def _what(method: CallV) -> tuple[list[str], object] | None:
+    """The unit kinds `what = ...` names (None: `all` or not written) and the value's span."""
+    for k, v in method.args:
+        if k != "what":
+            continue
+        if isinstance(v, Sym):
+            return (None if v.name == "all" else [v.name]), v.span
+        if isinstance(v, ListIR):
+            names = [x.name for x in v.items if isinstance(x, Sym)]
+            return (names or None), v.span
+    return None
+
+
+def structured_support(ctx):
+    prog = ctx.program
+    memo: dict = {}
+    for name, b in prog.blocks.items():
+        if b.kind != "prune":
+            continue
+        src, method = b.value("from"), b.value("method")
+        if not isinstance(src, RefV) or not isinstance(method, CallV) or method.name != "structured":
+            continue
+        o = origin(prog, src.target, memo)
+        if o is None or o.source != "arch":
+            continue
+        arch = prog.blocks[o.name].value("arch")
+        has = M.PRUNE_STRUCTURE.get(arch.name) if isinstance(arch, CallV) else None
+        if has is None:
+            continue
+        secondary = (Label(o.span, "defined here"),) if o.span is not None else ()
+        if not has:
+            yield make("FTP245", f"`prune {name}`: `{arch.name}` models have no structure `structured(...)` can "
+                                 "remove", method.span or src.span, label="nothing to remove",
+                       secondary=secondary,
+                       hint="use `method = magnitude(amount = ...)` (zeros weights, same size), or an `mlp`/`cnn` "
+                            "or a BERT-like pretrained model")
+            continue
+        what = _what(method)
+        if what is None or what[0] is None:
+            continue
+        missing = [w for w in what[0] if w not in has]
+        if missing:
+            yield make("FTP245", f"`prune {name}`: a `{arch.name}` model has no {' or '.join(missing)} to remove",
+                       what[1] or method.span, label=f"{arch.name} has {' and '.join(has)}", secondary=secondary,
+                       hint=f"what = [{', '.join(has)}]")
