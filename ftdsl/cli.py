@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("predict", help="run a cached model of the pipeline on new rows (never trains)")
     sp.add_argument("file", metavar="FILE")
-    sp.add_argument("stage", metavar="STAGE", help="a model, train, distill, prune, export or quantize stage")
+    sp.add_argument("stage", metavar="STAGE", help="a train, distill, prune, sweep, export or quantize stage")
     sp.add_argument("--input", required=True, metavar="PATH", help="rows to predict: .csv, .tsv or .jsonl")
     sp.add_argument("--input-format", choices=["csv", "tsv", "jsonl"], help="default: from the extension")
     sp.add_argument("--output", metavar="PATH", help="where predictions go (default: stdout)")

@@ -47,7 +47,7 @@ def locate(compiled, cache, file: str, stage: str, *, device: str | None = None,
         models = [s.name for s in plan.stages if s.artifact in MODEL_ARTIFACTS and s.kind != "model"]
         raise UsageError(NOT_A_MODEL, f"`{st.kind} {stage}` produces a {st.artifact or 'nothing'}, not a model "
                          "predict can run",
-                         hint=("give a model, train, distill, prune, export or quantize stage"
+                         hint=("give a train, distill, prune, sweep, export or quantize stage"
                                + (f" (here: {', '.join(models)})" if models else "")))
     entry = cache.lookup(st.key, label=stage)
     if entry is None:
