@@ -29,24 +29,21 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import nn
 
 from ftdsl.errors import StageError
 from ftdsl.runtime import checkpoint as ckpt
 from ftdsl.runtime.device import resolve_device, resolve_precision
-from ftdsl.stages import metrics as M
 from ftdsl.stages.modules import TextModule, materialize
-from ftdsl.stages.pretrained import quiet_transformers
 from ftdsl.stages.torch_model import TorchModel
 from ftdsl.stages.outputs import MetricsWriter
+from ftdsl.stages import train_checkpoint, train_results
 from ftdsl.stages.train_early_stop import early_stop
 from ftdsl.stages.train_env import Signals, StageInterrupted, amp_dtype, autocast, determinism
 from ftdsl.stages.train_factories import LOSSES, OPTIMIZERS, SCHEDULES, build_optim, call_of
-from ftdsl.stages.train_parallel import Parallel, full_optimizer_state, load_model_state, load_optimizer_state
-from ftdsl.stages.train_setup import adalora_state, apply_lora, freeze as freeze_params, restore_adalora, to_regression
-from ftdsl.stages.train_state import LoopState
+from ftdsl.stages.train_parallel import Parallel
+from ftdsl.stages.train_setup import apply_lora, freeze as freeze_params, to_regression
 
 __all__ = ["run", "fit", "StageInterrupted", "OPTIMIZERS", "SCHEDULES", "LOSSES", "KILL_ENV", "PAUSE_ENV"]
 
@@ -353,96 +350,14 @@ class _Trainer:
 
     # -- evaluation -------------------------------------------------------------------------
 
-    @torch.no_grad()
     def evaluate(self, split_name: str) -> dict[str, float]:
-        split = self.splits[split_name]
-        par = self.parallel
-        # DDP: rank r evaluates batches r, r+W, ...; the batches' outputs are gathered to every
-        # rank in their order, so each rank computes the metrics one process would. (FSDP's
-        # forward is a collective: there every rank evaluates every batch, in step.)
-        shard = par.active and par.mode == "ddp"
-        self.module.eval()
-        parts = []  # (batch number, outputs, labels, summed loss)
-        try:
-            for i, b in enumerate(self._batches(split, shuffle=False)):
-                if shard and i % par.world != par.rank:
-                    continue
-                y = b["y"].to(self.device)
-                with self._autocast():
-                    out = self.module(**self._inputs(b))
-                out = out.float()
-                parts.append((i, out.cpu().numpy(), b["y"].numpy(), float(self.criterion(out, y)) * len(y)))
-        finally:
-            self.module.train()
-        if shard:
-            parts = sorted((p for ps in par.gather(parts) for p in ps), key=lambda p: p[0])
-        outs, ys = [p[1] for p in parts], [p[2] for p in parts]
-        loss_sum = 0.0
-        for p in parts:
-            loss_sum += p[3]
-        n = max(1, len(split))
-        if not outs:
-            return {}
-        pred, y = np.concatenate(outs), np.concatenate(ys)
-        if self.task == "classify":
-            res = M.classification_metrics(pred, y, self.num_outputs)
-        else:
-            res = M.regression_metrics(pred, y)
-        res["loss"] = loss_sum / n
-        return res
-
-    # -- checkpoints ------------------------------------------------------------------------
+        return train_results.evaluate(self, split_name)
 
     def _save(self, gen_state) -> Path | None:
-        """Checkpoint the model, optimizer, RNGs and the loop state (rank 0 writes; every rank
-        takes part, since FSDP gathers its shards and each rank's RNG is kept)."""
-        self._sync()  # never checkpoint past a NaN
-        st, par = self.state, self.parallel
-        extra_tensors, extra = adalora_state(self.module, self.lora)
-        rngs = par.gather(torch.get_rng_state())
-        if par.active:  # each rank's own dropout RNG, so a restarted job continues bitwise
-            extra_tensors.update({f"rank_rng.{r}": t for r, t in enumerate(rngs)})
-        model_state = par.full_model_state(self.module)
-        optim_state = full_optimizer_state(par, self.module, self.optimizer)
-        if not par.main:
-            return None
-        return ckpt.save_checkpoint(
-            self.ckpt_dir, model=model_state, optimizer=optim_state, scheduler=self.scheduler, scaler=self.scaler,
-            step=st.step, epoch=st.epoch, batch_in_epoch=st.batch_in_epoch, epoch_gen_state=gen_state, best=st.best,
-            best_state=st.best_state,
-            history=self.writer.records, config_hash=self.config_hash, config=self.config,
-            extra={"loop": st.scalars(), "total_steps": self.total_steps, **extra}, extra_tensors=extra_tensors)
+        return train_checkpoint.save(self, gen_state)
 
     def _resume(self) -> torch.Tensor | None:
-        """Restore the newest checkpoint, if any (every rank reads it); the epoch generator state."""
-        par = self.parallel
-        ck = ckpt.load_latest(self.ckpt_dir, config_hash=self.config_hash, config=self.config,
-                              force_resume=bool(getattr(self.ctx, "force_resume", False)), warn=self.log)
-        steps = par.gather(ck.step if ck is not None else 0)
-        if len(set(steps)) > 1:
-            raise StageError("FTP540", f"the processes found different checkpoints to resume from (steps {steps})",
-                             hint="on several machines the cache must be on a shared filesystem to resume; "
-                             "or rerun with --force")
-        if ck is None:
-            self.state = LoopState()
-            self.writer.reset([])
-            return None
-        try:
-            load_model_state(par, self.module, ck.model_state)
-            if ck.optim_state is not None:
-                load_optimizer_state(par, self.module, self.optimizer, ck.optim_state)
-            ck.restore(scheduler=self.scheduler, scaler=self.scaler)  # and the RNGs
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise StageError("FTP506", f"checkpoint {ck.path} does not fit this model ({str(e).splitlines()[0]})",
-                             hint="rerun with --force to start over") from e
-        own = ck.extra_tensors.get(f"rank_rng.{par.rank}")
-        if par.active and own is not None:
-            torch.set_rng_state(own)
-        self.state = LoopState.from_checkpoint(ck)
-        restore_adalora(self.module, self.lora, ck.extra_tensors, ck.extra, self.device)
-        self.writer.reset(ck.history, resume_step=ck.step)
-        self.log(f"resumed from step {ck.step}")
-        return ck.epoch_gen_state
+        return train_checkpoint.resume(self)
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -582,62 +497,11 @@ class _Trainer:
             f"{self.accumulate * 2}" + (f"; the last checkpoint (step {kept[-1][0]}) is kept" if kept else ""),
         )
 
-    # -- the end ----------------------------------------------------------------------------
-
     def _finish(self, step: int, has_valid: bool, seconds: float) -> TorchModel:
-        st, par = self.state, self.parallel
-        restored = False
-        if st.best_state is not None and st.best is not None and st.best["step"] != step:
-            load_model_state(par, self.module, st.best_state)
-            restored = True
-            self.log(f"restored the best weights: {st.best['metric']} {st.best['value']:.6g} "
-                     f"at step {st.best['step']}")
-        final: dict[str, Any] = {}
-        train_recs = [r for r in self.writer.records if r.get("split") == "train"]
-        if train_recs:
-            final["train.loss"] = train_recs[-1]["loss"]
-        if has_valid:
-            if not restored and st.last_eval is not None and st.last_eval["step"] == step:
-                res = st.last_eval["metrics"]
-            else:
-                res = self.evaluate("valid")
-            final.update({f"valid.{k}": v for k, v in res.items()})
-        if "test" in self.splits and len(self.splits["test"]) > 0:
-            res = self.evaluate("test")
-            self.writer.log(st.best["step"] if restored else step, "test", **res)
-            final.update({f"test.{k}": v for k, v in res.items()})
-        final["steps"] = step
-        final["epochs"] = round(step / self.steps_per_epoch, 4)
-        if st.best is not None:
-            final["best_step"] = st.best["step"]
-        final["stopped_early"] = bool(st.stopped)
-        final["train_seconds"] = round(seconds, 3)
-        final["samples_per_s"] = round(st.samples / seconds, 2) if seconds > 0 else 0.0
-        if par.active:
-            final["world_size"] = par.world
-        fsdp = par.active and par.mode == "fsdp"
-        # FSDP: the shards gathered to rank 0 as ordinary tensors (the others get nothing)
-        weights = par.full_model_state(self.module) if fsdp else None
-        module = self.module
-        if self.lora:
-            with quiet_transformers():
-                module.net = module.net.merge_and_unload()  # a plain model: no peft at load time
-        module.eval()
-        self.writer.finalize({**final, "precision": self.precision, "precision_reason": self.precision_reason})
-        headline = ("train.loss", "valid.loss", "valid.accuracy", "valid.f1", "valid.mse", "test.accuracy",
-                    "test.f1", "test.mse")
-        self.ctx.reporter.finish(**{k: final[k] for k in headline if k in final})
-        spec = {**self.spec, "trained_by": self.ctx.name, "precision": self.precision, "steps": step}
-        hf_config = module.net.config if isinstance(module, TextModule) and module.hf else None
-        if weights is None:
-            weights = module.state_dict()
-        weights = {k: v.detach().to("cpu").contiguous().clone() for k, v in weights.items()}
-        return TorchModel(spec, weights, tokenizer_dir=self.tokenizer_dir, hf_config=hf_config,
-                          metrics={k: v for k, v in final.items() if isinstance(v, (int, float))})
+        return train_results.finish(self, step, has_valid, seconds)
 
     def _weights_on_cpu(self) -> dict[str, torch.Tensor]:
-        """A CPU copy of the current weights (FSDP: gathered; a collective every rank calls)."""
-        return {k: v.detach().to("cpu").clone() for k, v in self.parallel.full_model_state(self.module).items()}
+        return train_results.weights_on_cpu(self)
 
 
 class _NoSignals:
