@@ -288,6 +288,19 @@ def test_bad_value_in_a_row(env, tmp_path, capsys, bad, message):
     assert f"error[FTP561]: {inp}:2: {message}" in capsys.readouterr().err
 
 
+def test_text_row_of_the_wrong_type(env, tmp_path, capsys):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"sentence": "the day was good"}\n{"sentence": ["a", "list"]}\n{"sentence": null}\n'
+                   '{"text": "wrong column"}\n{"sentence": 42}\n')
+    out = tmp_path / "p.jsonl"
+    assert env.predict("tt", "--input", str(inp), "--on-error", "skip", "--output", str(out)) == 0
+    err = capsys.readouterr().err
+    assert f'{inp}:2: column `sentence`: expected text, found ["a", "list"] (row skipped)' in err
+    assert f"{inp}:3: column `sentence`: missing text (row skipped)" in err
+    assert f"{inp}:4: no column `sentence` (the text); the row has: `text` (row skipped)" in err
+    assert [r["line"] for r in _read_jsonl(out)] == [1, 5]  # a number is text, as the data stage reads it
+
+
 def test_csv_missing_column_and_wrong_type(env, tmp_path, capsys):
     _features_csv(env, tmp_path / "full.csv")
     lines = (tmp_path / "full.csv").read_text().splitlines()
