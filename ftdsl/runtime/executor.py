@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ftdsl.errors import FtdslError, ResourceError, StageError
+from ftdsl.ir.schema.metrics import DEFAULT_EVALUATE, summary_metrics
 from ftdsl.plan import Plan, PlannedStage
 from ftdsl.runtime.atomic import json_safe
 from ftdsl.runtime.progress import Console, StageReporter
@@ -329,9 +330,10 @@ class _Executor:
         self.console.rich.print(t)
 
 
-_HEADLINE = ("test.accuracy", "test.f1", "valid.accuracy", "valid.f1", "test.mse", "valid.mse", "valid.loss",
-             "train.loss", "sparsity", "test.agreement", "sweep.best_trial", "verify.max_abs_diff", "size_mb",
-             "accuracy", "f1", "mse", "samples_per_s")
+# the metric registry's headline scores first (test, then valid), then what other stages report
+_HEADLINE = (*summary_metrics(("test", "valid"), loss=True), "train.loss", "sparsity", "test.agreement",
+             "sweep.best_trial", "verify.max_abs_diff", "size_mb", *(m for names in DEFAULT_EVALUATE.values() for m in names),
+             "samples_per_s")
 
 
 def _headline(metrics: dict) -> list:

@@ -108,7 +108,10 @@ def plot_curves(records: list[dict[str, Any]]) -> bytes:
         return [p[0] for p in pts], [p[1] for p in pts]
 
     splits = sorted({r.get("split") for r in records if r.get("split") not in (None, "train")})
-    quality_keys = [k for k in ("accuracy", "f1", "mse", "mae") if any(k in r for r in records if r.get("split") != "train")]
+    from ftdsl.ir.schema.metrics import DEFAULT_EVALUATE
+
+    quality_keys = [k for names in DEFAULT_EVALUATE.values() for k in names  # accuracy, f1 / mse, mae
+                    if any(k in r for r in records if r.get("split") != "train")]
     ncols = 2 if quality_keys else 1
     fig = Figure(figsize=(6 * ncols, 4), dpi=100)
     FigureCanvasAgg(fig)

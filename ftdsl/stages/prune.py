@@ -291,7 +291,9 @@ def run(inputs: dict[str, object], attrs: dict, ctx) -> TorchModel:
         metrics["recover_steps"] = metrics.pop("steps", 0)
         metrics.pop("epochs", None)
     # `from` scores, for comparison (the metrics of the model before pruning)
-    for k in ("valid.accuracy", "valid.loss", "test.accuracy", "test.f1", "valid.mse", "test.mse"):
+    from ftdsl.ir.schema.metrics import summary_metrics
+
+    for k in summary_metrics(("valid", "test"), loss=True):
         if isinstance(src.metrics.get(k), (int, float)):
             metrics[f"before.{k}"] = src.metrics[k]
 

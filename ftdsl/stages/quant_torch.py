@@ -75,7 +75,9 @@ def run_torch(src, method: dict, inputs: dict, attrs: dict, ctx):
     parity["budget"] = check_budget(agreement, kind, label, where, describe(recipe))
     metrics = {"size_mb": after / 1e6, "size_before_mb": before / 1e6, "compression": before / max(1, after),
                "quantize_s": quantize_s, **parity_metrics(parity)}
-    for k in ("valid.accuracy", "test.accuracy", "valid.mse", "test.mse"):
+    from ftdsl.ir.schema.metrics import summary_metrics
+
+    for k in summary_metrics(("valid", "test")):
         if isinstance(src.metrics.get(k), (int, float)):
             metrics[f"before.{k}"] = src.metrics[k]
     art = QuantizedTorchModel(src, recipe, size_bytes=after, num_params=parameter_count(qmodule), metrics=metrics,

@@ -51,6 +51,13 @@ TRAIN_SPLIT_METRICS: tuple[str, ...] = ("loss",)  # what the train split reports
 DEFAULT_EVALUATE: dict[str, tuple[str, ...]] = {CLASSIFY: ("accuracy", "f1"), REGRESS: ("mse", "mae")}
 
 
+def summary_metrics(splits: tuple[str, ...] = ("test", "valid"), *, loss: bool = False) -> tuple[str, ...]:
+    """`SPLIT.NAME` paths worth showing first for a model (summary tables, `before.*` comparisons):
+    each task's default `evaluate` metrics, split by split, then `valid.loss` when ``loss``."""
+    return tuple(f"{s}.{m}" for s in splits for names in DEFAULT_EVALUATE.values() for m in names) + \
+        (("valid.loss",) if loss else ())
+
+
 def metrics_for(task: str | None, *, tracked_only: bool = False) -> tuple[str, ...]:
     """Metric names that apply to a model of `task` (None: unknown task, every quality metric)."""
     return tuple(m.name for m in _METRICS
