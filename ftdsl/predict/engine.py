@@ -62,25 +62,31 @@ def _tokenizer(runner, loc):
 
 
 def predict(compiled, cache, file: str, stage: str, opts: Options) -> int:
-    from ftdsl.predict.locate import locate
-    from ftdsl.predict.runners import runner_for
-
     fmt = W.output_format(opts.output, opts.format)
     in_fmt = R.input_format(opts.input, opts.input_format)
     if opts.batch < 1:
         from ftdsl.errors import UsageError
 
         raise UsageError("FTP001", "--batch must be at least 1")
-    loc = locate(compiled, cache, file, stage, device=opts.device, flags=opts.run_flags)
+    source = R.Source(opts.input, in_fmt)  # a missing input fails before the model loads
+    try:
+        return _predict(compiled, cache, file, stage, opts, source, fmt)
+    finally:
+        source.close()
+
+
+def _predict(compiled, cache, file: str, stage: str, opts: Options, source: R.Source, fmt: str) -> int:
+    from ftdsl.predict.locate import locate
+    from ftdsl.predict.runners import runner_for
     from ftdsl.runtime.device import resolve_device
 
+    loc = locate(compiled, cache, file, stage, device=opts.device, flags=opts.run_flags)
     # where PyTorch runs: --device, else the pipeline's `device` (auto: a GPU when there is one),
     # the same choice `run` makes; a device that is not there is FTP530
     run_device = resolve_device(opts.device or compiled.program.setting("device", "auto") or "auto")
     runner = runner_for(loc.artifact_type, loc.artifact, run_device)
     info = runner.info
-    task = _task_name(info)
-    out_kind = W.task_output(task)
+    out_kind = W.task_output(_task_name(info))
     schema = _schema(loc, info)
     if loc.dataset is None and schema.modality == "features" and not schema.feature_names and loc.data_stage:
         raise FtdslError("FTP560", f"the data stage `{loc.data_stage}` is not in the cache, and predict needs the "
@@ -101,7 +107,6 @@ def predict(compiled, cache, file: str, stage: str, opts: Options) -> int:
     octx = W.OutputContext(label_names=info.get("label_names") or (ds.label_names if ds is not None else None),
                            target_names=targets, digits=opts.digits)
 
-    source = R.Source(opts.input, in_fmt)
     sink = W.AtomicOutput(opts.output) if opts.output and opts.output != "-" else None
     writer = W.Writer(sink.stream if sink else sys.stdout, fmt, out_kind.flat)
     state = _State(source, opts.on_error)
@@ -144,7 +149,6 @@ def predict(compiled, cache, file: str, stage: str, opts: Options) -> int:
         raise mapped from None
     finally:
         progress.close()
-        source.close()
         if sink is not None and not ok:
             sink.discard()
     if not opts.quiet:
