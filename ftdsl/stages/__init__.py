@@ -29,7 +29,7 @@ ENGINE_VERSION: dict[str, int] = {
     "prune": 1,
     "distill": 1,
     "export": 1,
-    "quantize": 2,  # 2: int8 ONNX weights in 7 bits (reduce_range), the same on CPUs with and without VNNI
+    "quantize": 3,  # 2: int8 ONNX weights in 7 bits (reduce_range), the same on CPUs with and without VNNI; 3: fused transformer graphs
     "sweep": 1,
 }
 

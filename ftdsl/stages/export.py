@@ -70,6 +70,15 @@ def _label(attrs: dict) -> str:
     return ref.get("$ref", "model") if isinstance(ref, dict) else str(ref or "model")
 
 
+def _transformer_shape(module) -> dict | None:
+    """A Hugging Face transformer's heads and width (read by `quantize`'s graph fusion), or None."""
+    cfg = getattr(getattr(module, "net", None), "config", None)
+    heads, hidden = getattr(cfg, "num_attention_heads", None), getattr(cfg, "hidden_size", None)
+    if not isinstance(heads, int) or not isinstance(hidden, int):
+        return None
+    return {"model_type": str(getattr(cfg, "model_type", "") or ""), "num_heads": heads, "hidden_size": hidden}
+
+
 def _base_meta(src, module, label: str, ctx) -> dict:
     spec = src.spec
     meta = {
@@ -86,6 +95,7 @@ def _base_meta(src, module, label: str, ctx) -> dict:
                    "arch": (spec.get("arch") or {}).get("$call") if spec.get("source") == "arch" else None,
                    "pretrained": spec.get("pretrained")},
         "source_kind": spec.get("source"),
+        "transformer": _transformer_shape(module),
         "stage": ctx.name,
         "key": getattr(ctx, "key", ""),
     }

@@ -47,7 +47,7 @@ __all__ = ["run_onnx", "int8_format", "cpu_isa", "max_abs_int8_weight"]
 _SLOW_DYNAMIC_OPS = ("Conv", "ConvTranspose")
 SAFE_INT8 = 64  # |weight| <= 64: 255 * 64 * 2 = 32,640 fits VPMADDUBSW's int16 pair sums
 _INTEGER_OPS = {"MatMulInteger": 1, "ConvInteger": 1, "QLinearMatMul": 3, "QLinearConv": 3,
-                "DynamicQuantizeMatMul": 1, "MatMulIntegerToFloat": 1}
+                "DynamicQuantizeMatMul": 1, "MatMulIntegerToFloat": 1, "QAttention": 1}
 
 
 def cpu_isa() -> dict:
@@ -241,6 +241,21 @@ def _quantize_int8(kind: str, method: dict, pre: Path, dst: Path, calib: list[di
             **fmt["record"]}
 
 
+def _fuse(src, method: dict, kind: str, external: bool, tmp: Path, probe: list[dict], ctx):
+    """(fused graph or None, fusion record or None) for an int8 ``dynamic`` quantization
+    (:mod:`ftdsl.stages.onnx_fusion`); ``fuse = false`` or another method: (None, None)."""
+    if kind != "dynamic" or not method.get("fuse", True):
+        return None, ({"applied": False, "why": "fuse = false"} if kind == "dynamic" else None)
+    if external:  # pragma: no cover - > 2 GB models only
+        return None, {"applied": False, "why": "skipped: external data (> 2 GB)"}
+    from ftdsl.stages.onnx_fusion import fuse
+
+    fused, rec = fuse(Path(src.onnx_path), src.meta, tmp / "fused.onnx", probe, lambda feed: src.predict(feed))
+    if not rec.get("applied") and src.meta.get("modality") == "text":
+        ctx.reporter.log(f"note: quantizing the unfused graph ({rec.get('why')})")
+    return fused, rec
+
+
 def run_onnx(src, method: dict, inputs: dict, attrs: dict, ctx):
     import onnx
     import onnxruntime as ort
@@ -294,8 +309,14 @@ def run_onnx(src, method: dict, inputs: dict, attrs: dict, ctx):
                                      "stored the weights as float16 with float32 compute instead")
                     qinfo["fp16_fallback_reason"] = why
             else:
-                pre, pre_err = (src.onnx_path, "skipped: external data") if external else \
-                    _preprocess(src.onnx_path, tmp / "pre.onnx")
+                fused, fusion = _fuse(src, method, kind, external, tmp, probe, ctx)
+                if fusion is not None:
+                    qinfo["fusion"] = fusion
+                if fused is not None:  # the optimizer's basic level replaces quant_pre_process
+                    pre, pre_err = fused, None
+                else:
+                    pre, pre_err = (src.onnx_path, "skipped: external data") if external else \
+                        _preprocess(src.onnx_path, tmp / "pre.onnx")
                 qinfo["preprocessed"] = pre_err is None
                 if pre_err:
                     qinfo["preprocess_error"] = pre_err
@@ -356,5 +377,8 @@ def run_onnx(src, method: dict, inputs: dict, attrs: dict, ctx):
                                    "size_before_bytes": before, "size_after_bytes": after,
                                    "compression": before / max(1, after), "parity": parity,
                                    "quantize_s": quantize_s})
-    ctx.reporter.log(summary_line(label, describe(qinfo), before, after, parity))
+    fusion = qinfo.get("fusion") or {}
+    fused = ", fused: " + ", ".join(f"{v} {k}" for k, v in (fusion.get("operators") or {}).items()) \
+        if fusion.get("applied") else ""
+    ctx.reporter.log(summary_line(label, describe(qinfo) + fused, before, after, parity))
     return art

@@ -25,6 +25,9 @@ Before int8 quantization the graph goes through ``quant_pre_process`` (shape inf
 onnxruntime's basic optimizations; ``skip_symbolic_shape=True``, which transformers need); when
 that fails the original graph is quantized and ``quantization.preprocessed`` is false. The
 quantizer's ~130 root-logger warnings, its prints and Python warnings are silenced.
+``dynamic(fuse = true)`` (the default) first fuses a transformer graph for onnxruntime (attention,
+LayerNorm, GELU, bias: :mod:`ftdsl.stages.onnx_fusion`), which then replaces ``quant_pre_process``;
+``meta["quantization"]["fusion"]`` records the fused operators, or why a graph was not fused.
 
 The result is an ``OnnxModel`` (``model.onnx`` + ``onnx.json`` + ``tokenizer/``) whose
 ``meta["quantization"]`` is ``{"method", "dtype", "per_channel", "format", "preprocessed",

@@ -301,7 +301,10 @@ _CTORS: list[Ctor] = [
         F("criterion", Enum(("l2", "l1")), "l2", "rank units by the norm of their weights")),
       "Remove whole attention heads, FFN rows, units or channels: the model gets smaller and faster."),
     # quantization
-    C("dynamic", "quantize_method", (F("dtype", Enum(("int8", "uint8")), "int8"), F("per_channel", Bool(), True)),
+    C("dynamic", "quantize_method", (F("dtype", Enum(("int8", "uint8")), "int8"), F("per_channel", Bool(), True),
+                                     F("fuse", Bool(), True, "ONNX transformers: fuse attention, LayerNorm, GELU and "
+                                       "bias ops (onnxruntime's transformer optimizer) before quantizing; "
+                                       "other graphs and PyTorch models are not fused")),
       "Dynamic int8 quantization of weights."),
     C("static", "quantize_method", (F("calibrate", SPLIT, REQUIRED, "split used for calibration"),
                                     F("samples", Int(min=1, max=1_000_000), 256)), "Static int8 quantization with calibration."),
