@@ -236,3 +236,47 @@ def test_lint_structured_on_an_arch_without_structure_is_ftp245(tmp_path, capsys
     out = capsys.readouterr()
     text = out.out + out.err
     assert text.count("FTP245") == 1 and "`prune a`" in text and "no heads" in text and "what = [units]" in text
+
+
+def test_hf_export_of_shrunk_ffn_reloads_and_of_removed_heads_is_refused(tmp_path):
+    """`format = hf`: FFN rows removed evenly are a config change (`intermediate_size`), so the folder
+    reloads with transformers; removed heads are not expressible in a config (FTP530, not a folder
+    that would rebuild every head)."""
+    transformers = pytest.importorskip("transformers")
+    from ftdsl.errors import StageError
+    from ftdsl.stages import export
+    from ftdsl.stages import model as model_stage
+    from ftdsl.stages.tokenizer import train_wordpiece
+
+    folder = tmp_path / "bert"
+    texts = [f"the {a} was {b}" for a in ("film", "book", "song") for b in ("good", "bad", "fine")]
+    train_wordpiece(texts, 60, folder, max_length=16)
+    vocab = json.loads((folder / "tokenizer.json").read_text())["model"]["vocab"]
+    cfg = transformers.BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1,
+                                  num_attention_heads=2, intermediate_size=32, max_position_embeddings=16)
+    transformers.BertForSequenceClassification(cfg).save_pretrained(folder)
+    ctx = StageContext(name="m", kind="model", pipeline_dir=tmp_path, out_dir=tmp_path / "o-m",
+                       work_dir=tmp_path / "w")
+    base = model_stage.run({}, {"pretrained": "bert", "task": {"$call": "classify", "labels": 2}}, ctx)
+    src = base.with_module(base.build())
+    for parts, ok in ((("ffn",), True), (("heads", "ffn"), False)):
+        module = src.build()
+        _noisy(module)
+        art = src.with_module(module, shrunk=ps.shrink(module, ps.plan(module, 0.5, parts)))
+        name = "-".join(parts)
+        ectx = StageContext(name=name, kind="export", pipeline_dir=tmp_path, out_dir=tmp_path / f"o-{name}",
+                            work_dir=tmp_path / "w", reporter=Reporter())
+        attrs = {"from": {"$ref": "p"}, "format": {"$call": "hf"}, "verify": True}
+        if not ok:
+            with pytest.raises(StageError) as e:
+                export.run({"from": art}, attrs, ectx)
+            assert e.value.code == "FTP530" and "heads" in e.value.message and "safetensors" in e.value.hint
+            continue
+        out = export.run({"from": art}, attrs, ectx)
+        back = transformers.AutoModelForSequenceClassification.from_pretrained(str(out.path)).eval()
+        assert back.config.intermediate_size == 16
+        ids = torch.tensor([[2, 5, 6, 7, 3]])
+        with torch.no_grad():
+            want = art.build()(ids, torch.ones_like(ids))
+            got = back(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5)

@@ -241,6 +241,11 @@ def _load_program(fmt: str, data: bytes):
 
 
 def _run_file(fmt, src, module, meta, settings, inputs, label, ctx) -> ExportedFile:
+    if fmt == "hf" and (src.spec.get("shrunk") or {}).get("heads"):
+        # a Hugging Face config has one head count for every layer (transformers 5 has no `pruned_heads`)
+        raise StageError("FTP530", f"cannot export `{label}` as hf: structured pruning removed attention heads, "
+                         "which a Hugging Face config cannot describe (from_pretrained would rebuild every head)",
+                         hint="export `format = safetensors()` or `onnx()`, or prune with `what = [ffn]`")
     out = Path(ctx.out_dir)
     names = list(module.input_names)
     example = example_inputs(src, module, ctx.seed)
