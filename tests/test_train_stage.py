@@ -14,6 +14,7 @@ import torch
 from ftdsl.errors import StageError
 from ftdsl.stages import model as model_stage
 from ftdsl.stages import train as train_stage
+from ftdsl.stages import train_prepare
 from ftdsl.stages.base import Reporter, StageContext
 from ftdsl.stages.dataset import Dataset, Split
 
@@ -190,7 +191,7 @@ def test_nan_from_hook_names_the_step_and_keeps_checkpoint(tmp_path, monkeypatch
         m.register_forward_hook(hook)
         return m
 
-    monkeypatch.setattr(train_stage, "materialize", build)
+    monkeypatch.setattr(train_prepare, "materialize", build)
     with pytest.raises(StageError) as e:
         _run(tmp_path, _model(tmp_path), ds, epochs=10, batch=16, checkpoint_every=2)
     assert e.value.code == "FTP501"
@@ -212,7 +213,7 @@ def test_oom_is_ftp509_with_advice(tmp_path, monkeypatch):
         m.register_forward_pre_hook(hook)
         return m
 
-    monkeypatch.setattr(train_stage, "materialize", build)
+    monkeypatch.setattr(train_prepare, "materialize", build)
     with pytest.raises(StageError) as e:
         _run(tmp_path, _model(tmp_path), ds, batch=32, accumulate=1)
     assert e.value.code == "FTP509" and "step 1" in e.value.message

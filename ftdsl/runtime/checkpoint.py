@@ -15,15 +15,15 @@ so a process killed mid-write leaves the previous checkpoint loadable; stale tem
 removed by the next :func:`load_latest`. Only the newest ``keep`` checkpoints (by step number,
 never mtime) are kept. Nothing here ever unpickles: a pickle file found in the checkpoint folder
 is refused (FTP302) without being opened.
+
+This module manages the folders (write, rotate, find, load, verify); ``checkpoint_codec`` turns
+live state into tensors + JSON and back, ``checkpoint_schema`` checks ``state.json``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import functools
 import json
 import os
-import random
 import re
 import shutil
 import uuid
@@ -31,29 +31,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from ftdsl.errors import StageError
-
-try:  # written by another module owner; fall back to a local helper if absent
-    from ftdsl.runtime.atomic import as_resource_error, fsync_dir
-except ImportError:  # pragma: no cover
-    as_resource_error = None  # type: ignore[assignment]
-
-    def fsync_dir(path) -> None:  # type: ignore[misc]
-        try:
-            fd = os.open(os.fspath(path), os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-
+from ftdsl.runtime.atomic import as_resource_error, fsync_dir
+from ftdsl.runtime.checkpoint_codec import (
+    capture_rng,
+    config_diff,
+    config_hash_of,
+    fsync_file,
+    jsonable,
+    join_optimizer,
+    library_versions,
+    model_state,
+    plain_tensors,
+    restore_rng,
+    sha256_file,
+    split_optimizer,
+)
+from ftdsl.runtime.checkpoint_schema import FORMAT_VERSION, validate_state
 
 __all__ = [
     "Checkpoint",
@@ -68,99 +65,8 @@ __all__ = [
     "PICKLE_SUFFIXES",
 ]
 
-FORMAT_VERSION = 1
 PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".joblib"})
 _STEP_DIR = re.compile(r"^step-(\d+)$")
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def config_hash_of(config: Any) -> str:
-    """sha256 of the canonical JSON of ``config`` (sorted keys, floats by repr)."""
-    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _plain_tensors(state: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Detached, contiguous CPU copies (copies break shared storage, which safetensors refuses)."""
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items() if isinstance(v, torch.Tensor)}
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, torch.Tensor):
-        return x.item() if x.numel() == 1 else x.tolist()
-    if isinstance(x, np.generic):
-        return x.item()
-    return x
-
-
-@functools.lru_cache(maxsize=1)
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"torch": torch.__version__, "numpy": np.__version__}
-    for name in ("safetensors", "transformers", "peft", "ftdsl"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
-# --------------------------------------------------------------------------- RNG
-
-
-def capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The global RNG states (Python, numpy, torch CPU, each CUDA device): tensors and JSON."""
-    tensors = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"cuda.{i}"] = s
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    tensors["numpy_keys"] = torch.from_numpy(keys.astype(np.int64))
-    meta = {
-        "numpy": {"kind": kind, "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "python": _jsonable(random.getstate()),
-    }
-    return tensors, meta
-
-
-def restore_rng(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    torch.set_rng_state(tensors["torch"])
-    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("cuda.")), key=lambda k: int(k[5:]))]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
-    np_meta = meta["numpy"]
-    np.random.set_state((
-        np_meta["kind"],
-        tensors["numpy_keys"].numpy().astype(np.uint32),
-        np_meta["pos"],
-        np_meta["has_gauss"],
-        np_meta["cached_gaussian"],
-    ))
-    version, internal, gauss = meta["python"]
-    random.setstate((version, tuple(internal), gauss))
 
 
 # --------------------------------------------------------------------------- the checkpoint
@@ -202,43 +108,6 @@ class Checkpoint:
             scaler.load_state_dict(self.scaler_state)
         if rng:
             restore_rng(self.rng_tensors, self.rng_meta)
-
-
-def _split_optimizer(optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Tensors as ``state.{idx}.{name}``, the rest JSON. ``optimizer`` may also be a state dict
-    (FSDP's full one: ``state`` keyed by index, ``param_groups`` naming parameters)."""
-    sd = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for idx, st in sd["state"].items():
-        for name, v in st.items():
-            if isinstance(v, torch.Tensor):
-                tensors[f"state.{idx}.{name}"] = v.detach().to("cpu").contiguous().clone()
-            else:
-                scalars.setdefault(str(idx), {})[name] = _jsonable(v)
-    return tensors, {"param_groups": _jsonable(sd["param_groups"]), "scalars": scalars}
-
-
-def _join_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict:
-    state: dict[int, dict[str, Any]] = {}
-    for key, v in tensors.items():
-        _, idx, name = key.split(".", 2)
-        state.setdefault(int(idx), {})[name] = v
-    for idx, d in meta.get("scalars", {}).items():
-        state.setdefault(int(idx), {}).update(d)
-    groups = []
-    for g in meta["param_groups"]:
-        g = dict(g)
-        if isinstance(g.get("betas"), list):
-            g["betas"] = tuple(g["betas"])
-        groups.append(g)
-    return {"state": state, "param_groups": groups}
-
-
-def _model_state(model) -> dict[str, torch.Tensor]:
-    if isinstance(model, dict):
-        return _plain_tensors(model)
-    return _plain_tensors(model.state_dict())
 
 
 def list_checkpoints(dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
@@ -317,37 +186,37 @@ def save_checkpoint(
         def put(name: str, tensors: dict[str, torch.Tensor]) -> None:
             p = tmp / name
             save_file(tensors, str(p))
-            _fsync_file(p)
-            files[name] = {"size": p.stat().st_size, "sha256": _sha256(p)}
+            fsync_file(p)
+            files[name] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
 
-        put("model.safetensors", _model_state(model))
+        put("model.safetensors", model_state(model))
         optim_meta = None
         if optimizer is not None:
-            optim_tensors, optim_meta = _split_optimizer(optimizer)
+            optim_tensors, optim_meta = split_optimizer(optimizer)
             put("optim.safetensors", optim_tensors)
         rng_tensors, rng_meta = capture_rng()
         if epoch_gen_state is not None:
             rng_tensors["epoch_gen"] = epoch_gen_state.detach().to("cpu").clone()
         put("rng.safetensors", {k: v.contiguous() for k, v in rng_tensors.items()})
         if best_state is not None:
-            put("best.safetensors", _plain_tensors(best_state))
+            put("best.safetensors", plain_tensors(best_state))
         if extra_tensors:
-            put("extra.safetensors", _plain_tensors(extra_tensors))
+            put("extra.safetensors", plain_tensors(extra_tensors))
         state = {
             "format_version": FORMAT_VERSION,
             "step": int(step),
             "epoch": int(epoch),
             "batch_in_epoch": int(batch_in_epoch),
             "optimizer": optim_meta,
-            "scheduler": _jsonable(scheduler.state_dict()) if scheduler is not None else None,
-            "scaler": _jsonable(scaler.state_dict()) if scaler is not None else None,
+            "scheduler": jsonable(scheduler.state_dict()) if scheduler is not None else None,
+            "scaler": jsonable(scaler.state_dict()) if scaler is not None else None,
             "rng": rng_meta,
-            "best": _jsonable(best),
-            "history": _jsonable(history or []),
+            "best": jsonable(best),
+            "history": jsonable(history or []),
             "config_hash": config_hash,
-            "config": _jsonable(config),
-            "versions": _versions(),
-            "extra": _jsonable(extra or {}),
+            "config": jsonable(config),
+            "versions": library_versions(),
+            "extra": jsonable(extra or {}),
             "files": files,
         }
         p = tmp / "state.json"
@@ -366,7 +235,7 @@ def save_checkpoint(
         fsync_dir(root)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        mapped = as_resource_error(exc, tmp) if (as_resource_error and isinstance(exc, Exception)) else None
+        mapped = as_resource_error(exc, tmp) if isinstance(exc, Exception) else None
         if mapped is not None and mapped is not exc:
             raise mapped from exc
         raise
@@ -386,74 +255,21 @@ def _refuse_pickles(root: Path) -> None:
             )
 
 
-def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for k in sorted(set(old) | set(new), key=str):
-            name = f"{prefix}.{k}" if prefix else str(k)
-            if k not in old:
-                out.append(f"{name} added")
-            elif k not in new:
-                out.append(f"{name} removed")
-            else:
-                out += _diff(old[k], new[k], name)
-        return out
-    if old != new:
-        return [f"{prefix or 'config'}: {json.dumps(old, default=str)} -> {json.dumps(new, default=str)}"]
-    return []
-
-
-def _state_model():
-    """The shape of `state.json`, checked with pydantic before anything in it is trusted: a
-    tampered or half-written file is rejected (and an earlier checkpoint used) instead of failing
-    deep inside a restore — and a file name like `../../x` never becomes a path."""
-    from typing import Literal
-
-    from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-    class FileRecord(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        size: int = Field(ge=0)
-        sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-
-    class State(BaseModel):
-        model_config = ConfigDict(extra="allow")
-        format_version: Literal[FORMAT_VERSION]  # type: ignore[valid-type]
-        step: int = Field(ge=0)
-        epoch: int = Field(ge=0)
-        batch_in_epoch: int = Field(ge=0)
-        files: dict[str, FileRecord]
-        rng: dict
-        config_hash: str = ""
-
-        @field_validator("files")
-        @classmethod
-        def _plain_names(cls, files):
-            for name in files:
-                if "/" in name or "\\" in name or name in ("", ".", "..") or not name.endswith(".safetensors"):
-                    raise ValueError(f"unexpected file name {name!r} in a checkpoint")
-            if "model.safetensors" not in files or "rng.safetensors" not in files:
-                raise ValueError("model.safetensors or rng.safetensors is missing from the checkpoint")
-            return files
-
-    return State
-
-
 def _load_one(path: Path) -> Checkpoint:
     with open(path / "state.json", encoding="utf-8") as f:
         state = json.load(f)
-    _state_model().model_validate(state)  # pydantic.ValidationError is a ValueError
+    validate_state(state)  # pydantic.ValidationError is a ValueError
     tensors: dict[str, dict[str, torch.Tensor]] = {}
     for name, info in state["files"].items():
         p = path / name
-        if p.stat().st_size != info["size"] or _sha256(p) != info["sha256"]:
+        if p.stat().st_size != info["size"] or sha256_file(p) != info["sha256"]:
             raise ValueError(f"{name} does not match its recorded checksum")
         tensors[name] = load_file(str(p))
     rng = tensors["rng.safetensors"]
     epoch_gen = rng.pop("epoch_gen", None)
     optim = None
     if state.get("optimizer") is not None:
-        optim = _join_optimizer(tensors.get("optim.safetensors", {}), state["optimizer"])
+        optim = join_optimizer(tensors.get("optim.safetensors", {}), state["optimizer"])
     return Checkpoint(
         path=path,
         step=state["step"],
@@ -519,7 +335,7 @@ def load_latest(
             continue
         saved_hash = head.get("config_hash", "")
         if config_hash is not None and saved_hash != config_hash:
-            changes = _diff(head.get("config"), config) if config is not None else []
+            changes = config_diff(head.get("config"), config) if config is not None else []
             what = "; ".join(changes[:5]) if changes else f"hash {saved_hash[:12]} != {config_hash[:12]}"
             if not force_resume:
                 raise StageError(

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,7 +63,6 @@ class LaunchOptions:
 class World:
     rank: int
     world_size: int
-    local_rank: int
 
 
 def is_distributed(kind: str, config: dict) -> bool:
@@ -79,10 +77,9 @@ def external_world() -> World | None:
     try:
         world = int(os.environ["WORLD_SIZE"])
         rank = int(os.environ["RANK"])
-        local = int(os.environ.get("LOCAL_RANK", rank))
     except (KeyError, ValueError):
         return None
-    return World(rank, world, local) if world > 1 else None
+    return World(rank, world) if world > 1 else None
 
 
 def world_size_of(opts: LaunchOptions | None) -> int | None:
@@ -330,12 +327,6 @@ def _run_job(job: dict, rank: int) -> None:
 
     dist.barrier()  # the others wait until rank 0 has written everything
     del artifact, inputs
-
-
-def new_job_dir(root: Path) -> Path:
-    return root / f"torchrun-{uuid.uuid4().hex[:12]}"
-
-
 
 
 # --------------------------------------------------------------------------------------------

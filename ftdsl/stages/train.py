@@ -14,8 +14,9 @@ under ``ctx.work_dir/checkpoints``. A rerun restores them and skips the batches 
 so a killed-and-resumed CPU run ends with weights bitwise equal to an uninterrupted one (same
 seed, same thread count).
 
-The pieces: ``train_factories`` (optimizers, schedules, losses), ``train_env`` (seeds, threads,
-signals, AMP), ``train_setup`` (freezing, LoRA), ``train_state`` (the loop state),
+The pieces: ``train_prepare`` (the trainer's data and model setup), ``train_factories``
+(optimizers, schedules, losses), ``train_env`` (seeds, threads, signals, AMP), ``train_setup``
+(freezing, LoRA), ``train_state`` (the loop state), ``train_checkpoint``, ``train_results``,
 ``train_early_stop``, ``train_parallel`` (DDP/FSDP inside a rank).
 """
 
@@ -30,20 +31,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch import nn
 
 from ftdsl.errors import StageError
 from ftdsl.runtime import checkpoint as ckpt
 from ftdsl.runtime.device import resolve_device, resolve_precision
-from ftdsl.stages.modules import TextModule, materialize
 from ftdsl.stages.torch_model import TorchModel
 from ftdsl.stages.outputs import MetricsWriter
-from ftdsl.stages import train_checkpoint, train_results
+from ftdsl.stages import train_checkpoint, train_prepare, train_results
 from ftdsl.stages.train_early_stop import early_stop
 from ftdsl.stages.train_env import Signals, StageInterrupted, amp_dtype, autocast, determinism
-from ftdsl.stages.train_factories import LOSSES, OPTIMIZERS, SCHEDULES, build_optim, call_of
+from ftdsl.stages.train_factories import LOSSES, OPTIMIZERS, SCHEDULES, build_optim
 from ftdsl.stages.train_parallel import Parallel
-from ftdsl.stages.train_setup import apply_lora, freeze as freeze_params, to_regression
 
 __all__ = ["run", "fit", "StageInterrupted", "OPTIMIZERS", "SCHEDULES", "LOSSES", "KILL_ENV", "PAUSE_ENV"]
 
@@ -98,10 +96,10 @@ class _Trainer:
         self.log = ctx.reporter.log
         self.device = resolve_device(ctx.device or "cpu")
         self.ckpt_dir = Path(ctx.work_dir) / "checkpoints"
-        self._setup_data()
+        train_prepare.setup_data(self)
         self.parallel = Parallel(attrs.get("distributed") or "none", self.batch)
-        self._check_world()
-        self._setup_model()
+        train_prepare.check_world(self)
+        train_prepare.setup_model(self)
         if self.parallel.rank > 0:
             # every rank built the same weights from the seed; dropout must not draw the same masks
             # on every rank's rows, so ranks other than 0 continue from their own seed
@@ -121,140 +119,6 @@ class _Trainer:
             train_labels=self.splits["train"].labels if self.task == "classify" else None)
         self.clip = attrs.get("clip")
         self.balanced = self.data.sampler == "balanced" and self.task == "classify"
-
-    def _check_world(self) -> None:
-        p = self.parallel
-        if not p.active:
-            return
-        if self.batch % p.world:
-            lo = self.batch - self.batch % p.world
-            raise StageError(
-                "FTP541", f"batch = {self.batch} is the global batch and does not divide among {p.world} processes",
-                hint=f"use batch = {lo or p.world} or {lo + p.world}, or --nproc that divides {self.batch}")
-        if p.mode == "fsdp" and self.attrs.get("lora"):
-            raise StageError("FTP530", "lora with distributed = fsdp is not supported by this engine",
-                             hint="use distributed = ddp (LoRA's trainable parameters are small enough to copy)")
-        self.log(f"{p.mode}: {p.world} processes, {p.per_rank} rows per process of each global batch of "
-                 f"{self.batch}")
-
-    # -- data and model ----------------------------------------------------------------------
-
-    def _setup_data(self) -> None:
-        from ftdsl.stages.dataset import check_labels
-
-        data, spec = self.data, self.art.spec
-        if "train" not in data.splits or len(data.splits["train"]) == 0:
-            raise StageError("FTP510", f"data from `{data.source}` has no (or an empty) `train` split")
-        self.task = spec["task"]["$call"]
-        self.num_outputs = int(spec["task"]["labels"] if self.task == "classify" else spec["task"]["outputs"])
-        check_labels(data, self.num_outputs, self.task)
-        self.splits = dict(data.splits)
-        if self.task == "regress":
-            self.splits = {k: to_regression(data, v) for k, v in self.splits.items()}
-        want = spec.get("modality")
-        if spec.get("source") == "pretrained" and data.modality != "text":
-            raise StageError("FTP510", f"pretrained model {spec.get('pretrained')!r} takes text, but "
-                             f"`{data.source}` has numeric features", hint="use arch = mlp(...) or cnn(...)")
-        if want and want != data.modality:
-            arch = spec.get("arch", {}).get("$call")
-            raise StageError("FTP510", f"arch = {arch}(...) takes {want}, but `{data.source}` has {data.modality}",
-                             hint="use mlp/cnn for numeric features, rnn/transformer or a pretrained model for text")
-        self.batch = int(self.attrs.get("batch") or 32)  # the global batch, all ranks together
-        self.accumulate = max(1, int(self.attrs.get("accumulate") or 1))
-        n = len(self.splits["train"])
-        self.batches_per_epoch = math.ceil(n / self.batch)
-        self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.accumulate)
-        epochs, max_steps = self.attrs.get("epochs"), self.attrs.get("max_steps")
-        if epochs is None and max_steps is None:
-            epochs = 1
-        totals = [int(max_steps)] if max_steps is not None else []
-        if epochs is not None:
-            totals.append(int(epochs) * self.steps_per_epoch)
-        self.total_steps = max(1, min(totals))
-
-    # -- model -----------------------------------------------------------------------------
-
-    def _setup_model(self) -> None:
-        art, data, ctx = self.art, self.data, self.ctx
-        spec = dict(art.spec)
-        self.tokenizer = None
-        self.tokenizer_dir = art.tokenizer_dir
-        if spec["source"] == "pretrained":
-            self.tokenizer = art.load_tokenizer()
-            if self.tokenizer is None:
-                raise StageError("FTP520", f"pretrained model {spec.get('pretrained')!r} has no tokenizer files")
-            module = art.build()
-        elif art.trained:
-            shape = spec.get("input_shape")
-            if data.modality == "features" and shape is not None and tuple(shape) != tuple(data.input_shape or ()):
-                raise StageError("FTP510", f"model `{spec.get('trained_by', 'model')}` was trained on inputs of shape "
-                                 f"{tuple(shape)}, but `{data.source}` has {tuple(data.input_shape or ())}")
-            module = art.build()
-            if data.modality == "text":
-                self.tokenizer = art.load_tokenizer()
-        else:  # from scratch: complete the spec from the data, then materialize with the seed
-            spec["modality"] = data.modality
-            spec["num_outputs"] = self.num_outputs
-            if data.modality == "text":
-                if data.tokenizer_dir is None:
-                    raise StageError(
-                        "FTP510", f"arch = {spec['arch']['$call']}(...) needs a vocabulary, but data "
-                        f"`{data.source}` has no tokenizer", hint="add `tokenizer = wordpiece(vocab = 8000)` to the data block")
-                from tokenizers import Tokenizer
-
-                from ftdsl.stages.batching import pad_token_id
-
-                # the raw tokenizers.Tokenizer: same ids as the transformers wrapper, without
-                # importing transformers (seconds) for a from-scratch model
-                self.tokenizer_dir = Path(data.tokenizer_dir)
-                self.tokenizer = Tokenizer.from_file(str(self.tokenizer_dir / "tokenizer.json"))
-                spec["vocab_size"] = self.tokenizer.get_vocab_size(with_added_tokens=True)
-                spec["pad_id"] = pad_token_id(self.tokenizer)
-            else:
-                spec["input_shape"] = list(data.input_shape)
-                spec["norm"] = data.norm_mean is not None
-            module = materialize(spec, seed=int(ctx.seed), norm_mean=data.norm_mean, norm_std=data.norm_std)
-        spec["label_names"] = data.label_names
-        self.spec = spec
-        self.max_length = self._max_length(module)
-        if self.max_length is not None:
-            spec["max_length"] = self.max_length
-        module.to(self.device)
-        module.train()
-        self.module = module
-        freeze = list(self.attrs.get("freeze") or [])
-        if freeze:
-            n = freeze_params(module, freeze)
-            self.log(f"froze {n:,} parameters matching {freeze}")
-        self.lora = self.attrs.get("lora")
-        if self.lora:
-            self.lora = call_of(self.lora, "lora")
-            apply_lora(module, self.lora, self.total_steps)
-            module.to(self.device)
-        trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in module.parameters())
-        if trainable == 0:
-            raise StageError("FTP510", "nothing to train: every parameter is frozen", hint="check `freeze`")
-        self.log(f"{trainable:,} of {total:,} parameters trainable")
-
-    def _max_length(self, module: nn.Module) -> int | None:
-        if self.data.modality != "text":
-            return None
-        ml = self.attrs.get("max_length") or self.data.max_length
-        limits = []
-        if isinstance(module, TextModule) and module.hf:
-            mpe = getattr(module.net.config, "max_position_embeddings", None)
-            if isinstance(mpe, int):
-                limits.append(mpe)
-        elif self.spec.get("arch", {}).get("$call") == "transformer":
-            limits.append(int(self.spec["arch"].get("max_len", 128)))
-        tml = getattr(self.tokenizer, "model_max_length", None)
-        if isinstance(tml, int) and tml < 1_000_000:
-            limits.append(tml)
-        if ml is None:
-            return min(limits) if limits else None
-        return min([int(ml), *limits])
-
 
     # -- batches ---------------------------------------------------------------------------
 

@@ -21,10 +21,6 @@ from ftdsl.ir.schema.modality import TASK_LOSS
 __all__ = ["OPTIMIZERS", "SCHEDULES", "LOSSES", "call_of", "build_optim"]
 
 
-def _args(call: dict) -> dict:
-    return {k: v for k, v in call.items() if k != "$call"}
-
-
 def _fused_ok(groups) -> bool:
     """Fused Adam(W) needs floating-point parameters on one CPU/CUDA device."""
     params = [p for g in groups for p in g["params"]]
