@@ -11,11 +11,11 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import ftdsl
 from ftdsl.frontend import Compiled
+from ftdsl.runtime.versions import version as dist_version
 from ftdsl.ir.lower import flatten, stage_config
 from ftdsl.stages import ENGINE_VERSION
 
@@ -69,11 +69,8 @@ class Plan:
 @functools.lru_cache(maxsize=None)
 def lib_versions() -> dict[str, str]:
     out = {"ftdsl": ftdsl.__version__}
-    for lib in LIBS:
-        try:
-            out[lib] = metadata.version(lib)
-        except metadata.PackageNotFoundError:
-            out[lib] = "absent"
+    for lib in LIBS:  # read from dist-info, without importlib.metadata (runtime/versions.py)
+        out[lib] = dist_version(lib) or "absent"
     return out
 
 
@@ -166,10 +163,9 @@ def pretrained_fingerprint(ident: str, root: Path, cache, verify: bool) -> str:
 
     if ident in OFFLINE_MODELS:
         dist = OFFLINE_MODELS[ident][0]
-        try:
-            return f"package:{dist}=={metadata.version(dist)}"
-        except metadata.PackageNotFoundError:
-            pass
+        found = dist_version(dist)
+        if found is not None:
+            return f"package:{dist}=={found}"
     hub = Path(os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME", str(Path.home() / ".cache/huggingface")))
     ref = (hub if hub.name == "hub" else hub / "hub") / f"models--{ident.replace('/', '--')}" / "refs" / "main"
     try:
