@@ -180,7 +180,7 @@ def main(argv=None) -> int:
     a.out.write_text(json.dumps(result, indent=1) + "\n")
     d = result
     print(json.dumps(d, indent=1))
-    print(f"\n| model | params | safetensors | ONNX file | eager ms (b32, l64) | ONNX ms | accuracy |\n|---|---|---|---|---|---|---|")
+    print("\n| model | params | safetensors | ONNX file | eager ms (b32, l64) | ONNX ms | accuracy |\n|---|---|---|---|---|---|---|")
     for k in ("unpruned", "pruned"):
         print(f"| {k} | {d['params'][k] / 1e6:.2f} M | {size[k] / 1e6:.1f} MB | {onnx_size[k] / 1e6:.1f} MB | "
               f"{eager[k]:.0f} | {ort[k]:.0f} | {100 * (d['accuracy'][k] or 0):.2f} |")

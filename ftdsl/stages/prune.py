@@ -86,24 +86,6 @@ def prune_targets(module: FtdslModule) -> list[tuple[str, nn.Module, str]]:
     return out
 
 
-def _output_dim(m: nn.Module, pname: str) -> int | None:
-    """The weight dimension indexing output units (whose bias goes with them), or None."""
-    if isinstance(m, nn.modules.conv._ConvTransposeNd):
-        return None  # weight is [in, out/groups, ...]; groups make the bias mapping ambiguous
-    if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)) and pname == "weight":
-        return 0
-    if _is_hf_conv1d(m) and pname == "weight":
-        return 1
-    if isinstance(m, nn.MultiheadAttention) and pname == "in_proj_weight":
-        return 0
-    return None
-
-
-def _bias_of(m: nn.Module, pname: str) -> nn.Parameter | None:
-    b = getattr(m, "in_proj_bias" if pname == "in_proj_weight" else "bias", None)
-    return b if isinstance(b, nn.Parameter) else None
-
-
 # --------------------------------------------------------------------------------------------
 # Pruning
 
@@ -120,9 +102,12 @@ def _method(call: Any) -> dict:
 
 
 def apply_pruning(module: FtdslModule, method: dict) -> dict[str, torch.Tensor]:
-    """Prune ``module`` in place and make it permanent; returns ``{param name: mask}`` (1 = kept)
-    for every pruned tensor, including biases zeroed with their unit by ``structured(dim = 0)``."""
+    """Prune ``module`` in place (``magnitude`` / ``global_magnitude``) and make it permanent;
+    returns ``{param name: mask}`` (1 = kept) for every pruned tensor. ``structured`` removes units
+    instead (``prune_structured.run_structured``)."""
     method = _method(method)
+    if method["$call"] == "structured":
+        raise ValueError("structured pruning removes units: ftdsl.stages.prune_structured.run_structured")
     targets = prune_targets(module)
     if not targets:
         raise StageError("FTP510", "nothing to prune: the model has no Linear or convolution layers outside its head")
@@ -133,31 +118,12 @@ def apply_pruning(module: FtdslModule, method: dict) -> dict[str, torch.Tensor]:
     elif kind == "global_magnitude":
         tprune.global_unstructured([(m, p) for _, m, p in targets], pruning_method=tprune.L1Unstructured,
                                    amount=amount)
-    else:
-        dim = int(method.get("dim", 0))
-        norm = float(method.get("norm", 2))
-        n = int(norm) if norm.is_integer() else norm
-        for qual, m, p in targets:
-            nd = getattr(m, p).dim()
-            if dim >= nd:
-                raise StageError("FTP510", f"structured(dim = {dim}): `{qual}` has only {nd} dimensions",
-                                 hint="dim = 0 removes output units (rows / output channels), dim = 1 inputs")
-            tprune.ln_structured(m, p, amount=amount, n=n, dim=dim)
     masks: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for qual, m, p in targets:
             mask = getattr(m, p + "_mask").detach().clone()
             tprune.remove(m, p)
             masks[qual] = mask
-            if kind == "structured" and _output_dim(m, p) == int(method.get("dim", 0)):
-                bias = _bias_of(m, p)
-                if bias is not None:
-                    dims = [d for d in range(mask.dim()) if d != int(method.get("dim", 0))]
-                    keep = (mask.amax(dim=dims) > 0).to(bias.dtype) if dims else mask.to(bias.dtype)
-                    if keep.shape == bias.shape:
-                        bias.mul_(keep)
-                        bias_name = "in_proj_bias" if p == "in_proj_weight" else "bias"
-                        masks[qual.rsplit(".", 1)[0] + "." + bias_name] = keep
     leftover = [k for k in module.state_dict() if k.endswith(("_orig", "_mask"))]
     if leftover:  # pragma: no cover - prune.remove guarantees this
         raise RuntimeError(f"pruning left reparametrized tensors: {leftover[:3]}")

@@ -157,16 +157,20 @@ def _chain_groups(net: nn.Module) -> list[Group]:
                 continue
         fold = None
         if not conv and not norms and isinstance(cm, nn.Linear):
-            acts = [x for x in between if not isinstance(x, _POOLS)]
-
-            def fold(b, acts=acts):  # noqa: E306 - what a unit with zero weights outputs
-                for a in acts:
-                    b = a(b)
-                return b
+            fold = _through([x for x in between if not isinstance(x, _POOLS + (nn.Dropout,))])
 
         groups.append(Group("channels" if conv else "units", name, units, [(name, 1)], [(cname, per)],
                             norms=norms, fold=fold, fold_from=name if fold else None))
     return groups
+
+
+def _through(mods: list[nn.Module]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What a unit with zero weights outputs: its bias through the elementwise layers after it."""
+    def fold(b: torch.Tensor) -> torch.Tensor:
+        for m in mods:
+            b = m(b)
+        return b
+    return fold
 
 
 FAMILIES: list[Family] = [
