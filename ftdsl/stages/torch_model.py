@@ -12,6 +12,11 @@ Saved form (never pickle)::
     dir/tokenizer/             tokenizer files (text models)
     dir/hf_config/config.json  a trained pretrained model's architecture
 
+A model shrunk by ``structured(...)`` pruning keeps the spec of the model it came from plus
+``spec["shrunk"]`` (tensor name -> shape, attention head counts per layer): ``_skeleton`` builds
+the original architecture and gives it those shapes (``prune_shrink.apply_record``) before the
+weights are read, so loading, validation, export and quantization see the smaller model.
+
 ``load`` validates the weights up front (the safetensors header parses, the tensors are those the
 spec builds, with their shapes, and every float is finite): a damaged entry is FTP503/FTP507 at
 load, which the executor answers by quarantining the entry and computing the stage again.
