@@ -23,6 +23,12 @@ must be within [-64, 64] (``quantization.max_abs_weight``), and the agreement wi
 is judged by :mod:`ftdsl.stages.quant_verify`. ``onnx.json``'s ``quantization`` records the
 format (``weight_bits``, ``reduce_range``, ``weights``, ``saturation_free``, ``why``) and the ISA
 of the machine that quantized it (``quantized_on``).
+
+``dynamic(fuse = true)`` (the default) quantizes a transformer's fused graph
+(:mod:`ftdsl.stages.onnx_fusion`: onnxruntime contrib ops, ``QAttention`` with 7-bit weights
+too, so the file needs onnxruntime); ``quantization.fusion`` records the fused operators or why
+the graph was not fused, and a fused graph onnxruntime cannot quantize falls back to the
+unfused one. ``fuse = false`` keeps standard ONNX operators only.
 """
 
 from __future__ import annotations
@@ -313,14 +319,25 @@ def run_onnx(src, method: dict, inputs: dict, attrs: dict, ctx):
                 if fusion is not None:
                     qinfo["fusion"] = fusion
                 if fused is not None:  # the optimizer's basic level replaces quant_pre_process
-                    pre, pre_err = fused, None
-                else:
+                    try:
+                        qinfo.update(_quantize_int8(kind, method, fused, tmp / "quantized.onnx", calib, where, src,
+                                                    external))
+                        qinfo["preprocessed"] = True
+                    except FtdslError:
+                        raise
+                    except Exception as e:  # noqa: BLE001 - quantize the unfused graph instead
+                        raise_if_resource(e, tmp)
+                        qinfo["fusion"] = {**fusion, "applied": False, "why": "onnxruntime could not quantize the "
+                                           f"fused graph: {type(e).__name__}: {first_line(e)}"}
+                        fused = None
+                if fused is None:
                     pre, pre_err = (src.onnx_path, "skipped: external data") if external else \
                         _preprocess(src.onnx_path, tmp / "pre.onnx")
-                qinfo["preprocessed"] = pre_err is None
-                if pre_err:
-                    qinfo["preprocess_error"] = pre_err
-                qinfo.update(_quantize_int8(kind, method, pre, tmp / "quantized.onnx", calib, where, src, external))
+                    qinfo["preprocessed"] = pre_err is None
+                    if pre_err:
+                        qinfo["preprocess_error"] = pre_err
+                    qinfo.update(_quantize_int8(kind, method, pre, tmp / "quantized.onnx", calib, where, src,
+                                                external))
                 qproto = onnx.load(str(tmp / "quantized.onnx"))
                 biggest = max_abs_int8_weight(qproto)
                 qinfo["max_abs_weight"] = biggest
