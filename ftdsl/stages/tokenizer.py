@@ -36,8 +36,16 @@ def train_wordpiece(texts: list[str], vocab: int, out_dir: Path, *, lowercase: b
     tk = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tk.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
     tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=int(vocab), special_tokens=specials, show_progress=False)
+    # The trainer numbers each continuing piece `##c` in the order it meets it while iterating a
+    # Rust hash map (seeded at random per process), and breaks ties between merges of equal count
+    # by those numbers: two runs on the same rows learned different vocabularies. Numbering the
+    # `##c` pieces up front, sorted, as extra special tokens of the trainer fixes every id and so
+    # every tie; they are then taken out of the added (special) tokens, staying in the vocabulary.
+    pieces = _continuing_pieces(tk, texts)
+    trainer = trainers.WordPieceTrainer(vocab_size=int(vocab), special_tokens=specials + pieces,
+                                        show_progress=False)
     tk.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    tk = _without_added(tk, set(pieces))
     cls_id, sep_id = tk.token_to_id("[CLS]"), tk.token_to_id("[SEP]")
     tk.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
@@ -61,6 +69,37 @@ def train_wordpiece(texts: list[str], vocab: int, out_dir: Path, *, lowercase: b
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
     (out_dir / "special_tokens_map.json").write_text(json.dumps(SPECIAL_TOKENS, indent=1), encoding="utf-8")
     return out_dir
+
+
+def _continuing_pieces(tk, texts: list[str]) -> list[str]:
+    """``##c`` for each character that follows another inside a word (as the trainer splits
+    words: normalized, pre-tokenized), sorted by code point.
+
+    The normalizer works character by character and a space ends a word, so only the distinct
+    space-separated pieces of the rows are normalized and pre-tokenized (each row's words one by
+    one cost more than the training itself)."""
+    norm, pre = tk.normalizer, tk.pre_tokenizer
+    raw: set[str] = set()
+    for text in texts:
+        raw.update(text.split(" "))
+    pieces = set(norm.normalize_str("\n".join(raw)).split(" "))
+    chars: set[str] = set()
+    for piece in pieces:
+        if len(piece) > 1:
+            for word, _ in pre.pre_tokenize_str(piece):
+                chars.update(word[1:])
+    return [f"##{c}" for c in sorted(chars)]
+
+
+def _without_added(tk, names: set[str]):
+    """``tk`` without the added tokens ``names`` (their vocabulary ids stay)."""
+    from tokenizers import Tokenizer
+
+    if not names:
+        return tk
+    state = json.loads(tk.to_str())
+    state["added_tokens"] = [t for t in state["added_tokens"] if t["content"] not in names]
+    return Tokenizer.from_str(json.dumps(state))
 
 
 def load_tokenizer(path_or_dir: str | Path):
