@@ -148,9 +148,13 @@ def main(argv=None) -> int:
     # the temporary folder so that the checkout is not touched; the warm-up round writes it
     fenv = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}
     fenv["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+    # a snapshot of this checkout's ftdsl: an edit elsewhere in a shared checkout during the rounds
+    # (a new engine version, a new default) would change keys and make a "cached" run run stages
+    shutil.copytree(ROOT / "ftdsl", work / "src" / "ftdsl", ignore=shutil.ignore_patterns("__pycache__"))
+    fenv["PYTHONPATH"] = str(work / "src")
     try:
         t0 = time.time()
-        build_ftdsl(work / "ftdsl", env)
+        build_ftdsl(work / "ftdsl", fenv)
         build_dvc(work / "dvc", dvc, env)
         print(f"built both projects in {time.time() - t0:.0f}s", flush=True)
         ftdsl = [sys.executable, "-m", "ftdsl"]
@@ -169,6 +173,8 @@ def main(argv=None) -> int:
                                               other)
         for c in cmds.values():  # warm the file cache once
             timed(*c)
+        entries = lambda: sorted(p.name for p in (work / "ftdsl" / "cache" / "entries").glob("*/*"))  # noqa: E731
+        before = entries()
         times: dict[str, dict[str, list[float]]] = {k: {"wall": [], "cpu": []} for k in cmds}
         names = list(cmds)
         for r in range(a.rounds):
@@ -177,6 +183,8 @@ def main(argv=None) -> int:
                 wall, cpu = timed_cpu(*cmds[k])
                 times[k]["wall"].append(wall)
                 times[k]["cpu"].append(cpu)
+        if entries() != before:  # a "cached" run ran a stage: its times are not a cached run's
+            raise SystemExit("the cache changed during the rounds (a stage ran): the ftdsl trees differ in their keys")
         med = {k: {m: statistics.median(v[m]) for m in v} for k, v in times.items()}
         dvc_wall, dvc_cpu = med["dvc status"]["wall"], med["dvc status"]["cpu"]
         result = {"rounds": a.rounds, "load_avg": os.getloadavg(), "python": sys.version.split()[0],
