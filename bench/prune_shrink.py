@@ -88,7 +88,13 @@ def artifact_dirs(p: Path, cache: Path) -> dict[str, Path]:
     with redirect_stdout(buf):
         assert main(["plan", str(p), "--cache", str(cache), "--format", "json"]) == 0
     keys = {s["name"]: s["cache_key"].split(":")[-1] for s in json.loads(buf.getvalue())["stages"]}
-    return {n: cache / "entries" / k[:2] / k / "artifact" for n, k in keys.items()}
+    dirs = {n: cache / "entries" / k[:2] / k / "artifact" for n, k in keys.items()}
+    for spec_path in cache.glob("entries/*/*/artifact/spec.json"):  # keys changed since the run (engine)
+        spec = json.loads(spec_path.read_text())
+        name = spec.get("pruned_by") or (spec.get("trained_by") if "pruning" not in spec else None)
+        if name in ("fit", "small") and not (dirs[name] / "spec.json").is_file():
+            dirs[name] = spec_path.parent
+    return dirs
 
 
 def timed(fns: dict, rounds: int, warmup: int = 3) -> dict[str, float]:
@@ -113,6 +119,7 @@ def main(argv=None) -> int:
     ap.add_argument("--recover-lr", type=float, default=5e-5)
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--work", type=Path, default=Path("/tmp/ftdsl-prune-bench"))
+    ap.add_argument("--no-run", action="store_true", help="time the models of an earlier run (its summary)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "prune_shrink.json")
     a = ap.parse_args(argv)
     a.work.mkdir(parents=True, exist_ok=True)
@@ -122,8 +129,8 @@ def main(argv=None) -> int:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "NO_COLOR": "1"}
     t0 = time.time()
     r = subprocess.run([sys.executable, "-m", "ftdsl", "run", str(p), "--cache", str(a.work / "cache"), "--quiet",
-                        "--summary-json", str(a.work / "summary.json")], env=env, cwd=a.work)
-    if r.returncode:
+                        "--summary-json", str(a.work / "summary.json")], env=env, cwd=a.work) if not a.no_run else None
+    if r is not None and r.returncode:
         sys.exit(f"ftdsl run failed ({r.returncode})")
     wall = time.time() - t0
     summary = {s["name"]: s for s in json.loads((a.work / "summary.json").read_text())["stages"]}

@@ -26,7 +26,7 @@ ENGINE_VERSION: dict[str, int] = {
     "model": 1,
     "train": 1,
     "evaluate": 1,
-    "prune": 1,
+    "prune": 2,  # 2: structured(...) removes units (a smaller model); prune.json states the storage
     "distill": 1,
     "export": 1,
     "quantize": 3,  # 2: int8 ONNX weights in 7 bits (reduce_range), the same on CPUs with and without VNNI; 3: fused transformer graphs
