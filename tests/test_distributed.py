@@ -183,6 +183,7 @@ def test_batch_that_does_not_divide_is_ftp541_before_anything_runs(tmp_path):
     assert r.returncode == 1 and "FTP541" in r.stderr
 
 
+@pytest.mark.slow  # FSDP + export + evaluate, ~17 s idle; keeps the default suite well under 10 min
 def test_fsdp_two_processes_match_one_process_and_feed_export_and_evaluate(tmp_path, runs):
     _, _, one = runs
     root = _project(tmp_path, mode="fsdp", downstream=True)
@@ -200,6 +201,7 @@ def test_fsdp_two_processes_match_one_process_and_feed_export_and_evaluate(tmp_p
     assert {k: tuple(v.shape) for k, v in w.items()} == {k: tuple(v.shape) for k, v in ref.items()}
 
 
+@pytest.mark.slow  # an outside torchrun launch, ~12 s idle
 def test_under_an_outside_torchrun(runs):
     """`torchrun ... -m ftdsl run` (as Slurm or Kubernetes launch it): every rank runs ftdsl,
     the ranks train together at the distributed stage, rank 0 publishes the same weights."""
@@ -270,6 +272,7 @@ train fit {
 """
 
 
+@pytest.mark.slow  # text DDP in 1 and 2 processes, ~17 s idle
 def test_text_length_grouped_balanced_with_accumulation_matches_one_process(tmp_path):
     """Text batches (length-grouped, padded per batch, each rank's share trimmed to its own
     longest row), the balanced sampler, accumulation under `no_sync` and clipping: 2 processes
