@@ -37,8 +37,8 @@ from pathlib import Path
 from ftdsl.errors import FtdslError, ResourceError
 from ftdsl.runtime.atomic import as_resource_error, fsync_dir
 
-__all__ = ["MARKER", "PARTIAL", "resolve_out_root", "why_not_ours", "in_sync", "publish", "withdraw",
-           "preflight", "clean_stale"]
+__all__ = ["MARKER", "PARTIAL", "resolve_out_root", "why_not_ours", "in_sync", "publish", "publish_file",
+           "withdraw", "preflight", "clean_stale"]
 
 MARKER = ".ftdsl-key"
 PARTIAL = ".ftdsl-partial"
@@ -193,6 +193,67 @@ def in_sync(dest: Path, key: str) -> bool:
 
 def _refuse(dest: Path, why: str, what: str) -> ResourceError:
     return ResourceError("FTP516", f"{what}: {dest} {why}; it was left untouched", hint=_OWN_HINT)
+
+
+def _file_record(dest: Path) -> Path:
+    """The ownership record of a single file ftdsl writes at a user's path: ``.NAME.ftdsl`` beside it."""
+    return dest.with_name(f".{dest.name}.ftdsl")
+
+
+def _why_not_our_file(dest: Path) -> str | None:
+    """Why ftdsl may not replace the file ``dest`` (None: nothing there, or the very bytes ftdsl wrote
+    there last, as its record beside it says)."""
+    from ftdsl.runtime.hashing import sha256_file
+
+    try:
+        st = os.lstat(dest)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        return "is a symlink (ftdsl never writes or deletes through one)"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    record = _file_record(dest)
+    try:
+        rst = os.lstat(record)
+        mine = json.loads(record.read_text(encoding="utf-8")) if stat.S_ISREG(rst.st_mode) and rst.st_size < 4096 else None
+    except (OSError, ValueError):
+        mine = None
+    if not isinstance(mine, dict) or mine.get("format") != _FORMAT:
+        return f"is a file that ftdsl did not write (no record `{record.name}` beside it)"
+    if mine.get("size") != st.st_size or mine.get("sha256") != sha256_file(dest):
+        return "was changed since ftdsl wrote it"
+    return None
+
+
+def publish_file(src: Path, dest: Path, what: str) -> None:
+    """Copy file ``src`` to ``dest`` (a user's `path`): only over nothing or over the bytes ftdsl wrote
+    there last (FTP516 otherwise: a user's file, a symlink, a file edited since); atomically (temp
+    beside it, fsync, rename), then the record ``.NAME.ftdsl`` beside it; disk full is FTP505."""
+    from ftdsl.runtime.atomic import write_json_atomic
+    from ftdsl.runtime.hashing import sha256_file
+
+    why = _why_not_our_file(dest)
+    if why is not None:
+        raise _refuse(dest, why, what)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f, open(src, "rb") as r:
+            shutil.copyfileobj(r, f, 1 << 20)
+            f.flush()
+            os.fchmod(f.fileno(), 0o644)
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+        tmp = None
+        fsync_dir(dest.parent)
+        write_json_atomic(_file_record(dest), {"format": _FORMAT, "size": os.path.getsize(dest),
+                                               "sha256": sha256_file(dest)})
+    except BaseException as e:
+        raise _mapped(e, dest) from e
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def preflight(out_root: Path, names) -> None:

@@ -350,35 +350,17 @@ def _write_user_copy(art, path: str, ctx) -> None:
     if src_main.is_dir():
         _replace_dir(src_main, dest)
     else:
-        guarded_io(lambda: _atomic_copy(src_main, dest), dest)
+        from ftdsl.runtime import outdir
+
+        outdir.publish_file(src_main, dest, f"export `{ctx.name}`")
         data = src_main.with_name(src_main.name + ".data")
         if data.is_file():  # pragma: no cover - > 2 GB models only
-            guarded_io(lambda: _atomic_copy(data, dest.with_name(dest.name + ".data")), dest)
+            outdir.publish_file(data, dest.with_name(dest.name + ".data"), f"export `{ctx.name}`")
     tok = art.tokenizer_dir if isinstance(art, OnnxModel) else (
         art.root / TOKENIZER_DIR if (art.root / TOKENIZER_DIR).is_dir() else None)
     if tok is not None and not src_main.is_dir():
         _replace_dir(tok, dest.with_name(dest.stem + ".tokenizer"))
     ctx.reporter.log(f"wrote {dest}")
-
-
-def _atomic_copy(src: Path, dest: Path) -> None:
-    import tempfile
-
-    from ftdsl.runtime.atomic import fsync_dir
-
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f, open(src, "rb") as r:
-            shutil.copyfileobj(r, f, 1 << 20)
-            f.flush()
-            os.fchmod(f.fileno(), 0o644)
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-        tmp = None
-        fsync_dir(dest.parent)
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
 
 
 def _replace_dir(src: Path, dest: Path) -> None:

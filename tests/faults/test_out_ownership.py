@@ -206,6 +206,48 @@ def test_an_export_path_folder_follows_the_same_rules(tmp_path):
     assert sorted(p.name for p in dest2.parent.iterdir()) == ["fresh", "model"]
 
 
+def test_an_export_path_file_replaces_only_the_bytes_ftdsl_wrote_there(tmp_path):
+    """`export … path = "model.onnx"` of a single file os.replace'd whatever was at that path, a user's
+    file or a symlink's target included; now only nothing, or the unchanged bytes ftdsl wrote there
+    last (its record `.model.onnx.ftdsl` beside them), is replaced (called directly, as above)."""
+    import pytest
+
+    from ftdsl.errors import ResourceError
+    from ftdsl.runtime.outdir import publish_file
+
+    src = tmp_path / "entry" / "model.onnx"
+    src.parent.mkdir()
+    src.write_bytes(b"onnx v1")
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    user = exports / "model.onnx"
+    user.write_bytes(b"the user's own model")
+    with pytest.raises(ResourceError) as ei:
+        publish_file(src, user, "export `e`")
+    assert ei.value.code == "FTP516" and str(user) in ei.value.message
+    assert user.read_bytes() == b"the user's own model"
+
+    victim = tmp_path / "victim.bin"
+    victim.write_bytes(b"precious")
+    link = exports / "linked.onnx"
+    link.symlink_to(victim)
+    with pytest.raises(ResourceError):
+        publish_file(src, link, "export `e`")
+    assert victim.read_bytes() == b"precious" and link.is_symlink()
+
+    mine = exports / "fresh.onnx"
+    publish_file(src, mine, "export `e`")
+    assert mine.read_bytes() == b"onnx v1" and (exports / ".fresh.onnx.ftdsl").is_file()
+    src.write_bytes(b"onnx v2")
+    publish_file(src, mine, "export `e`")  # the bytes ftdsl wrote: replaced
+    assert mine.read_bytes() == b"onnx v2"
+    mine.write_bytes(b"edited by hand")
+    with pytest.raises(ResourceError):
+        publish_file(src, mine, "export `e`")
+    assert mine.read_bytes() == b"edited by hand"
+    assert not [p for p in exports.iterdir() if p.name.endswith(".tmp")]
+
+
 def test_a_dotdot_that_stays_inside_is_a_warning_and_runs_as_linted(tmp_path, ftdsl_cli):
     """Lint says what run does: `results/../out` stays inside, so it is a warning and the run writes there;
     `results/../../x` leaves, so it is an error."""
