@@ -47,9 +47,9 @@ from ftdsl.runtime.checkpoint_codec import (
     model_state,
     plain_tensors,
     restore_rng,
-    sha256_file,
     split_optimizer,
 )
+from ftdsl.runtime.hashing import sha256_file
 from ftdsl.runtime.checkpoint_schema import FORMAT_VERSION, validate_state
 
 __all__ = [

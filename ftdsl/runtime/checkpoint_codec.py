@@ -18,7 +18,6 @@ import torch
 
 __all__ = [
     "config_hash_of",
-    "sha256_file",
     "fsync_file",
     "plain_tensors",
     "jsonable",
@@ -36,15 +35,6 @@ def config_hash_of(config: Any) -> str:
     """sha256 of the canonical JSON of ``config`` (sorted keys, floats by repr)."""
     text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    """The hex sha256 of a file's bytes, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fsync_file(path: Path) -> None:
