@@ -156,16 +156,22 @@ def _labels(prog, o: Origin, d: Data):
                        label="outputs", hint=f"use `task = regress(outputs = {info.outputs})`")
 
 
+def sourced_calls(prog, kind: str, attr: str):
+    """``(name, source ref, call)`` for every ``kind`` block whose `from` is a reference and whose
+    ``attr`` is a constructor call: what the per-stage support rules below look at."""
+    for name, b in prog.blocks.items():
+        if b.kind != kind:
+            continue
+        src, call = b.value("from"), b.value(attr)
+        if isinstance(src, RefV) and isinstance(call, CallV):
+            yield name, src, call
+
+
 def quantize_support(ctx):
     """FTP242/FTP207: the quantization method must suit the artifact it quantizes."""
     prog = ctx.program
     memo: dict = {}
-    for name, b in prog.blocks.items():
-        if b.kind != "quantize":
-            continue
-        src, method = b.value("from"), b.value("method")
-        if not isinstance(src, RefV) or not isinstance(method, CallV):
-            continue
+    for name, src, method in sourced_calls(prog, "quantize", "method"):
         art = ctx.types.get(src.target)
         table = M.QUANTIZE_SUPPORT.get(art)
         if table is None:
@@ -201,12 +207,7 @@ def export_support(ctx):
     """FTP243: the export format must suit where the model comes from (`hf` needs a pretrained model)."""
     prog = ctx.program
     memo: dict = {}
-    for name, b in prog.blocks.items():
-        if b.kind != "export":
-            continue
-        src, fmt = b.value("from"), b.value("format")
-        if not isinstance(src, RefV) or not isinstance(fmt, CallV):
-            continue
+    for name, src, fmt in sourced_calls(prog, "export", "format"):
         allowed = M.EXPORT_ORIGINS.get(fmt.name)
         o = origin(prog, src.target, memo)
         if allowed is None or o is None or o.source in allowed:

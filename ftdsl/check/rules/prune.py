@@ -6,9 +6,9 @@ prunable units are the schema's `PRUNE_STRUCTURE` table. A pretrained model is c
 
 from __future__ import annotations
 
-from ftdsl.check.rules.compat import origin
+from ftdsl.check.rules.compat import origin, sourced_calls
 from ftdsl.diagnostics import Label, make
-from ftdsl.ir.nodes import CallV, ListIR, RefV, Sym
+from ftdsl.ir.nodes import CallV, ListIR, Sym
 from ftdsl.ir.schema import modality as M
 
 
@@ -28,11 +28,8 @@ def _what(method: CallV) -> tuple[list[str], object] | None:
 def structured_support(ctx):
     prog = ctx.program
     memo: dict = {}
-    for name, b in prog.blocks.items():
-        if b.kind != "prune":
-            continue
-        src, method = b.value("from"), b.value("method")
-        if not isinstance(src, RefV) or not isinstance(method, CallV) or method.name != "structured":
+    for name, src, method in sourced_calls(prog, "prune", "method"):
+        if method.name != "structured":
             continue
         o = origin(prog, src.target, memo)
         if o is None or o.source != "arch":
