@@ -12,7 +12,6 @@ is class 3 ... 32 row(s)". Now the message names the values 7 and -1 and their r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -25,31 +24,15 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from spec_example import TINY  # noqa: E402  (the shared tiny pipeline: data d, model m, train t)
 
+from cache_tamper import entry_of, tamper  # noqa: E402  (tests/faults is on sys.path)
+
 PIPELINE = TINY.replace("max_steps = 24", "max_steps = 4")
 
 
-def _entry(cache: Path, stage: str) -> Path:
-    """The entry of `stage`, found by the manifest's meta (independent of how keys are made)."""
-    for m in (cache / "entries").glob("*/*/manifest.json"):
-        if json.loads(m.read_text())["meta"]["stage"] == stage:
-            return m.parent
-    raise AssertionError(f"no entry for {stage}")
-
-
-def _tamper(entry: Path, rel: str, content: bytes) -> None:
-    """Replace a file of a published entry and fix its manifest record, so checksums pass."""
-    f = entry / rel
-    os.chmod(f, 0o644)
-    f.write_bytes(content)
-    mp = entry / "manifest.json"
-    m = json.loads(mp.read_text())
-    m["files"][rel] = {"size": len(content), "sha256": hashlib.sha256(content).hexdigest()}
-    os.chmod(mp, 0o644)
-    mp.write_text(json.dumps(m))
 
 
 def _weights(cache: Path) -> bytes:
-    return (_entry(cache, "t") / "artifact" / "model.safetensors").read_bytes()
+    return (entry_of(cache, "t") / "artifact" / "model.safetensors").read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +76,7 @@ def _rerun_and_check(ftdsl_cli, proj: Path, weights: bytes, why: str, stage: str
 
 def test_data_artifact_that_is_not_safetensors_is_recomputed(ftdsl_cli, trained, tmp_path: Path) -> None:
     proj = _fresh_copy(trained, tmp_path)
-    _tamper(_entry(proj / "cache", "d"), "artifact/arrays.safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
+    tamper(entry_of(proj / "cache", "d"), "artifact/arrays.safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
     _rerun_and_check(ftdsl_cli, proj, trained[1], "not a valid safetensors file")
 
 
@@ -101,7 +84,7 @@ def test_nan_rows_planted_in_a_cached_dataset_are_caught(ftdsl_cli, trained, tmp
     from safetensors.numpy import load_file, save_file
 
     proj = _fresh_copy(trained, tmp_path)
-    entry = _entry(proj / "cache", "d")
+    entry = entry_of(proj / "cache", "d")
     arrays = load_file(str(entry / "artifact" / "arrays.safetensors"))
     feats = arrays["train.features"].copy()
     feats[[3, 17], 2] = np.nan
@@ -109,13 +92,13 @@ def test_nan_rows_planted_in_a_cached_dataset_are_caught(ftdsl_cli, trained, tmp
     arrays["train.features"] = feats
     tmp = tmp_path / "a.safetensors"
     save_file(arrays, str(tmp))
-    _tamper(entry, "artifact/arrays.safetensors", tmp.read_bytes())
+    tamper(entry, "artifact/arrays.safetensors", tmp.read_bytes())
     _rerun_and_check(ftdsl_cli, proj, trained[1], "NaN or infinite values (3 row(s)")
 
 
 def test_damaged_dataset_metadata_is_recomputed(ftdsl_cli, trained, tmp_path: Path) -> None:
     proj = _fresh_copy(trained, tmp_path)
-    _tamper(_entry(proj / "cache", "d"), "artifact/dataset.json",
+    tamper(entry_of(proj / "cache", "d"), "artifact/dataset.json",
             b'{"format_version": 1, "splits": {"train": {"n": -4}}}')
     _rerun_and_check(ftdsl_cli, proj, trained[1], "the record of split `train` is malformed")
 
@@ -124,7 +107,7 @@ def test_any_artifact_that_does_not_load_is_recomputed_not_exit_70(ftdsl_cli, tr
     # The same for the model stage's artifact: the executor treats every load failure of a cached
     # artifact as corruption (FTP503), not as an internal error.
     proj = _fresh_copy(trained, tmp_path)
-    _tamper(_entry(proj / "cache", "m"), "artifact/spec.json", b"[1, 2")
+    tamper(entry_of(proj / "cache", "m"), "artifact/spec.json", b"[1, 2")
     _rerun_and_check(ftdsl_cli, proj, trained[1], "the artifact does not load", stage="m")
 
 

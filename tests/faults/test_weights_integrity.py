@@ -12,9 +12,7 @@ weights as the untouched run.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -25,28 +23,12 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from spec_example import TINY  # noqa: E402  (the shared tiny pipeline: data d, model m, train t)
 
+from cache_tamper import entry_of, tamper  # noqa: E402  (tests/faults is on sys.path)
+
 PIPELINE = TINY.replace("max_steps = 24", "max_steps = 4") + "evaluate e {\n  models = [t]\n  data = d.test\n}\n"
 WEIGHTS = "artifact/model.safetensors"
 
 
-def _entry(cache: Path, stage: str) -> Path:
-    """The entry of `stage`, found by the manifest's meta (independent of how keys are made)."""
-    for m in (cache / "entries").glob("*/*/manifest.json"):
-        if json.loads(m.read_text())["meta"]["stage"] == stage:
-            return m.parent
-    raise AssertionError(f"no entry for {stage}")
-
-
-def _tamper(entry: Path, rel: str, content: bytes) -> None:
-    """Replace a file of a published entry and fix its manifest record, so checksums pass."""
-    f = entry / rel
-    os.chmod(f, 0o644)
-    f.write_bytes(content)
-    mp = entry / "manifest.json"
-    m = json.loads(mp.read_text())
-    m["files"][rel] = {"size": len(content), "sha256": hashlib.sha256(content).hexdigest()}
-    os.chmod(mp, 0o644)
-    mp.write_text(json.dumps(m))
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +41,7 @@ def trained(tmp_path_factory) -> tuple[Path, bytes]:
     r = subprocess.run([sys.executable, "-m", "ftdsl", "run", "p.ftp", "--cache", "cache", "--quiet"], cwd=d,
                        env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    return d, (_entry(d / "cache", "t") / WEIGHTS).read_bytes()
+    return d, (entry_of(d / "cache", "t") / WEIGHTS).read_bytes()
 
 
 def _not_safetensors(weights: bytes, tmp: Path) -> bytes:
@@ -104,8 +86,8 @@ def test_tampered_cached_weights_are_recomputed(ftdsl_cli, trained, tmp_path: Pa
     src, weights = trained
     proj = tmp_path / "proj"
     shutil.copytree(src, proj, symlinks=True)
-    entry = _entry(proj / "cache", "t")
-    _tamper(entry, WEIGHTS, damage(weights, tmp_path))
+    entry = entry_of(proj / "cache", "t")
+    tamper(entry, WEIGHTS, damage(weights, tmp_path))
     # --force e: evaluate runs again and loads the (tampered) cached weights of t
     r = ftdsl_cli(["run", "p.ftp", "--cache", "cache", "--force", "e", "--summary-json", "s.json"], cwd=proj,
                   timeout=300)
@@ -116,4 +98,4 @@ def test_tampered_cached_weights_are_recomputed(ftdsl_cli, trained, tmp_path: Pa
     status = {s["name"]: s["status"] for s in json.loads((proj / "s.json").read_text())["stages"]}
     assert status["t"] == "ran" and status["e"] == "ran", status
     assert any((proj / "cache" / "quarantine").iterdir())
-    assert (_entry(proj / "cache", "t") / WEIGHTS).read_bytes() == weights  # the same training result
+    assert (entry_of(proj / "cache", "t") / WEIGHTS).read_bytes() == weights  # the same training result
