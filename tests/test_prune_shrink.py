@@ -240,6 +240,26 @@ def test_lint_structured_on_an_arch_without_structure_is_ftp245(tmp_path, capsys
     assert text.count("FTP245") == 1 and "`prune a`" in text and "no heads" in text and "what = [units]" in text
 
 
+def test_lint_hf_export_of_a_head_pruned_model_is_ftp243(tmp_path, capsys):
+    """What the export stage refuses at run time (FTP530 below) lint already knows from the text."""
+    p = tmp_path / "p.ftp"
+    p.write_text(textwrap.dedent("""\
+        data d { source = csv("sst2.csv", text = "sentence") }
+        model m { pretrained = "minilm", task = classify(labels = 2) }
+        train t { model = m, data = d, epochs = 1 }
+        prune heads { from = t, method = structured(amount = 0.3) }
+        prune ffn { from = t, method = structured(amount = 0.3, what = ffn) }
+        export a { from = heads, format = hf() }
+        export b { from = ffn, format = hf() }
+        export c { from = heads, format = onnx() }
+        """))
+    (tmp_path / "sst2.csv").write_text("sentence,label\ngood,1\nbad,0\n")
+    main(["lint", str(p)])
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert text.count("FTP243") == 1 and "`export a`" in text and "attention heads" in text
+
+
 def test_hf_export_of_shrunk_ffn_reloads_and_of_removed_heads_is_refused(tmp_path):
     """`format = hf`: FFN rows removed evenly are a config change (`intermediate_size`), so the folder
     reloads with transformers; removed heads are not expressible in a config (FTP530, not a folder

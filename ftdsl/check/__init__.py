@@ -25,6 +25,7 @@ RULES = (
     compat.install_capabilities,
     compat.constructor_constraints,
     prune.structured_support,
+    prune.hf_export_after_head_pruning,
     sweep.sweep_over_paths,
     safety.trust_remote_code,
     safety.pickle_weights,

@@ -147,7 +147,9 @@ _ALL = [
          "quantize q { from = fit, method = dynamic(dtype = uint8) }   # fit is a TorchModel",
          "method = dynamic(dtype = int8), or export to ONNX and quantize the export"),
     Code("FTP243", "export-unsupported", _E, "an export format the model's origin does not support",
-         "`hf` writes a Hugging Face folder with `save_pretrained`, which only a pretrained model has.",
+         "`hf` writes a Hugging Face folder with `save_pretrained`, which only a pretrained model has, and "
+         "whose config has one attention-head count for every layer (so not after `structured(...)` pruning "
+         "removed heads).",
          "export e { from = fit, format = hf }   # fit trains an `arch = mlp(...)` model",
          "format = safetensors()"),
     Code("FTP245", "prune-unsupported", _E, "`structured(...)` pruning of a model that has no such structure",

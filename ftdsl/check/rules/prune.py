@@ -54,3 +54,24 @@ def structured_support(ctx):
             yield make("FTP245", f"`prune {name}`: a `{arch.name}` model has no {' or '.join(missing)} to remove",
                        what[1] or method.span, label=f"{arch.name} has {' and '.join(has)}", secondary=secondary,
                        hint=f"what = [{', '.join(has)}]")
+
+
+def hf_export_after_head_pruning(ctx):
+    """FTP243: an `hf` export of a model whose attention heads `structured(...)` removes (a Hugging
+    Face config has one head count for every layer, so the folder could not be loaded)."""
+    prog = ctx.program
+    for name, src, fmt in sourced_calls(prog, "export", "format"):
+        pruned = prog.blocks.get(src.target)
+        if fmt.name != "hf" or pruned is None or pruned.kind != "prune":
+            continue
+        method = pruned.value("method")
+        if not isinstance(method, CallV) or method.name != "structured":
+            continue
+        what = _what(method)
+        if what is not None and what[0] is not None and "heads" not in what[0]:
+            continue  # only FFN rows (or units/channels): the config still describes the model
+        yield make("FTP243", f"`export {name}`: `hf` cannot describe `{src.target}`, whose structured pruning removes "
+                             "attention heads (a different number per layer)", fmt.span or src.span,
+                   label="heads removed upstream",
+                   secondary=(Label(method.span, "removes heads"),) if method.span is not None else (),
+                   hint="export with `format = onnx()` or `safetensors()`, or prune with `what = ffn`")
