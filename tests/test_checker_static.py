@@ -134,6 +134,17 @@ def test_dynamic_uint8_on_a_pytorch_model_is_ftp242_but_fine_on_onnx():
     assert errors(lint(onnx)) == []
 
 
+def test_fuse_on_a_pytorch_quantization_is_ftp242_but_fine_on_onnx():
+    """`fuse = true` was silently ignored on a PyTorch model: lint says so instead."""
+    base = IRIS + "model m { arch = mlp(), task = classify(labels = 3) }\n" + train("m", "d")
+    src = base + "quantize q { from = t, method = dynamic(fuse = true) }\nevaluate r { models = [q], data = d.test }\n"
+    d = only(lint(src), "FTP242")[0]
+    assert pos(d) == at(src, "true") and "ONNX" in d.hint
+    onnx = (base + "export e { from = t, format = onnx(), verify = true }\n"
+            "quantize q { from = e, method = dynamic(fuse = true) }\nevaluate r { models = [q], data = d.test }\n")
+    assert errors(lint(onnx)) == []
+
+
 def test_quantizing_a_quantized_onnx_graph_again_is_ftp207():
     src = (IRIS + "model m { arch = mlp(), task = classify(labels = 3) }\n" + train("m", "d")
            + "export e { from = t, format = onnx(), verify = true }\n"

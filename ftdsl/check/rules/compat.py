@@ -187,6 +187,12 @@ def quantize_support(ctx):
             yield make("FTP242", f"`{method.name}` quantization is not supported {where}", method.span,
                        label="unsupported method", hint="supported: " + ", ".join(table))
             continue
+        fuse = method.get("fuse")
+        if (art == "TorchModel" and "fuse" in method.written and isinstance(fuse, Lit) and fuse.value is True):
+            yield make("FTP242", f"`quantize {name}`: graph fusion (`fuse = true`) is for ONNX transformer graphs; "
+                                 f"`{src.target}` is quantized in PyTorch, where nothing is fused", fuse.span or method.span,
+                       label=f"not supported {where}",
+                       hint="remove `fuse`, or export to ONNX and quantize that export")
         dtype = method.get("dtype")
         if "dtype" in rules and isinstance(dtype, Sym) and dtype.name not in rules["dtype"]:
             yield make("FTP242", f"`quantize {name}`: {method.name} quantization {where} stores weights as "
