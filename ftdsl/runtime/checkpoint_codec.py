@@ -64,14 +64,12 @@ def jsonable(x: Any) -> Any:
 
 @functools.lru_cache(maxsize=1)
 def library_versions() -> dict[str, str]:
-    import importlib.metadata as md
+    from ftdsl.runtime.versions import version
 
     out = {"torch": torch.__version__, "numpy": np.__version__}
     for name in ("safetensors", "transformers", "peft", "ftdsl"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
+        if (v := version(name)) is not None:
+            out[name] = v
     return out
 
 
