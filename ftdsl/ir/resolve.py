@@ -167,22 +167,27 @@ def _build(files: list[A.File], root: Path, shown: str, overrides: list[str], di
     return Resolved(program, diags, sources)
 
 
-def _param_refs(v: A.Value, params) -> list[A.Ref]:
-    """References to params inside one param's value (syntax only: nothing is typed yet)."""
-    out, stack = [], [v]
+def _walk_param_refs(values, params):
+    """Every reference to a param inside ``values`` (syntax only: nothing is typed yet)."""
+    stack = list(values)
     while stack:
         x = stack.pop()
         if isinstance(x, A.Ref):
             if len(x.parts) == 1 and x.parts[0] in params:
-                out.append(x)
+                yield x
         elif isinstance(x, A.ListV):
-            if not isinstance(x.items, A.PackedItems):
+            if not isinstance(x.items, A.PackedItems):  # packed lists hold literals only
                 stack.extend(x.items)
         elif isinstance(x, A.DictV):
             stack.extend(e.value for e in x.entries)
         elif isinstance(x, A.Call):
             stack.extend(x.args)
             stack.extend(k.value for k in x.kwargs)
+
+
+def _param_refs(v: A.Value, params) -> list[A.Ref]:
+    """References to params inside one param's value, in source order."""
+    out = list(_walk_param_refs([v], params))
     out.reverse()
     return out
 
@@ -218,20 +223,8 @@ def _cycle_diag(cyc: list[str], closing: A.Ref, params, deps) -> Diagnostic:
 
 def _count_refs(values, params) -> dict[str, int]:
     counts: dict[str, int] = {}
-    stack = list(values)
-    while stack:
-        v = stack.pop()
-        if isinstance(v, A.Ref):
-            if len(v.parts) == 1 and v.parts[0] in params:
-                counts[v.parts[0]] = counts.get(v.parts[0], 0) + 1
-        elif isinstance(v, A.ListV):
-            if not isinstance(v.items, A.PackedItems):  # packed lists hold literals only
-                stack.extend(v.items)
-        elif isinstance(v, A.DictV):
-            stack.extend(e.value for e in v.entries)
-        elif isinstance(v, A.Call):
-            stack.extend(v.args)
-            stack.extend(k.value for k in v.kwargs)
+    for ref in _walk_param_refs(values, params):
+        counts[ref.parts[0]] = counts.get(ref.parts[0], 0) + 1
     return counts
 
 
