@@ -243,6 +243,9 @@ _CTORS: list[Ctor] = [
     C("wordpiece", "tokenizer", (F("vocab", Int(min=50, max=1048576), 8000, "vocabulary size"),
                                  F("lowercase", Bool(), True, "lowercase before tokenizing")),
       "Train a WordPiece tokenizer on the train split (for text models built from scratch)."),
+    C("bpe", "tokenizer", (F("vocab", Int(min=300, max=1048576), 4000, "vocabulary size (at least the 256 bytes plus specials)"),),
+      "Train a byte-level BPE tokenizer on the train split, with `<pad>`, `<bos>`, `<eos>` and a chat template "
+      "(for generative models built from scratch: `gpt`, `llama`, `t5`)."),
     # architectures
     C("mlp", "arch", (F("hidden", ListT(WIDTH, max_len=MAX_LIST), [128], "hidden layer widths"),
                       F("dropout", PROB, 0.0), F("activation", Enum(("relu", "gelu", "tanh")), "relu")),
@@ -258,9 +261,30 @@ _CTORS: list[Ctor] = [
     C("transformer", "arch", (F("layers", DEPTH, 2), F("dim", WIDTH, 64), F("heads", DEPTH, 4),
                               F("ff", WIDE, 128), F("max_len", SEQ_LEN, 128), F("dropout", PROB, 0.1)),
       "A Transformer encoder for text built from scratch (needs a tokenizer: `wordpiece(...)`)."),
+    C("gpt", "arch", (F("layers", DEPTH, 2), F("heads", DEPTH, 4), F("width", WIDTH, 128, "embedding size (divisible by `heads`)"),
+                      F("max_len", SEQ_LEN, 256, "positions"), F("dropout", PROB, 0.0)),
+      "A GPT-2 decoder built from scratch (transformers' GPT2Config; needs a tokenizer: `bpe(...)`)."),
+    C("llama", "arch", (F("layers", DEPTH, 2), F("heads", DEPTH, 4), F("kv_heads", DEPTH, None, "key/value heads (grouped-query attention; default: `heads`)"),
+                        F("width", WIDTH, 128, "hidden size (divisible by `heads`)"), F("ff", WIDE, None, "MLP width (default: 4 x width)"),
+                        F("max_len", SEQ_LEN, 256, "positions"), F("rope_theta", Float(min=1, max=1e9), 10000.0)),
+      "A Llama decoder built from scratch (transformers' LlamaConfig; needs a tokenizer: `bpe(...)`)."),
+    C("t5", "arch", (F("layers", DEPTH, 2, "encoder and decoder layers"), F("heads", DEPTH, 4), F("width", WIDTH, 128, "model size"),
+                     F("ff", WIDE, 256, "feed-forward width"), F("head_dim", WIDTH, None, "per-head size (default: width / heads)"),
+                     F("dropout", PROB, 0.1)),
+      "A T5 encoder-decoder built from scratch (transformers' T5Config; needs a tokenizer: `bpe(...)`)."),
     # tasks
     C("classify", "task", (F("labels", CLASSES, REQUIRED, "number of classes"),), "Classification head."),
     C("regress", "task", (F("outputs", WIDTH, 1, "number of targets"),), "Regression head."),
+    C("causal_lm", "task", (F("packing", Bool(), False, "concatenate short examples into rows of `max_length` tokens "
+                                                             "(attention and positions restart at each example)"),
+                            F("mask_prompt", Bool(), True, "prompt/response and chat data: no loss on the prompt "
+                                                                "(only the response or assistant tokens are learned)")),
+      "Next-token prediction (supervised fine-tuning) on plain text, prompt/response pairs or chat messages."),
+    C("seq2seq", "task", (F("max_target_length", SEQ_LEN, 128, "truncate targets (and generations) to this many tokens"),),
+      "Sequence to sequence (an encoder-decoder such as T5 or BART): `text` in, `target` out."),
+    C("token_classify", "task", (F("labels", ListT(Str(), min_len=1, max_len=100_000), REQUIRED,
+                                   "the tag names, e.g. `[\"O\", \"B-PER\", \"I-PER\"]` (BIO tags for entity metrics)"),),
+      "One label per word (named-entity tagging): the first sub-token of each word is labelled, the rest ignored."),
     # init
     C("normal", "init", (F("std", Float(min=0, max=10, min_open=True), 0.02),), "Normal(0, std) weights, zero biases."),
     # optimizers
@@ -285,9 +309,16 @@ _CTORS: list[Ctor] = [
     # adapters
     C("lora", "adapter", (F("r", Int(min=1, max=4096), 8), F("alpha", Float(min=0, max=1e6, min_open=True), 16), F("dropout", PROB, 0.0),
                           F("targets", ListT(Str(), min_len=1, max_len=4096), None, TARGETS_DOC)),
-      "LoRA adapters (peft), merged into the weights after training."),
+      "LoRA adapters (peft). The trained artifact keeps the adapters apart from the base; `export` merges "
+      "them (`hf(merge = true)`) or writes them as a PEFT adapter folder (`format = adapter`)."),
     C("adalora", "adapter", (F("r", Int(min=1, max=4096), 12), F("target_r", Int(min=1, max=4096), 8),
                              F("targets", ListT(Str(), min_len=1, max_len=4096), None, TARGETS_DOC)), "AdaLoRA adapters (peft)."),
+    C("ia3", "adapter", (F("targets", ListT(Str(), min_len=1, max_len=4096), None, TARGETS_DOC),
+                         F("feedforward", ListT(Str(), min_len=1, max_len=4096), None,
+                           "the subset of `targets` that are feed-forward layers (scaled on their input)")),
+      "(IA)^3 adapters (peft): learned scaling vectors on the targeted layers."),
+    C("prefix", "adapter", (F("tokens", Int(min=1, max=4096), 20, "virtual tokens prepended to every layer's keys and values"),),
+      "Prefix-tuning (peft) of a decoder or encoder-decoder: only the virtual tokens are trained."),
     # pruning
     C("magnitude", "prune_method", (F("amount", FRACTION, REQUIRED, "fraction of weights to zero, per layer"),),
       "L1 unstructured pruning of each Linear/Conv layer."),
@@ -314,7 +345,11 @@ _CTORS: list[Ctor] = [
     C("torchscript", "export_format", (), "TorchScript."),
     C("pt2", "export_format", (), "torch.export program (.pt2)."),
     C("safetensors", "export_format", (), "Weights only (safetensors)."),
-    C("hf", "export_format", (), "A Hugging Face folder (pretrained models)."),
+    C("hf", "export_format", (F("merge", Bool(), True, "adapter-trained models: merge the adapters into the weights; "
+                                                          "`false` writes the base folder with the adapter in `adapter/`"),),
+      "A Hugging Face folder (`from_pretrained` loads it): config, weights, tokenizer, label maps, "
+      "generation config and a model card."),
+    C("adapter", "export_format", (), "The trained adapter alone, as a PEFT folder: `PeftModel.from_pretrained(base, folder)` loads it."),
     # sweep strategies
     C("grid", "strategy", (), "Every combination of `over`."),
     C("random", "strategy", (F("n", Int(min=1, max=100_000), REQUIRED), F("seed", SEED, 0)), "n random combinations."),
@@ -361,7 +396,9 @@ _TRAIN_FIELDS: tuple[Field, ...] = (
     F("clip", Float(min=0, max=1e6, min_open=True), None, "gradient-norm clipping"),
     F("compile", Bool(), False, "torch.compile the model"),
     F("freeze", ListT(Str()), [], "glob patterns of parameter names to freeze"),
-    F("lora", CtorT("adapter"), None, "train LoRA/AdaLoRA adapters instead of all weights"),
+    F("lora", CtorT("adapter"), None, "train adapters (`lora`, `adalora`, `ia3`, `prefix`) instead of all weights"),
+    F("gradient_checkpointing", Bool(), False, "recompute activations in the backward pass (less memory, ~30 % slower; "
+      "transformers models)"),
     F("early_stop", StructT((F("metric", Str(), REQUIRED, "`valid.accuracy`, `valid.loss`, `train.loss`, ..."),
                              F("mode", Enum(("min", "max")), None, "default: the metric's direction (`max` for accuracy, `min` for loss)"),
                              F("patience", Int(min=1, max=100_000), 2), F("min_delta", Float(min=0, max=1e6), 0.0))), None,
@@ -401,7 +438,14 @@ KINDS: dict[str, Kind] = {k.name: k for k in [
     ), "Settings", "Pipeline-wide settings (at most one block)."),
     Kind("data", (
         F("source", CtorT("source"), None, "where the rows come from (or give `train`/`valid`/`test`)"),
-        F("text", Str(), None, "the text column (text tasks)"),
+        F("text", Str(), None, "the text column (text tasks; the source text of seq2seq; plain text for causal_lm)"),
+        F("prompt", Str(), None, "causal_lm: the prompt (instruction) column; needs `response`"),
+        F("response", Str(), None, "causal_lm: the response column (the tokens learned)"),
+        F("messages", Str(), None, "causal_lm: a column holding chat messages, a list of `{role, content}` (jsonl), "
+          "rendered with the tokenizer's chat template"),
+        F("target", Str(), None, "seq2seq: the target text column"),
+        F("tokens", Str(), None, "token_classify: a column holding each row's words (a list, jsonl)"),
+        F("tags", Str(), None, "token_classify: a column holding each row's tags, one per word (names or indices)"),
         F("label", Str(), "label", "the label column"),
         F("features", ListT(Str(), min_len=1, max_len=100_000), None, "numeric feature columns (default: all but text/label)"),
         F("split", StructT((F("train", FRACTION, None), F("valid", FRACTION, None), F("test", FRACTION, None))),
@@ -416,11 +460,14 @@ KINDS: dict[str, Kind] = {k.name: k for k in [
     Kind("model", (
         F("pretrained", Str(), None, "a local folder or a model ID (resolved offline first)"),
         F("arch", CtorT("arch"), None, "an architecture built from scratch"),
-        F("task", CtorT("task"), REQUIRED, "`classify(labels = N)` or `regress(outputs = N)`"),
+        F("task", CtorT("task"), REQUIRED, "`classify(labels = N)`, `regress(outputs = N)`, `causal_lm()`, `seq2seq()` "
+          "or `token_classify(labels = [..])`"),
         F("init", OneOf((Enum(("default", "xavier_uniform", "xavier_normal", "kaiming")), CtorT("init"))),
           "default", "weight initialization of from-scratch models"),
         F("trust_remote_code", Bool(), False, "run Python code shipped with a pretrained model"),
         F("revision", Str(), None, "pin a pretrained model's revision (a commit SHA)"),
+        F("load_in", Enum(("full", "8bit", "4bit")), "full", "load a pretrained base in 8 or 4 bits (bitsandbytes, CUDA "
+          "only) to train adapters on it"),
     ), "TorchModel", "A model, pretrained or built from an architecture, with a task head."),
     Kind("train", (F("model", TORCH_MODEL, REQUIRED, "the model to train"),) + _TRAIN_FIELDS,
          "TorchModel", "Train (fine-tune) a model. Produces the trained model and its metrics.", ("model", "data")),
@@ -453,6 +500,11 @@ KINDS: dict[str, Kind] = {k.name: k for k in [
         F("metrics", ListT(Enum(METRICS), min_len=1), None,
           "what to measure (default: `[accuracy, f1]` for classifiers, `[mse, mae]` for regression)"),
         F("batch", Int(min=1, max=1048576), 64, "batch size for evaluation"),
+        F("generate", StructT((F("max_new_tokens", Int(min=1, max=65536), 64), F("temperature", Float(min=0, max=100), 0.0,
+                                                                                   "0: greedy (deterministic)"),
+                               F("top_p", Float(min=0, max=1, min_open=True), 1.0), F("num_beams", Int(min=1, max=64), 1),
+                               F("samples", Int(min=0, max=1_000_000), 100, "rows written to `samples.jsonl`"))), None,
+          "causal_lm and seq2seq: how to generate on the split (written to `out/NAME/samples.jsonl`)"),
     ), "Report", "Compare models on a split: a table, JSON and plots.", ("models", "data")),
     Kind("sweep", (
         F("target", RefT(("TorchModel",)), REQUIRED, "a `train` or `distill` stage"),

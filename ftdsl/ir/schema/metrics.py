@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 CLASSIFY, REGRESS = "classify", "regress"
+CAUSAL_LM, SEQ2SEQ, TOKEN_CLASSIFY = "causal_lm", "seq2seq", "token_classify"
+GENERATIVE = (CAUSAL_LM, SEQ2SEQ)
 
 
 @dataclass(frozen=True)
@@ -32,8 +34,22 @@ _METRICS = (
     Metric("f1", (CLASSIFY,), True, "macro-averaged F1 over the classes present (scikit-learn's `average=\"macro\"`)"),
     Metric("precision", (CLASSIFY,), True, "macro-averaged precision (a class never predicted counts 0)"),
     Metric("recall", (CLASSIFY,), True, "macro-averaged recall"),
-    Metric("loss", (CLASSIFY, REGRESS), False,
-           "mean cross-entropy of the logits (classify) or mean squared error (regress)"),
+    Metric("loss", (CLASSIFY, REGRESS, CAUSAL_LM, SEQ2SEQ, TOKEN_CLASSIFY), False,
+           "mean cross-entropy of the logits (classify; per labelled token for causal_lm, seq2seq, "
+           "token_classify) or mean squared error (regress)"),
+    Metric("perplexity", GENERATIVE, False, "exp of the mean per-token cross-entropy of the labelled tokens"),
+    Metric("token_accuracy", (CAUSAL_LM, SEQ2SEQ, TOKEN_CLASSIFY), True,
+           "fraction of labelled tokens whose arg-max prediction is the label (teacher forcing; "
+           "token_classify: words)"),
+    Metric("exact_match", GENERATIVE, True, "fraction of rows whose generated text equals the reference "
+           "(whitespace-normalized)", tracked=False),
+    Metric("rouge_l", GENERATIVE, True, "mean ROUGE-L F-measure of generations against references "
+           "(Google's `rouge-score`, with stemming)", tracked=False),
+    Metric("bleu", GENERATIVE, True, "corpus BLEU of generations against references (`sacrebleu`, 0-100)",
+           tracked=False),
+    Metric("entity_f1", (TOKEN_CLASSIFY,), True, "micro-averaged entity-level F1 over BIO spans (`seqeval`)"),
+    Metric("entity_precision", (TOKEN_CLASSIFY,), True, "micro-averaged entity-level precision (`seqeval`)"),
+    Metric("entity_recall", (TOKEN_CLASSIFY,), True, "micro-averaged entity-level recall (`seqeval`)"),
     Metric("mse", (REGRESS,), False, "mean squared error over all outputs"),
     Metric("mae", (REGRESS,), False, "mean absolute error over all outputs"),
     Metric("r2", (REGRESS,), True, "coefficient of determination, 1 - SSE/SST averaged over the outputs"),
@@ -48,7 +64,11 @@ TRAIN_SPLIT_METRICS: tuple[str, ...] = ("loss",)  # what the train split reports
 
 
 # `evaluate.metrics` when it is not written, by the task of the models compared
-DEFAULT_EVALUATE: dict[str, tuple[str, ...]] = {CLASSIFY: ("accuracy", "f1"), REGRESS: ("mse", "mae")}
+DEFAULT_EVALUATE: dict[str, tuple[str, ...]] = {
+    CLASSIFY: ("accuracy", "f1"), REGRESS: ("mse", "mae"),
+    CAUSAL_LM: ("loss", "perplexity", "token_accuracy"), SEQ2SEQ: ("loss", "rouge_l", "exact_match"),
+    TOKEN_CLASSIFY: ("entity_f1", "token_accuracy"),
+}
 
 
 def summary_metrics(splits: tuple[str, ...] = ("test", "valid"), *, loss: bool = False) -> tuple[str, ...]:

@@ -14,8 +14,12 @@ from dataclasses import dataclass
 # `features`: a numeric vector per row (CSV columns, iris); `image`: numeric (C, H, W) pixels
 # (sklearn digits: 1x8x8) -- still numbers, so every features model takes them too; `text`:
 # strings, tokenized by the model's tokenizer.
+# `instructions`: prompt/response or chat records (causal_lm); `text_pairs`: source/target texts
+# (seq2seq); `tagged`: words with one tag each (token_classify). `text` without a label column is
+# plain text, which causal_lm also takes.
 FEATURES, IMAGE, TEXT = "features", "image", "text"
-MODALITIES = (FEATURES, IMAGE, TEXT)
+INSTRUCTIONS, TEXT_PAIRS, TAGGED = "instructions", "text_pairs", "tagged"
+MODALITIES = (FEATURES, IMAGE, TEXT, INSTRUCTIONS, TEXT_PAIRS, TAGGED)
 NUMERIC = (FEATURES, IMAGE)
 
 # What each from-scratch architecture consumes (its engine side: ftdsl/stages/nets.py ARCHS).
@@ -24,12 +28,38 @@ ARCH_INPUTS: dict[str, tuple[str, ...]] = {
     "cnn": NUMERIC,
     "rnn": (TEXT,),
     "transformer": (TEXT,),
+    "gpt": (TEXT, INSTRUCTIONS),
+    "llama": (TEXT, INSTRUCTIONS),
+    "t5": (TEXT_PAIRS,),
 }
-# Pretrained models are Hugging Face text encoders (AutoModelForSequenceClassification).
-PRETRAINED_INPUTS: tuple[str, ...] = (TEXT,)
+
+# What each task consumes. A task's data contract (columns, loss, metrics) lives in its engine
+# module, ftdsl/stages/tasks/ (TASKS there); the checker reads this table.
+TASK_INPUTS: dict[str, tuple[str, ...]] = {
+    "classify": MODALITIES[:3],
+    "regress": MODALITIES[:3],
+    "causal_lm": (TEXT, INSTRUCTIONS),
+    "seq2seq": (TEXT_PAIRS,),
+    "token_classify": (TAGGED,),
+}
+# The tasks each from-scratch architecture can carry (the others: classify and regress).
+ARCH_TASKS: dict[str, tuple[str, ...]] = {
+    "mlp": ("classify", "regress"), "cnn": ("classify", "regress"), "rnn": ("classify", "regress"),
+    "transformer": ("classify", "regress"), "gpt": ("causal_lm",), "llama": ("causal_lm",), "t5": ("seq2seq",),
+}
+# The data block attributes that make each structured modality (ftdsl/stages/data.py reads them).
+MODALITY_COLUMNS: dict[str, tuple[str, ...]] = {
+    INSTRUCTIONS: ("prompt", "response", "messages"),
+    TEXT_PAIRS: ("target",),
+    TAGGED: ("tokens", "tags"),
+}
+# Pretrained models are Hugging Face models: the Auto class follows the task
+# (AutoModelForSequenceClassification, ...ForCausalLM, ...ForSeq2SeqLM, ...ForTokenClassification).
+PRETRAINED_INPUTS: tuple[str, ...] = (TEXT, INSTRUCTIONS, TEXT_PAIRS, TAGGED)
 
 
 # The loss a train stage uses when `loss` is not written, by the model's task.
+# Generative and token tasks have their own token-level cross-entropy (`loss` may not be set).
 TASK_LOSS: dict[str, str] = {"classify": "cross_entropy", "regress": "mse"}
 
 
@@ -39,7 +69,9 @@ def arch_modality(arch: str) -> str:
 
 
 def describe_modality(m: str) -> str:
-    return {FEATURES: "numeric features", IMAGE: "numeric images", TEXT: "text"}.get(m, m)
+    return {FEATURES: "numeric features", IMAGE: "numeric images", TEXT: "text",
+            INSTRUCTIONS: "prompt/response or chat records", TEXT_PAIRS: "source/target text pairs",
+            TAGGED: "tagged words"}.get(m, m)
 
 
 # --- data sets known without reading them ---------------------------------------------------
@@ -102,6 +134,9 @@ PRUNE_STRUCTURE: dict[str, tuple[str, ...]] = {
     "cnn": ("channels", "units"),
     "rnn": (),
     "transformer": (),
+    "gpt": (),
+    "llama": (),
+    "t5": (),
 }
 
 # export: format -> the model origins it can write ("arch": built from scratch; "pretrained").
@@ -110,5 +145,6 @@ EXPORT_ORIGINS: dict[str, tuple[str, ...]] = {
     "torchscript": ("arch", "pretrained"),
     "pt2": ("arch", "pretrained"),
     "safetensors": ("arch", "pretrained"),
-    "hf": ("pretrained",),  # save_pretrained needs a Hugging Face model
+    "hf": ("pretrained", "gpt", "llama", "t5"),  # save_pretrained needs a Hugging Face model
+    "adapter": ("pretrained", "gpt", "llama", "t5"),  # and a model trained with `lora = ...`
 }
