@@ -20,7 +20,9 @@ Every task encodes a row into token id lists; the trainer batches and pads them.
 dict of int64 tensors holding the module's ``input_names`` plus ``"y"``: the token labels, with
 ``IGNORE`` (-100) where no loss is taken. The module (``SeqModule``, in
 ``ftdsl.stages.tasks.module``) returns logits; the task's ``criterion`` turns (logits, y) into
-the mean loss over labelled tokens.
+the mean loss over labelled tokens. ``y`` is aligned with the logits: ``y[b, i]`` is the target of
+output position ``i`` (a causal LM's labels are shifted at encode time). Shared pieces (collate,
+the token cross-entropy, batches, metric statistics): ``ftdsl.stages.tasks.common``.
 """
 
 from __future__ import annotations
@@ -59,9 +61,13 @@ class SeqTask(Protocol):
     def criterion(self) -> Any:
         """An nn.Module: (logits float, y int64) -> the mean loss over tokens with y != IGNORE."""
 
-    def metrics(self, logits_and_labels: Any, task: dict) -> dict[str, float]:
-        """Teacher-forced metrics of one split from accumulated statistics (loss, perplexity,
-        token_accuracy; entity_* for token_classify)."""
+    def batch_stats(self, logits: Any, y: Any) -> Any:
+        """A small picklable summary of one evaluated batch (never the logits: a vocabulary-wide
+        tensor per token would not fit); ``common.token_stats`` for the language-model metrics."""
+
+    def metrics(self, parts: Any, task: dict) -> dict[str, float]:
+        """Teacher-forced metrics of one split from the list of ``batch_stats`` of its batches, in
+        order (loss, perplexity, token_accuracy; entity_* for token_classify)."""
 
 
 def get_task(name: str) -> SeqTask:
