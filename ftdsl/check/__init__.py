@@ -7,7 +7,7 @@ register its code in `ftdsl/diagnostics/codes.py`, and add it to `RULES`.
 from __future__ import annotations
 
 from ftdsl.check.context import CheckContext
-from ftdsl.check.rules import compat, hygiene, inputs, metrics, order, prune, references, safety, structure, sweep
+from ftdsl.check.rules import compat, generate, hygiene, inputs, metrics, order, prune, references, safety, structure, sweep
 from ftdsl.diagnostics import Diagnostic
 from ftdsl.ir.nodes import Program
 
@@ -19,6 +19,7 @@ RULES = (
     references.cycles,
     order.stage_order,
     metrics.metrics_produced,
+    generate.generation_applies,
     compat.modality_and_labels,
     compat.quantize_support,
     compat.export_support,

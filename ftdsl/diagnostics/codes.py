@@ -161,6 +161,14 @@ _ALL = [
     Code("FTP244", "not-on-this-install", _E, "a setting the engine of this install cannot honour",
          "The engine's capabilities (`ftdsl/capabilities.py`) are known without running; a run would stop at the "
          "stage.", "distributed = fsdp", "distributed = none"),
+    Code("FTP255", "generation-mismatch", _E, "generation asked of models that do not generate, or with nothing to "
+         "compare it with",
+         "`generate = {...}` applies to `causal_lm` and `seq2seq` models only. A generation metric (`exact_match`, "
+         "`rouge_l`, `bleu`) compares each generated text with the row's reference: `causal_lm` data has one only "
+         "when it is split into a prompt and a response (or chat messages), not as plain text.",
+         'data d { source = jsonl("notes.jsonl"), text = "text" }\nevaluate e { models = [fit], data = d.test, '
+         'metrics = [rouge_l] }   # fit: causal_lm',
+         'data d { source = jsonl("qa.jsonl"), prompt = "question", response = "answer" }   # or metrics = [perplexity]'),
     # 3xx: safety
     Code("FTP301", "trust-remote-code", _W, "`trust_remote_code = true` runs Python code shipped with the model",
          "The model's repository can run arbitrary code on your machine; pin a `revision` you have reviewed.",
