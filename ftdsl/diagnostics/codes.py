@@ -161,6 +161,35 @@ _ALL = [
     Code("FTP244", "not-on-this-install", _E, "a setting the engine of this install cannot honour",
          "The engine's capabilities (`ftdsl/capabilities.py`) are known without running; a run would stop at the "
          "stage.", "distributed = fsdp", "distributed = none"),
+    Code("FTP250", "unknown-adapter-target", _E, "an adapter's `targets` (or `feedforward`) names no module of the model",
+         "peft adapts the modules whose names end with a target; a name that matches nothing fails when training "
+         "starts. The module names of a pretrained folder (its config.json's `model_type`) and of each "
+         "from-scratch architecture are known without loading the model (`ftdsl/ir/schema/module_names.py`); a "
+         "model type not in that table is checked at run time.",
+         'model m { pretrained = "sentence-transformers/all-MiniLM-L6-v2", task = classify(labels = 2) }\n'
+         'train t { model = m, data = d, lora = lora(targets = ["q_proj"]) }   # BERT names them query/key/value',
+         'lora = lora(targets = ["query", "value"])'),
+    Code("FTP251", "adapter-unsupported", _E, "an adapter method or argument the model cannot take",
+         "Prefix-tuning prepends virtual keys and values to every attention layer through the model's past key "
+         "values: decoders (`gpt`, `llama`, GPT-2/Llama/Mistral/Qwen2 folders) and encoder-decoders (`t5`, T5/BART "
+         "folders) take them; encoder classifiers (BERT-like) and ftdsl's own `mlp`/`cnn`/`rnn`/`transformer` nets "
+         "do not. `ia3`'s `feedforward` modules are scaled on their input and must be among its `targets`.",
+         'model m { arch = transformer(), task = classify(labels = 2) }\ntrain t { model = m, data = d, '
+         'lora = prefix(tokens = 16) }',
+         'lora = lora(r = 8)   # or ia3(); prefix-tuning on a causal_lm or seq2seq model'),
+    Code("FTP252", "gradient-checkpointing-unsupported", _E, "`gradient_checkpointing = true` on a model that is not "
+         "a transformers model",
+         "Gradient checkpointing is switched on through transformers (`gradient_checkpointing_enable`); ftdsl's "
+         "own `mlp`, `cnn`, `rnn` and `transformer` nets have no such switch, and the setting would do nothing.",
+         'model m { arch = mlp(), task = classify(labels = 3) }\ntrain t { model = m, data = d, '
+         'gradient_checkpointing = true }',
+         "drop the setting, or use a pretrained model or `gpt`/`llama`/`t5`"),
+    Code("FTP253", "kbit-unavailable", _E, "`load_in = 8bit|4bit` where bitsandbytes or a CUDA device is missing",
+         "Loading a base model in 8 or 4 bits goes through bitsandbytes' CUDA kernels: without the package, with "
+         "a CPU-only torch, or with `device = cpu`, the model could not load.",
+         'pipeline { device = cpu }\nmodel m { pretrained = "models/llama", task = causal_lm(), load_in = 4bit }',
+         "load_in = full (train adapters on the full-precision base), or run on a CUDA machine with "
+         "`pip install bitsandbytes`"),
     Code("FTP255", "generation-mismatch", _E, "generation asked of models that do not generate, or with nothing to "
          "compare it with",
          "`generate = {...}` applies to `causal_lm` and `seq2seq` models only. A generation metric (`exact_match`, "
