@@ -54,3 +54,31 @@ def test_the_ordering_fix_keeps_a_plain_wordpiece_tokenizer(tmp_path):
     tk = Tokenizer.from_file(str(tmp_path / "tok" / "tokenizer.json"))
     assert tk.encode("Alphas ##a").tokens[:3] == ["[CLS]", "alpha", "##s"]
     assert "##a" not in tk.encode("Alphas ##a").tokens[3:]
+
+
+BPE_SCRIPT = r"""
+import random, sys
+from pathlib import Path
+from ftdsl.stages.tokenizer import train_bpe
+
+rng = random.Random(0)
+words = ["reverse", "the", "words", "capital", "of", "France", "Paris", "add", "and", "uppercase", "hello",
+         "naïve", "Übergröße", "日本語", "42", "7", "?", "."]
+rows = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 12))) for _ in range(400)]
+train_bpe(rows, 400, Path(sys.argv[1]), max_length=64)
+"""
+
+
+def test_bpe_tokenizer_json_is_the_same_bytes_in_fresh_processes(tmp_path):
+    runs = []
+    for seed in ("1", "2", "3"):
+        out = tmp_path / f"bpe{seed}"
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        subprocess.run([sys.executable, "-c", BPE_SCRIPT, str(out)], check=True, env=env, timeout=120,
+                       cwd=Path(__file__).resolve().parents[1])
+        runs.append(((out / "tokenizer.json").read_bytes(), (out / "tokenizer_config.json").read_bytes()))
+    assert runs[0] == runs[1] == runs[2]
+    state = json.loads(runs[0][0])
+    # many merges of equal count: the test would catch an order that depends on a hash seed
+    assert len(state["model"]["merges"]) > 50
+    assert [t["content"] for t in state["added_tokens"]][:4] == ["<pad>", "<bos>", "<eos>", "<unk>"]

@@ -331,6 +331,8 @@ class Part:
     feature_names: list[str] | None = None
     rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     lines: np.ndarray | None = None  # int64 [n]: file line of each row (0 = unknown), for messages
+    records: list[dict] | None = None  # the structured modalities' rows (ftdsl.stages._records)
+    labeled: bool = True  # False: no label column (labels_raw is zeros)
 
     @property
     def n(self) -> int:

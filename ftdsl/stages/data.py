@@ -1,9 +1,10 @@
-"""The `data` stage: read a source, type the labels, make seeded splits, (optionally) train a
-WordPiece tokenizer. Produces a `Dataset` artifact (docs/internals.md §2).
+"""The `data` stage: read a source, type the labels (or read the records of a structured
+modality: instructions, text pairs, tagged words), make seeded splits, (optionally) train a
+WordPiece or byte-level BPE tokenizer. Produces a `Dataset` artifact (docs/internals.md §2).
 
 Module map: the artifact and the checks downstream stages run against it are in
 `ftdsl.stages.dataset` (its validated load in `dataset_check`), the readers in `_sources`, the
-tokenizer in `ftdsl.stages.tokenizer`, batching (torch) in `ftdsl.stages.batching`; other modules
+tokenizer in `ftdsl.stages.tokenizer`, the records in `_records`, batching (torch) in `ftdsl.stages.batching`; other modules
 import those names from their own modules, not from here. No torch here.
 """
 
@@ -18,9 +19,10 @@ import numpy as np
 
 from ftdsl.errors import StageError
 from ftdsl.stages import _sources as S
+from ftdsl.stages._records import read_records, record_modality
 from ftdsl.stages._sources import BAD_DATA, Part, Table
-from ftdsl.stages.dataset import SPLIT_ORDER, Dataset, Split
-from ftdsl.stages.tokenizer import train_wordpiece
+from ftdsl.stages.dataset import SPLIT_ORDER, Dataset, Split, record_texts
+from ftdsl.stages.tokenizer import train_bpe, train_wordpiece
 
 DEFAULT_SPLIT = {"train": 0.8, "valid": 0.1, "test": 0.1}  # `source` without `split`
 
@@ -148,13 +150,33 @@ def _finalize_labels(parts: list[Part]) -> tuple[list[np.ndarray], list[str] | N
     return [np.asarray([index[s] for s in out], dtype=np.int64) for out in strs], uniq, len(uniq)
 
 
-def _load_part(call: dict, ctx, attrs: dict) -> Part:
+def _unlabeled_part(table: Table, texts: list[str] | None, records: list[dict] | None) -> Part:
+    n = table.n
+    return Part(
+        table.shown, None, texts, np.zeros(n, dtype=np.int64), table.where, label_column=None,
+        rows=np.arange(1, n + 1, dtype=np.int64),
+        lines=None if table.lines is None else np.asarray([ln or 0 for ln in table.lines], dtype=np.int64),
+        records=records, labeled=False,
+    )
+
+
+def _load_part(call: dict, ctx, attrs: dict, rec_modality: str | None) -> Part:
     kind = call.get("$call") if isinstance(call, dict) else None
     if kind in ("csv", "jsonl", "parquet"):
         table = S.read_file_call(call, Path(ctx.pipeline_dir))
+        if rec_modality is not None:
+            return _unlabeled_part(table, None, read_records(table, rec_modality, attrs))
         label = attrs.get("label") or "label"
-        return _part_from_table(table, text=attrs.get("text"), label=label, features=attrs.get("features"))
+        text = attrs.get("text")
+        if text is not None and label == "label" and "label" not in table.data:
+            # plain text (causal_lm): the default label column is absent, so the rows have no labels
+            return _unlabeled_part(table, S.text_column(table, text), None)
+        return _part_from_table(table, text=text, label=label, features=attrs.get("features"))
     if kind in ("sklearn", "synthetic"):
+        if rec_modality is not None:
+            raise StageError(BAD_DATA, f"{S.describe(call)} yields numeric features, not "
+                                       f"{rec_modality.replace('_', ' ')} columns",
+                             "read a jsonl/csv/parquet file: `source = jsonl(\"...\")`")
         if attrs.get("text"):
             raise StageError(BAD_DATA, f"{S.describe(call)} has no text column; remove `text`")
         part = S.load_sklearn(call.get("name")) if kind == "sklearn" else S.load_synthetic(call, ctx.seed)
@@ -239,6 +261,7 @@ def run(inputs: dict[str, object], attrs: dict, ctx) -> Dataset:
     if text_col is not None and attrs.get("features"):
         raise StageError(BAD_DATA, "set either `text` or `features`, not both")
     sampler = attrs.get("sampler") or "shuffle"
+    rec_modality = record_modality(attrs)
 
     # --- which splits come from where --------------------------------------------------
     # carve: the splits divided out of `base` by proportion; explicit files give the rest.
@@ -282,15 +305,29 @@ def run(inputs: dict[str, object], attrs: dict, ctx) -> Dataset:
     # --- load ---------------------------------------------------------------------------
     parts: list[tuple[str | None, Part]] = []  # (split name or None for the carved base, part)
     if base_call is not None:
-        parts.append((None, _load_part(base_call, ctx, attrs)))
+        parts.append((None, _load_part(base_call, ctx, attrs, rec_modality)))
     for name, call in explicit.items():
-        parts.append((name, _load_part(call, ctx, attrs)))
-    label_arrays, label_names, num_classes = _finalize_labels([p for _, p in parts])
+        parts.append((name, _load_part(call, ctx, attrs, rec_modality)))
+    labeled = all(p.labeled for _, p in parts)
+    if labeled:
+        label_arrays, label_names, num_classes = _finalize_labels([p for _, p in parts])
+    else:
+        if rec_modality is None:  # plain text: every file without the label column, or every file with it
+            with_labels = [p for _, p in parts if p.labeled]
+            if with_labels:
+                bare = next(p for _, p in parts if not p.labeled)
+                raise StageError(
+                    BAD_DATA,
+                    f"`{bare.source}` has no column `label`, but `{with_labels[0].source}` has one: "
+                    "the files disagree on whether the rows are labelled",
+                    "give every file the label column, or none (plain text for causal_lm)",
+                )
+        label_arrays, label_names, num_classes = [p.labels_raw for _, p in parts], None, None
 
     shapes = {tuple(p.features.shape[1:]) for _, p in parts if p.features is not None}
     if len(shapes) > 1:
         raise StageError(BAD_DATA, f"the data files have different feature shapes: {sorted(shapes)}")
-    modality = "text" if text_col is not None else "features"
+    modality = rec_modality or ("text" if text_col is not None else "features")
     for _, p in parts:
         if p.feature_names and parts[0][1].feature_names and p.feature_names != parts[0][1].feature_names:
             raise StageError(
@@ -302,7 +339,7 @@ def run(inputs: dict[str, object], attrs: dict, ctx) -> Dataset:
     rng = np.random.default_rng(int(ctx.seed))
     splits: dict[str, Split] = {}
     for (name, part), labels in zip(parts, label_arrays):
-        whole = Split(part.features, part.texts, labels, part.rows, part.source, part.lines)
+        whole = Split(part.features, part.texts, labels, part.rows, part.source, part.lines, part.records)
         if name is not None:
             splits[name] = whole
             continue
@@ -322,6 +359,12 @@ def run(inputs: dict[str, object], attrs: dict, ctx) -> Dataset:
         std[std <= 1e-6 * np.maximum(1.0, np.abs(mean))] = 1.0
         norm_mean, norm_std = mean.astype(np.float32), std.astype(np.float32)
 
+    if sampler == "balanced" and not labeled:
+        raise StageError(
+            BAD_DATA,
+            f"sampler = balanced needs class labels, but the rows are {_describe_unlabeled(modality)} without labels",
+            "use sampler = shuffle",
+        )
     if sampler == "balanced" and num_classes is None:
         raise StageError(
             BAD_DATA,
@@ -334,27 +377,36 @@ def run(inputs: dict[str, object], attrs: dict, ctx) -> Dataset:
     tok_dir = None
     tok = attrs.get("tokenizer")
     if tok:
-        if modality != "text":
+        if modality == "features":
             raise StageError(BAD_DATA, "`tokenizer` needs text data: set `text = \"column\"`")
         if "train" not in splits:
             raise StageError(BAD_DATA, "`tokenizer` is trained on the `train` split, and there is none")
         from ftdsl.ir.lower import complete_call
 
         tok = complete_call(tok, "tokenizer")  # defaults from the schema, the one declaration
-        vocab, lowercase = tok["vocab"], tok["lowercase"]
-        tok_dir = train_wordpiece(
-            splits["train"].texts, int(vocab), Path(ctx.out_dir) / "tokenizer",
-            lowercase=bool(lowercase), max_length=max_length,
-        )
+        train = splits["train"]
+        texts = train.texts if train.texts is not None else record_texts(train.records)
+        if tok.get("$call") == "bpe":
+            tok_dir = train_bpe(texts, int(tok["vocab"]), Path(ctx.out_dir) / "tokenizer", max_length=max_length)
+        else:
+            tok_dir = train_wordpiece(
+                texts, int(tok["vocab"]), Path(ctx.out_dir) / "tokenizer",
+                lowercase=bool(tok["lowercase"]), max_length=max_length,
+            )
 
     label_attr = attrs.get("label") or "label"
-    if source is not None and source.get("$call") in ("sklearn", "synthetic"):
+    if not labeled:
+        label_col = None
+    elif source is not None and source.get("$call") in ("sklearn", "synthetic"):
         label_col = "target"
     else:
         label_col = label_attr if isinstance(label_attr, str) else ", ".join(label_attr)
     main = base_call or source or explicit.get("train") or next(iter(explicit.values()))
     sizes = ", ".join(f"{n} {len(sp)}" for n, sp in splits.items())
-    kind = f"{num_classes} classes" if num_classes is not None else "regression"
+    if not labeled:
+        kind = _describe_unlabeled(modality)
+    else:
+        kind = f"{num_classes} classes" if num_classes is not None else "regression"
     ctx.reporter.log(f"data: {S.describe(main)}: {sizes} rows; {kind}")
     return Dataset(
         splits=splits,
@@ -371,4 +423,10 @@ def run(inputs: dict[str, object], attrs: dict, ctx) -> Dataset:
         label_column=label_col,
         text_column=text_col,
         feature_names=parts[0][1].feature_names if modality == "features" else None,
+        labeled=labeled,
     )
+
+
+def _describe_unlabeled(modality: str) -> str:
+    return {"text": "plain text", "instructions": "instruction records", "text_pairs": "text pairs",
+            "tagged": "tagged words"}.get(modality, modality)

@@ -6,6 +6,7 @@ Saved form (`Dataset.save(dir)`), never pickle:
     dir/dataset.json          metadata (modality, shapes, label names, split sizes, ...)
     dir/arrays.safetensors    "<split>.features" / ".labels" / ".rows" (/ ".lines"), "norm_mean", "norm_std"
     dir/texts.json            {"<split>": [str, ...]}            (text data only)
+    dir/records.json          {"<split>": [{...}, ...]}          (instructions, text_pairs, tagged)
     dir/tokenizer/            tokenizer.json + tokenizer_config.json (when a tokenizer was trained)
 
 `Dataset.load` validates everything it reads (structure, dtypes, shapes, finite values, label
@@ -24,13 +25,18 @@ from pathlib import Path
 import numpy as np
 
 from ftdsl.errors import StageError
+from ftdsl.ir.schema.modality import CHAT_ROLES
 
-__all__ = ["Split", "Dataset", "check_labels", "regression_targets", "FORMAT_VERSION", "SPLIT_ORDER"]
+__all__ = ["Split", "Dataset", "check_labels", "regression_targets", "record_texts", "FORMAT_VERSION",
+           "SPLIT_ORDER", "ROLES", "RECORD_MODALITIES"]
 
 BAD_DATA = "FTP510"
 FORMAT_VERSION = 1
 SPLIT_ORDER = ("train", "valid", "test")
 _EXAMPLES = 5  # offending rows shown in a message
+ROLES = CHAT_ROLES  # the roles a chat message may have (the schema's table)
+# modalities whose rows are `Split.records` (formats: ftdsl/stages/tasks/__init__.py)
+RECORD_MODALITIES = ("instructions", "text_pairs", "tagged")
 
 
 @dataclass(eq=False)  # numpy fields: compare explicitly, not with ==
@@ -41,6 +47,10 @@ class Split:
     rows: np.ndarray  # int64 [n]: 1-based data row in `source` (for messages)
     source: str | None = None  # the file these rows come from (None: Dataset.source)
     lines: np.ndarray | None = None  # int64 [n]: the file line of each row (csv, jsonl), for messages
+    # one dict per row for the structured modalities (instructions, text_pairs, tagged):
+    # {"prompt", "response"} | {"messages": [{"role", "content"}, ...]} | {"source", "target"} |
+    # {"tokens": [str, ...], "tags": [str, ...]}
+    records: list[dict] | None = None
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -55,6 +65,7 @@ class Split:
             np.ascontiguousarray(self.rows[idx]),
             self.source,
             None if self.lines is None else np.ascontiguousarray(self.lines[idx]),
+            None if self.records is None else [self.records[i] for i in idx],
         )
 
     def where(self, i: int) -> str:
@@ -68,7 +79,7 @@ class Split:
 @dataclass(eq=False)
 class Dataset:
     splits: dict[str, Split]
-    modality: str  # "features" | "text"
+    modality: str  # "features" | "text" | "instructions" | "text_pairs" | "tagged"
     input_shape: tuple[int, ...] | None
     label_names: list[str] | None  # index -> original label value (classify)
     num_classes: int | None
@@ -82,6 +93,9 @@ class Dataset:
     label_column: str | None = None
     text_column: str | None = None
     feature_names: list[str] | None = None
+    # False for data without labels: plain text with no label column, and the record modalities
+    # (their labels array is zeros, num_classes None)
+    labeled: bool = True
 
     @property
     def task(self) -> str:
@@ -112,6 +126,7 @@ class Dataset:
         dir.mkdir(parents=True, exist_ok=True)
         arrays: dict[str, np.ndarray] = {}
         texts: dict[str, list[str]] = {}
+        records: dict[str, list[dict]] = {}
         splits_meta: dict[str, dict] = {}
         for name, sp in self.splits.items():
             arrays[f"{name}.labels"] = np.ascontiguousarray(sp.labels)
@@ -122,10 +137,13 @@ class Dataset:
                 arrays[f"{name}.features"] = np.ascontiguousarray(sp.features, dtype=np.float32)
             if sp.texts is not None:
                 texts[name] = list(sp.texts)
+            if sp.records is not None:
+                records[name] = list(sp.records)
             splits_meta[name] = {
                 "n": len(sp),
                 "features": sp.features is not None,
                 "texts": sp.texts is not None,
+                "records": sp.records is not None,
                 "source": sp.source,
             }
         if self.norm_mean is not None:
@@ -134,6 +152,8 @@ class Dataset:
         save_file(arrays, str(dir / "arrays.safetensors"))
         if texts:
             (dir / "texts.json").write_text(json.dumps(texts, ensure_ascii=False), encoding="utf-8")
+        if records:
+            (dir / "records.json").write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
         has_tok = False
         if self.tokenizer_dir is not None:
             src = Path(self.tokenizer_dir)
@@ -157,6 +177,7 @@ class Dataset:
             "label_column": self.label_column,
             "text_column": self.text_column,
             "feature_names": self.feature_names,
+            "labeled": self.labeled,
         }
         (dir / "dataset.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
 
@@ -206,6 +227,18 @@ def check_labels(dataset: Dataset, num_labels: int, task: str | None = None) -> 
     head. For classification it names the offending label values as written in the file and the
     rows (and file lines) that hold them: a few examples and the count."""
     col = dataset.label_column or "label"
+    if not dataset.labeled:
+        what = ("has no label column" if dataset.modality == "text"
+                else f"holds {dataset.modality.replace('_', ' ')} records, not labelled rows")
+        raise StageError(
+            BAD_DATA,
+            f"`{dataset.source}` {what}, but the model is "
+            f"{'regress' if (task or 'classify') == 'regress' else 'classify'}(...) and needs a label per row",
+            "set `label = \"column\"` to the label column of the file, or use a task for this data "
+            "(`causal_lm()` for plain text)" if dataset.modality == "text" else
+            "use the task for this data: `causal_lm()` (instructions), `seq2seq()` (text pairs), "
+            "`token_classify(labels = [..])` (tagged words)",
+        )
     task = task or dataset.task
     if task == "regress":
         if dataset.num_classes is not None and dataset.label_names is not None:
@@ -282,3 +315,19 @@ def regression_targets(dataset: Dataset, split: Split) -> np.ndarray:
         f"`{dataset.source}`, column `{dataset.label_column or 'label'}`: text labels cannot be "
         "regression targets",
     )
+
+
+def record_texts(records: list[dict]) -> list[str]:
+    """Every text of the records, one string per field (prompt, response, each message's content,
+    source, target; a tagged row's words joined by spaces): what a tokenizer is trained on."""
+    out: list[str] = []
+    for r in records:
+        if "messages" in r:
+            out.extend(m["content"] for m in r["messages"])
+        elif "prompt" in r:
+            out.extend((r["prompt"], r["response"]))
+        elif "source" in r:
+            out.extend((r["source"], r["target"]))
+        elif "tokens" in r:
+            out.append(" ".join(r["tokens"]))
+    return out

@@ -4,7 +4,8 @@ A cache entry is checksummed, but a checksum only proves the bytes are the ones 
 that someone fixed up the manifest too). So the load checks what the data stage guarantees:
 the metadata's types, that `arrays.safetensors` parses, every array's dtype and shape, that
 features and regression targets are finite (NaN/Inf rows are refused, like FTP507 for
-weights), that class labels are within the classes, and that texts are strings. Any failure is
+weights), that class labels are within the classes, that texts are strings and that records have
+their modality's form (``record_problem``). Any failure is
 StageError FTP503: the executor quarantines the entry and computes the stage again.
 No torch here.
 """
@@ -19,7 +20,7 @@ import numpy as np
 
 from ftdsl.errors import StageError
 
-__all__ = ["load"]
+__all__ = ["load", "record_problem"]
 
 FORMAT_VERSION = 1
 _HINT = "the cache entry is damaged; ftdsl recomputes it (or rerun the data stage with --force)"
@@ -51,6 +52,38 @@ def _read_json(path: Path) -> Any:
         raise _Bad(f"`{path.name}` is not valid JSON ({str(e)[:80]})") from None
 
 
+def record_problem(modality: str, rec: Any) -> str | None:
+    """What is wrong with ``rec`` as a record of ``modality`` (the form the data stage writes,
+    ftdsl/stages/tasks/__init__.py), or None when it is valid."""
+    from ftdsl.ir.schema.modality import CHAT_ROLES as ROLES
+
+    if not isinstance(rec, dict):
+        return "a record is not an object"
+    if modality == "instructions":
+        if set(rec) == {"prompt", "response"}:
+            return None if isinstance(rec["prompt"], str) and isinstance(rec["response"], str) \
+                else "a prompt or response is not text"
+        msgs = rec.get("messages")
+        if set(rec) != {"messages"} or not isinstance(msgs, list) or not msgs:
+            return "an instruction record has neither prompt/response nor a non-empty messages list"
+        for m in msgs:
+            if not (isinstance(m, dict) and set(m) == {"role", "content"} and m["role"] in ROLES
+                    and isinstance(m["content"], str)):
+                return "a chat message is not a {role, content} object with a known role"
+        return None
+    if modality == "text_pairs":
+        ok = set(rec) == {"source", "target"} and isinstance(rec["source"], str) and isinstance(rec["target"], str)
+        return None if ok else "a text pair is not {source, target} texts"
+    if modality == "tagged":
+        toks, tags = rec.get("tokens"), rec.get("tags")
+        if set(rec) != {"tokens", "tags"} or not _str_list(toks) or not _str_list(tags):
+            return "a tagged record is not {tokens, tags} lists of strings"
+        if not toks or len(toks) != len(tags) or not all(t.strip() for t in toks):
+            return "a tagged record has no words, an empty word, or a tag count unlike its word count"
+        return None
+    return f"modality {modality!r} has no records"
+
+
 def _check_meta(meta: Any) -> None:
     _need(isinstance(meta, dict), "dataset.json is not an object")
     _need(meta.get("format_version") == FORMAT_VERSION,
@@ -60,9 +93,16 @@ def _check_meta(meta: Any) -> None:
     for name, sm in splits.items():
         _need(isinstance(sm, dict) and type(sm.get("n")) is int and sm["n"] >= 0
               and isinstance(sm.get("features"), bool) and isinstance(sm.get("texts"), bool)
+              and isinstance(sm.get("records", False), bool)
               and (sm.get("source") is None or isinstance(sm.get("source"), str)),
               f"the record of split `{name}` is malformed")
-    _need(meta.get("modality") in ("features", "text"), f"unknown modality {meta.get('modality')!r}")
+    from ftdsl.ir.schema.modality import MODALITIES
+
+    _need(meta.get("modality") in MODALITIES, f"unknown modality {meta.get('modality')!r}")
+    _need(isinstance(meta.get("labeled", True), bool), "labeled is malformed")
+    if meta.get("labeled", True) is False:
+        _need(meta.get("num_classes") is None and meta.get("label_names") is None,
+              "an unlabeled dataset has label names")
     shape = meta.get("input_shape")
     _need(shape is None or (isinstance(shape, list) and all(type(d) is int and d > 0 for d in shape)),
           "input_shape is malformed")
@@ -95,7 +135,7 @@ def _finite(a: np.ndarray, what: str) -> None:
         raise _Bad(f"{what} contains NaN or infinite values ({flat.size} row(s), first at index {int(flat[0])})")
 
 
-def _check_split(name: str, sm: dict, meta: dict, arrays: dict, texts: dict) -> tuple:
+def _check_split(name: str, sm: dict, meta: dict, arrays: dict, texts: dict, records: dict) -> tuple:
     n = sm["n"]
     labels = arrays.get(f"{name}.labels")
     rows = arrays.get(f"{name}.rows")
@@ -104,7 +144,10 @@ def _check_split(name: str, sm: dict, meta: dict, arrays: dict, texts: dict) -> 
     _need(rows.dtype == np.int64 and rows.shape == (n,), f"`{name}.rows` has the wrong dtype or shape")
     _need(lines is None or (lines.dtype == np.int64 and lines.shape == (n,)), f"`{name}.lines` is malformed")
     k = meta.get("num_classes")
-    if k is not None:
+    if meta.get("labeled", True) is False:
+        _need(labels.dtype == np.int64 and labels.shape == (n,) and not labels.any(),
+              f"`{name}.labels` of unlabeled data are not {n} zeros")
+    elif k is not None:
         _need(labels.dtype == np.int64 and labels.shape == (n,), f"`{name}.labels` are not {n} class numbers")
         _need(n == 0 or (int(labels.min()) >= 0 and int(labels.max()) < k),
               f"`{name}.labels` has a class outside 0..{k - 1}")
@@ -124,8 +167,16 @@ def _check_split(name: str, sm: dict, meta: dict, arrays: dict, texts: dict) -> 
     if sm["texts"]:
         txt = texts.get(name)
         _need(_str_list(txt) and len(txt) == n, f"texts.json has no {n} texts for split `{name}`")
-    _need(feats is not None or txt is not None, f"split `{name}` has neither features nor texts")
-    return feats, txt, labels, rows, lines
+    recs = None
+    if sm.get("records", False):
+        recs = records.get(name)
+        _need(isinstance(recs, list) and len(recs) == n, f"records.json has no {n} records for split `{name}`")
+        for i, r in enumerate(recs):
+            why = record_problem(meta["modality"], r)
+            _need(why is None, f"records.json, split `{name}`, record {i + 1}: {why}")
+    _need(feats is not None or txt is not None or recs is not None,
+          f"split `{name}` has neither features, texts nor records")
+    return feats, txt, labels, rows, lines, recs
 
 
 def _check_tokenizer(tok: Path) -> None:
@@ -149,10 +200,14 @@ def load(cls, split_cls, dir: Path):
         if (dir / "texts.json").exists():
             texts = _read_json(dir / "texts.json")
             _need(isinstance(texts, dict), "texts.json is not an object")
+        records: dict = {}
+        if (dir / "records.json").exists():
+            records = _read_json(dir / "records.json")
+            _need(isinstance(records, dict), "records.json is not an object")
         splits = {}
         for name, sm in meta["splits"].items():
-            feats, txt, labels, rows, lines = _check_split(name, sm, meta, arrays, texts)
-            splits[name] = split_cls(feats, txt, labels, rows, sm.get("source"), lines)
+            feats, txt, labels, rows, lines, recs = _check_split(name, sm, meta, arrays, texts, records)
+            splits[name] = split_cls(feats, txt, labels, rows, sm.get("source"), lines, recs)
         mean, std = arrays.get("norm_mean"), arrays.get("norm_std")
         _need((mean is None) == (std is None), "only one of norm_mean / norm_std is saved")
         if mean is not None:
@@ -183,4 +238,5 @@ def load(cls, split_cls, dir: Path):
         label_column=meta.get("label_column"),
         text_column=meta.get("text_column"),
         feature_names=meta.get("feature_names"),
+        labeled=meta.get("labeled", True),
     )

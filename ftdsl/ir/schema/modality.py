@@ -53,6 +53,8 @@ MODALITY_COLUMNS: dict[str, tuple[str, ...]] = {
     TEXT_PAIRS: ("target",),
     TAGGED: ("tokens", "tags"),
 }
+# The roles a chat message (`messages` column) may have; the data stage refuses others.
+CHAT_ROLES: tuple[str, ...] = ("system", "user", "assistant")
 # Pretrained models are Hugging Face models: the Auto class follows the task
 # (AutoModelForSequenceClassification, ...ForCausalLM, ...ForSeq2SeqLM, ...ForTokenClassification).
 PRETRAINED_INPUTS: tuple[str, ...] = (TEXT, INSTRUCTIONS, TEXT_PAIRS, TAGGED)
