@@ -89,7 +89,11 @@ def test_every_task_metric_is_computed_and_nothing_else():
     assert set(F.quality_metrics("classify", logits, y)) == set(metrics_for("classify", tracked_only=True))
     assert set(F.quality_metrics("regress", pred, t)) == set(metrics_for("regress", tracked_only=True))
     assert set(F.BY_TASK) == names("task")
-    assert set(evaluate.MEASURED) == {m.name for m in METRIC_REGISTRY.values() if not m.tracked}
+    # evaluate-only: measured (latency, size) or computed from generated texts (exact_match, rouge_l, bleu)
+    assert set(evaluate.MEASURED) | set(F.GENERATED) == {m.name for m in METRIC_REGISTRY.values() if not m.tracked}
+    from ftdsl.stages.seq_metrics import GENERATION
+
+    assert set(F.GENERATED) == set(GENERATION)
     assert set(evaluate.QUALITY) == set(QUALITY_METRICS)
     assert set(S.KINDS["evaluate"].field("metrics").type.item.choices) == set(METRIC_REGISTRY)
 

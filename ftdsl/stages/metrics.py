@@ -3,7 +3,10 @@
 Which metrics exist, the tasks they apply to and their direction are declared once, in the schema's
 metric registry (``ftdsl/ir/schema/metrics.py``); ``quality_metrics(task, ...)`` computes exactly
 the registry's quality metrics of a task (tests/test_schema_contract.py ties the two). Latency and
-size are measured by the evaluate stage, not computed from predictions.
+size are measured by the evaluate stage, not computed from predictions. The token tasks
+(causal_lm, seq2seq, token_classify) compute their teacher-forced metrics themselves
+(``ftdsl.stages.tasks``), and the generation metrics (``GENERATED``) are computed by
+``ftdsl.stages.seq_metrics`` from the texts `evaluate` generates.
 
 Conventions are scikit-learn's defaults: macro averages run over the labels that occur in
 ``y_true`` or ``y_pred`` (unless ``labels`` is given), and a class whose precision or recall is
@@ -30,7 +33,9 @@ __all__ = [
     "classification_metrics",
     "regression_metrics",
     "quality_metrics",
+    "generation_metrics",
     "BY_TASK",
+    "GENERATED",
 ]
 
 
@@ -138,10 +143,44 @@ def regression_metrics(pred, y_true) -> dict[str, float]:
     return {"mse": err, "mae": mae(y_true, pred), "r2": r2(y_true, pred), "loss": err}
 
 
-# task -> (outputs, labels) -> every quality metric the schema's registry lists for that task
-BY_TASK = {"classify": classification_metrics, "regress": regression_metrics}
+def _token_task(name: str):
+    """The teacher-forced metrics of a token task (``ftdsl.stages.tasks``): ``outputs`` is the
+    list of its ``batch_stats`` (one per evaluated batch), ``task_call`` the model's task call."""
+
+    def compute(outputs, task_call) -> dict[str, float]:
+        from ftdsl.stages.tasks import get_task
+
+        return get_task(name).metrics(outputs, task_call if isinstance(task_call, dict) else {"$call": name})
+
+    compute.__name__ = f"{name}_metrics"
+    return compute
+
+
+# task -> (outputs, labels) -> every tracked quality metric the schema's registry lists for that
+# task. Token tasks: (their batch statistics, the task call) -> the teacher-forced metrics;
+# the generation metrics (`exact_match`, `rouge_l`, `bleu`: evaluate-only) are GENERATED's.
+BY_TASK = {"classify": classification_metrics, "regress": regression_metrics,
+           "causal_lm": _token_task("causal_lm"), "seq2seq": _token_task("seq2seq"),
+           "token_classify": _token_task("token_classify")}
+
+
+def _generated():
+    from ftdsl.stages.seq_metrics import GENERATION
+
+    return GENERATION
+
+
+# metric -> (generated texts, references) -> value: computed by `evaluate` from generations
+GENERATED: tuple[str, ...] = ("exact_match", "rouge_l", "bleu")
+
+
+def generation_metrics(names, generated, references) -> dict[str, float]:
+    """The generation metrics ``names`` (of GENERATED) of generated texts against references."""
+    fns = _generated()
+    return {n: float(fns[n](generated, references)) for n in names if n in fns}
 
 
 def quality_metrics(task: str, outputs, y_true) -> dict[str, float]:
-    """The registry's quality metrics of ``task`` (``metrics_for(task)`` less latency and size)."""
+    """The registry's tracked quality metrics of ``task`` (``metrics_for(task, tracked_only=True)``
+    less latency and size)."""
     return BY_TASK[task](outputs, y_true)

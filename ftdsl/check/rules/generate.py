@@ -42,7 +42,7 @@ def generation_applies(ctx):
         refs = [r for r in (models.items if isinstance(models, ListIR) else ()) if isinstance(r, RefV)]
         tasks = {r.target: model_task(prog, r.target, memo) for r in refs}
         gen = b.value("generate")
-        if gen is not None:
+        if gen is not None and not (isinstance(gen, Lit) and gen.value is None):
             others = sorted({t for t in tasks.values() if t is not None and t not in GENERATIVE})
             if others:
                 yield make("FTP255", f"`{name}.generate`: {', '.join(others)} models do not generate text",
