@@ -17,6 +17,7 @@ import ftdsl
 from ftdsl.frontend import Compiled
 from ftdsl.runtime.versions import version as dist_version
 from ftdsl.ir.lower import flatten, stage_config
+from ftdsl.runtime.tracking import track_setting
 from ftdsl.stages import ENGINE_VERSION
 
 LIBS = ("torch", "transformers", "onnxruntime", "tokenizers", "peft")
@@ -61,6 +62,7 @@ class Plan:
     out_dir: Path
     pipeline_abs: str = ""
     allow_outside_out: bool = False  # the pipeline's `allow_outside_out`: `out` may leave its folder
+    track: tuple[str, ...] = ("tensorboard",)  # the pipeline's `track` (runtime/tracking.py; in no key)
 
     def by_name(self) -> dict[str, PlannedStage]:
         return {s.name: s for s in self.stages}
@@ -233,7 +235,7 @@ def make_plan(compiled: Compiled, cache=None, *, force: set[str] = frozenset(), 
         annotate(stages, cache, pipeline_abs)
         cache.save_memo()
     return Plan(prog.path, root, stages, seed, dev, cache.root if cache is not None else Path(), out_root(compiled),
-                pipeline_abs, allow_outside_out=prog.setting("allow_outside_out") is True)
+                pipeline_abs, allow_outside_out=prog.setting("allow_outside_out") is True, track=track_setting(prog))
 
 
 def _closure(only: set[str], deps) -> set[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ftdsl.check.context import CheckContext
 from ftdsl.check.rules import compat, generate, hygiene, inputs, metrics, order, prune, references, safety, structure, sweep
+from ftdsl.check.rules import tracking
 from ftdsl.diagnostics import Diagnostic
 from ftdsl.ir.nodes import Program
 
@@ -37,6 +38,7 @@ RULES = (
     hygiene.unused_params,
     hygiene.export_without_verify,
     hygiene.fp16_on_cpu,
+    tracking.trackers_installed,
 )
 
 

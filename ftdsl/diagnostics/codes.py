@@ -127,6 +127,13 @@ _ALL = [
     Code("FTP231", "fp16-on-cpu", _W, "`precision = fp16` with `device = cpu`",
          "fp16 autocast on CPU runs but is about 18x slower than fp32.", "precision = fp16",
          "precision = auto   # bf16 where the CPU supports it"),
+    Code("FTP233", "tracker-not-installed", _W, "`track` names an experiment tracker whose library is not installed",
+         "`track = [mlflow]` logs every training stage to MLflow (`wandb` to Weights & Biases) through its Python "
+         "library, which is an optional install. Without it the run still trains and writes `out/NAME/` "
+         "(metrics.jsonl, TensorBoard events), but that tracker records nothing. Checked without importing the "
+         "library; the light install (`pip install ftdsl`, no engine) does not check it.",
+         "pipeline p { track = [tensorboard, mlflow] }   # mlflow is not installed",
+         'pip install "ftdsl[track]"   # MLflow; `pip install wandb` for wandb; or drop it from `track`'),
     Code("FTP232", "task-metric-mismatch", _E, "a metric that does not apply to the task",
          "Accuracy, F1, precision and recall need a classification task; a regression model produces mse/mae.",
          "metrics = [accuracy]   # of a regress() model", "metrics = [mse, mae]"),

@@ -312,7 +312,7 @@ def _run_job(job: dict, rank: int) -> None:
     ctx = StageContext(name=job["name"], kind=job["kind"], pipeline_dir=Path(c["pipeline_dir"]), out_dir=out_dir,
                        work_dir=Path(c["work_dir"]), seed=int(c["seed"]), device=device, reporter=reporter,
                        verify=bool(c.get("verify")), key=c.get("key", ""),
-                       force_resume=bool(c.get("force_resume")))
+                       force_resume=bool(c.get("force_resume")), tracking=c.get("tracking"))
     try:
         artifact = run_in_rank(job["kind"], inputs, job["config"], ctx)
     finally:
@@ -350,7 +350,7 @@ def compute_launched(ctx, kind: str, config: dict, inputs: dict, tmp: Path, opts
         "artifact_dir": str(tmp / "artifact"), "scratch": str(job_dir),
         "ctx": {"pipeline_dir": str(ctx.pipeline_dir), "out_dir": str(ctx.out_dir), "work_dir": str(ctx.work_dir),
                 "seed": ctx.seed, "device": ctx.device, "verify": ctx.verify, "key": ctx.key,
-                "force_resume": ctx.force_resume},
+                "force_resume": ctx.force_resume, "tracking": ctx.tracking},
     }
     ctx.reporter.log(f"launching {opts.describe()} with torchrun")
     result = launch(job, job_dir, opts)
@@ -381,7 +381,7 @@ def run_external(ex, st, by_name, world: World) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         return StageContext(name=st.name, kind=st.kind, pipeline_dir=ex.plan.root_dir, out_dir=out_dir,
                             work_dir=ex.cache.work_dir(st.key), seed=ex.plan.seed, device=device, reporter=reporter,
-                            verify=ex.verify, key=st.key, force_resume=ex.force_resume)
+                            verify=ex.verify, key=st.key, force_resume=ex.force_resume, tracking=ex.tracking(st.name))
 
     import time
 

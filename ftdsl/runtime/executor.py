@@ -181,7 +181,7 @@ class _Executor:
             ctx = StageContext(name=st.name, kind=st.kind, pipeline_dir=self.plan.root_dir, out_dir=tmp / "out",
                                work_dir=self.cache.work_dir(st.key), seed=self.plan.seed, device=self.plan.device,
                                reporter=reporter, verify=self.verify, key=st.key, force_resume=self.force_resume,
-                               cache=self.cache)
+                               cache=self.cache, tracking=self.tracking(st.name))
             ctx.out_dir.mkdir(parents=True, exist_ok=True)
             if launched:
                 meta["metrics"] = json_safe(distributed.compute_launched(ctx, st.kind, config, inputs, tmp,
@@ -245,6 +245,10 @@ class _Executor:
         self.entries.pop(st.name, None)
         self._run_stage(st, by_name)
         return cls.load(self.entries[st.name] / "artifact")
+
+    def tracking(self, name: str) -> dict:
+        """What a stage's trackers are told (StageContext.tracking; runtime/tracking.py)."""
+        return {"track": list(self.plan.track), "pipeline": self.plan.pipeline_abs, "out": str(self.out_root / name)}
 
     # -- outputs ------------------------------------------------------------------------------
     def _sync_outputs(self, st: PlannedStage, entry: Path) -> None:

@@ -39,3 +39,4 @@ class StageContext:
     threads: int | None = None
     cache: Any = None  # the run's runtime.cache.Cache (a sweep publishes its trials as entries)
     on_eval: Any = None  # (step, {"valid": {...}, "train": {...}}) -> None after each evaluation; may raise
+    tracking: dict | None = None  # {"track": [...], "pipeline": path, "out": out/NAME} (runtime/tracking.py)

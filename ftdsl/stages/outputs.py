@@ -7,6 +7,10 @@ training runs and rewritten atomically from the checkpointed history on resume, 
 run's file has no duplicate or lost lines. ``metrics.json`` (final metrics) and ``curves.png``
 are written atomically at the end.
 
+The pipeline's ``track`` setting picks the experiment trackers (ftdsl/runtime/tracking.py):
+``tensorboard`` is the event file here (plus hparams at the end); MLflow and W&B get the same
+records through ``Tracking``. ``MetricsWriter.for_stage(ctx, attrs)`` builds a stage's writer.
+
 These files are written into the stage's cache entry while it is built (``ctx.out_dir``); the
 executor copies them to ``out/<stage>/`` through ``ftdsl.runtime.outdir`` (ownership-checked,
 atomic, disk full = FTP505), so nothing here writes to the user's folder directly.
@@ -28,7 +32,7 @@ __all__ = ["MetricsWriter", "plot_curves", "json_safe"]
 class MetricsWriter:
     """Writes the training curve and final metrics of one stage under ``out_dir``."""
 
-    def __init__(self, out_dir: str | os.PathLike[str], *, tensorboard: bool = True):
+    def __init__(self, out_dir: str | os.PathLike[str], *, tensorboard: bool = True, tracking=None):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.jsonl_path = self.out_dir / "metrics.jsonl"
@@ -36,10 +40,23 @@ class MetricsWriter:
         self.png_path = self.out_dir / "curves.png"
         self.tb_dir = self.out_dir / "tensorboard"
         self.records: list[dict[str, Any]] = []
-        self._tensorboard = tensorboard
+        self.tracking = tracking  # runtime.tracking.Tracking: hparams, MLflow, W&B (None: TensorBoard scalars only)
+        self._tensorboard = tensorboard if tracking is None else tracking.tensorboard
         self._tb = None
         self._purge_step: int | None = None
         self._jsonl = None
+
+    @classmethod
+    def for_stage(cls, ctx, attrs: dict) -> "MetricsWriter":
+        """The writer of a training stage, with the pipeline's trackers (`ctx.tracking`, set by the executor)."""
+        from ftdsl.runtime.tracking import DEFAULT, RunInfo, Tracking, flat_params
+
+        t = getattr(ctx, "tracking", None) or {}
+        info = RunInfo(ctx.name, ctx.kind, t.get("pipeline", ""), Path(ctx.pipeline_dir), getattr(ctx, "key", ""),
+                       t.get("out", ""), flat_params(attrs))
+        reporter = getattr(ctx, "reporter", None)
+        warn = reporter.log if reporter is not None else None
+        return cls(ctx.out_dir, tracking=Tracking(t.get("track", DEFAULT), info, warn))
 
     # -- the curve -------------------------------------------------------------------------
 
@@ -53,6 +70,8 @@ class MetricsWriter:
         text = "".join(json.dumps(json_safe(r), sort_keys=True) + "\n" for r in self.records)
         write_bytes_atomic(self.jsonl_path, text.encode("utf-8"), durable=False)
         self._purge_step = None if resume_step is None else resume_step + 1
+        if self.tracking is not None and self.records:
+            self.tracking.replay(self.records)
 
     def log(self, step: int, split: str = "train", **metrics: Any) -> dict[str, Any]:
         """Append one record (and its TensorBoard scalars); returns the record."""
@@ -67,6 +86,8 @@ class MetricsWriter:
             for k, v in rec.items():
                 if k not in ("step", "split", "epoch") and isinstance(v, (int, float)) and not isinstance(v, bool):
                     tb.add_scalar(f"{split}/{k}", v, int(step))
+        if self.tracking is not None:
+            self.tracking.log(int(step), split, rec)
         return rec
 
     def _writer(self):
@@ -86,9 +107,15 @@ class MetricsWriter:
         write_json_atomic(self.json_path, json_safe(metrics))
         if plot and self.records:
             write_bytes_atomic(self.png_path, plot_curves(self.records))
+        if self.tracking is not None:
+            if self._jsonl is not None:
+                self._jsonl.flush()
+            self.tracking.finish(metrics, [self.json_path, self.jsonl_path, self.png_path], self._writer())
         self.close()
 
     def close(self) -> None:
+        if self.tracking is not None:
+            self.tracking.close()
         if self._jsonl is not None:
             self._jsonl.close()
             self._jsonl = None

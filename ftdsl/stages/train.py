@@ -228,7 +228,7 @@ class _Trainer:
     def fit(self) -> TorchModel:
         attrs, ctx, par = self.attrs, self.ctx, self.parallel
         t_start = time.perf_counter()
-        self.writer = MetricsWriter(ctx.out_dir) if par.main else _QuietWriter(ctx.out_dir)
+        self.writer = MetricsWriter.for_stage(ctx, self.attrs) if par.main else _QuietWriter(ctx.out_dir)
         if not (attrs.get("threads") or getattr(ctx, "threads", None)):
             # bits depend on the thread count (stack.md §5): resume with the checkpoint's
             saved = ckpt.latest_config(self.ckpt_dir)

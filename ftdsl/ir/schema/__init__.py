@@ -198,6 +198,7 @@ class Ctor:
 FRACTION = Float(min=0, max=1, min_open=True, max_open=True)  # (0, 1)
 PRUNE_PARTS = ("heads", "ffn", "units", "channels")  # = ftdsl.stages.prune_shrink.PARTS
 PROB = Float(min=0, max=1, max_open=True)  # [0, 1)
+TRACKERS = ("tensorboard", "mlflow", "wandb")  # = ftdsl.runtime.tracking.BACKENDS
 SPLIT = RefT(("Dataset",), split="required")
 DATASET = RefT(("Dataset",), split="forbidden")
 TORCH_MODEL = RefT(("TorchModel",))
@@ -434,6 +435,11 @@ KINDS: dict[str, Kind] = {k.name: k for k in [
         F("out", PathT(output=True), "out", "where stage outputs go (default `out/` beside the file)"),
         F("allow_outside_out", Bool(), False, "let `out` be a folder outside the pipeline's folder (absolute or "
           "`..`); without it that is FTP303"),
+        F("track", ListT(Enum(TRACKERS), max_len=len(TRACKERS)), ["tensorboard"],
+          "experiment trackers every training stage (train, distill, sweep trials, prune recovery) logs to: "
+          "`tensorboard` (scalars and hparams under `out/NAME/tensorboard`), `mlflow` (a local `mlruns/` beside "
+          "the pipeline, or $MLFLOW_TRACKING_URI), `wandb` (offline unless $WANDB_MODE says otherwise); "
+          "`[]` for none. Not part of any cache key", nullable=False),
         F("description", Str(), None, "free text"),
     ), "Settings", "Pipeline-wide settings (at most one block)."),
     Kind("data", (
