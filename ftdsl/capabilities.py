@@ -56,3 +56,43 @@ def _torch_installed() -> bool:
 
 def distributed_modes() -> tuple[str, ...]:
     return tuple(m for m in DISTRIBUTED if distributed_supported(m))
+
+
+# `model { load_in = 8bit | 4bit }`: a k-bit base needs bitsandbytes and a CUDA device.
+@functools.lru_cache(maxsize=None)
+def _torch_cuda_build() -> bool | None:
+    """Whether the installed torch is a CUDA build (torch/version.py read, torch not imported);
+    None when unknown (no torch here: the engine is installed elsewhere)."""
+    try:
+        spec = importlib.util.find_spec("torch")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin:
+        return None
+    try:
+        text = (Path(spec.origin).parent / "version.py").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("cuda"):
+            return "None" not in line.split("=", 1)[-1]
+    return None
+
+
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def kbit_problem(device: str | None) -> str | None:
+    """Why `load_in = 8bit|4bit` cannot run here (None: it can). `device`: the pipeline's
+    `device` (`auto`, `cpu`, `cuda`)."""
+    if device == "cpu":
+        return "k-bit loading (bitsandbytes) runs on CUDA only, and this pipeline has `device = cpu`"
+    if not _has_module("bitsandbytes"):
+        return "bitsandbytes is not installed"
+    if _torch_cuda_build() is False:
+        return "the installed torch has no CUDA support (bitsandbytes k-bit layers run on CUDA)"
+    return None

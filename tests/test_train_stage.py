@@ -286,16 +286,23 @@ def test_balanced_class_weights_and_schedules():
     assert [step(s) for s in (0, 2, 3, 6)] == [1.0, 1.0, 0.5, 0.25]
 
 
-def test_lora_on_scratch_mlp_is_merged(tmp_path):
+def test_lora_on_scratch_mlp_keeps_the_adapter_apart(tmp_path):
     ds = _features(n=64, valid=0, test=0)
     model = _model(tmp_path, arch={"$call": "mlp", "hidden": [16], "dropout": 0.0, "activation": "relu"})
     art, ctx = _run(tmp_path, model, ds, lora={"$call": "lora", "r": 4, "alpha": 8, "dropout": 0.0, "targets": []})
     keys = set(art.state_dict())
-    assert not any("lora" in k for k in keys) and "net.body.1.weight" in keys
+    assert any("lora_A" in k for k in keys) and not any(k.endswith("body.1.weight") and "lora" not in k
+                                                          and "base_layer" not in k for k in keys)
+    assert art.adapter["method"]["$call"] == "lora"
     assert any("trainable" in line for line in ctx.reporter.lines)
     art.save(tmp_path / "a")
-    m = model_stage.TorchModel.load(tmp_path / "a").build()
-    assert m(torch.zeros(2, 8)).shape == (2, 2)
+    loaded = model_stage.TorchModel.load(tmp_path / "a")
+    m = loaded.build()
+    x = torch.randn(3, 8)
+    plain = loaded.merged()
+    assert "net.body.1.weight" in plain.state_dict() and not any("lora" in k for k in plain.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(plain.build()(x), m(x), atol=1e-5, rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------------- text
@@ -389,6 +396,6 @@ def test_adalora_on_scratch_mlp(tmp_path):
     model = _model(tmp_path, arch={"$call": "mlp", "hidden": [16, 16], "dropout": 0.0, "activation": "relu"})
     art, _ = _run(tmp_path, model, ds, epochs=2, batch=8,
                   lora={"$call": "adalora", "r": 8, "target_r": 2, "targets": ["body.1", "body.3"]})
-    assert sorted(art.state_dict()) == ["net.body.1.bias", "net.body.1.weight", "net.body.3.bias",
-                                        "net.body.3.weight", "net.head.bias", "net.head.weight",
-                                        "norm_mean", "norm_std"]
+    assert sorted(art.merged().state_dict()) == ["net.body.1.bias", "net.body.1.weight", "net.body.3.bias",
+                                                 "net.body.3.weight", "net.head.bias", "net.head.weight",
+                                                 "norm_mean", "norm_std"]

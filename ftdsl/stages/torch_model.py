@@ -107,6 +107,10 @@ class TorchModel:
     def build(self, *, load_weights: bool = True) -> FtdslModule:
         """The nn.Module (fp32, CPU, train mode off) with this artifact's weights."""
         spec = self.spec
+        if spec.get("adapter") and load_weights:  # the base rebuilt, the adapter attached (peft)
+            from ftdsl.stages import adapters
+
+            return adapters.build(self)
         weights = self._weights if load_weights else None
         if spec["source"] == "pretrained" and weights is None:
             net = load_hf_model(spec["pretrained_path"], spec["task"],
@@ -193,6 +197,20 @@ class TorchModel:
             return transformers.AutoModelForSequenceClassification.from_config(
                 cfg, trust_remote_code=bool(self.spec.get("trust_remote_code")))
 
+    @property
+    def adapter(self) -> dict | None:
+        """``spec["adapter"]`` of a model trained with `lora = ...` (ftdsl.stages.adapters), or None."""
+        return self.spec.get("adapter")
+
+    def merged(self) -> "TorchModel":
+        """This model with plain weights: an adapter folded into its base (itself when it has none);
+        for the stages that need plain weights (export, prune, quantize, a further train)."""
+        if not self.adapter:
+            return self
+        from ftdsl.stages import adapters
+
+        return adapters.merged(self)
+
     def with_module(self, module: nn.Module, *, metrics: dict | None = None, **spec_updates) -> "TorchModel":
         """A new trained artifact with ``module``'s weights (same tokenizer); for stages that
         change weights (train, prune, ...). ``module`` is the FtdslModule (or its state dict)."""
@@ -254,7 +272,12 @@ class TorchModel:
         )
         if weights_path.is_file():
             art._weights = read_weights(weights_path)
-            art._check_weights(art._weights, weights_path)
+            if spec.get("adapter"):
+                from ftdsl.stages import adapters
+
+                adapters.check_weights(art, art._weights, weights_path)
+            else:
+                art._check_weights(art._weights, weights_path)
         return art
 
     def __repr__(self) -> str:  # pragma: no cover - debugging aid

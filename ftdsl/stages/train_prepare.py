@@ -76,6 +76,8 @@ def setup_data(t) -> None:
 def setup_model(t) -> None:
     """The module to train (and its tokenizer), on the device, frozen and adapted as asked."""
     art, data, ctx = t.art, t.data, t.ctx
+    if getattr(art, "adapter", None):  # trained with an adapter before: train on its merged weights
+        art = t.art = art.merged()
     spec = dict(art.spec)
     t.tokenizer = None
     t.tokenizer_dir = art.tokenizer_dir
@@ -129,7 +131,8 @@ def setup_model(t) -> None:
     t.lora = t.attrs.get("lora")
     if t.lora:
         t.lora = call_of(t.lora, "lora")
-        apply_lora(module, t.lora, t.total_steps)
+        apply_lora(module, t.lora, t.total_steps, task=t.task, seed=int(ctx.seed),
+                   base_weights=art.state_dict() if art.trained else None)
         module.to(t.device)
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     total = sum(p.numel() for p in module.parameters())

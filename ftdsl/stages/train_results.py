@@ -10,7 +10,6 @@ import torch
 
 from ftdsl.stages import metrics as M
 from ftdsl.stages.modules import TextModule
-from ftdsl.stages.pretrained import quiet_transformers
 from ftdsl.stages.torch_model import TorchModel
 from ftdsl.stages.train_parallel import load_model_state
 
@@ -91,9 +90,6 @@ def finish(trainer, step: int, has_valid: bool, seconds: float) -> TorchModel:
     # FSDP: the shards gathered to rank 0 as ordinary tensors (the others get nothing)
     weights = par.full_model_state(trainer.module) if fsdp else None
     module = trainer.module
-    if trainer.lora:
-        with quiet_transformers():
-            module.net = module.net.merge_and_unload()  # a plain model: no peft at load time
     module.eval()
     trainer.writer.finalize({**final, "precision": trainer.precision, "precision_reason": trainer.precision_reason})
     headline = ("train.loss", "valid.loss", "valid.accuracy", "valid.f1", "valid.mse", "test.accuracy",
@@ -104,6 +100,10 @@ def finish(trainer, step: int, has_valid: bool, seconds: float) -> TorchModel:
     if weights is None:
         weights = module.state_dict()
     weights = {k: v.detach().to("cpu").contiguous().clone() for k, v in weights.items()}
+    if trainer.lora:  # the adapter apart from its base, which the spec rebuilds (ftdsl.stages.adapters)
+        from ftdsl.stages.adapters import adapter_weights
+
+        weights, spec = adapter_weights(module, trainer.lora, spec)
     return TorchModel(spec, weights, tokenizer_dir=trainer.tokenizer_dir, hf_config=hf_config,
                       metrics={k: v for k, v in final.items() if isinstance(v, (int, float))})
 

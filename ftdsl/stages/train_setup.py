@@ -1,18 +1,13 @@
-"""Preparing a model for training: freezing parameters by glob, LoRA/AdaLoRA adapters (peft),
-regression targets. Each function changes the module or split it is given and says what it did.
+"""Preparing a model for training: freezing parameters by glob, adapters (peft, through
+``ftdsl.stages.adapters``), regression targets. Each function changes the module or split it is given and says what it did.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import warnings
-from typing import Any
-
-from torch import nn
 
 from ftdsl.errors import StageError
-from ftdsl.stages.modules import FtdslModule, TextModule
-from ftdsl.stages.pretrained import quiet_transformers
+from ftdsl.stages.modules import FtdslModule
 
 __all__ = ["to_regression", "freeze", "apply_lora", "adalora_state", "restore_adalora"]
 
@@ -53,45 +48,13 @@ def freeze(module: FtdslModule, globs: list[str]) -> int:
     return frozen
 
 
-def _lora_targets(net: nn.Module) -> list[str]:
-    """Default LoRA targets of a from-scratch net: its Linear layers, except the head and the
-    projections inside nn.MultiheadAttention (which bypasses their forward)."""
-    mha = [n for n, m in net.named_modules() if isinstance(m, nn.MultiheadAttention)]
-    return [n for n, m in net.named_modules()
-            if isinstance(m, nn.Linear) and n != "head" and not any(n.startswith(p + ".") for p in mha)]
+def apply_lora(module: FtdslModule, call: dict, total_steps: int, *, task: str = "classify", seed: int = 0,
+               base_weights: dict | None = None) -> None:
+    """Attach the adapter ``call`` (`lora`, `adalora`, `ia3`, `prefix`) through peft; the trained
+    artifact keeps it apart from the base (``ftdsl.stages.adapters``)."""
+    from ftdsl.stages import adapters
 
-
-def apply_lora(module: FtdslModule, call: dict, total_steps: int) -> None:
-    import peft
-
-    hf = isinstance(module, TextModule) and module.hf
-    targets = list(call.get("targets") or []) or (None if hf else _lora_targets(module.net))
-    common: dict[str, Any] = {"target_modules": targets}
-    if hf:
-        common["task_type"] = peft.TaskType.SEQ_CLS  # keeps the new classifier trainable
-    else:
-        common["modules_to_save"] = ["head"]
-    if call["$call"] == "lora":
-        cfg = peft.LoraConfig(r=int(call["r"]), lora_alpha=float(call["alpha"]),
-                              lora_dropout=float(call["dropout"]), **common)
-    elif call["$call"] == "adalora":
-        tinit, tfinal = total_steps // 10, total_steps // 5
-        if tinit >= total_steps - tfinal:
-            tinit, tfinal = 0, 0
-        cfg = peft.AdaLoraConfig(init_r=int(call["r"]), target_r=int(call["target_r"]),
-                                 total_step=max(1, total_steps), tinit=tinit, tfinal=tfinal, **common)
-    else:
-        raise TypeError(f"unknown adapter {call['$call']!r}")  # the schema guarantees a known one (FTP215)
-    try:
-        with quiet_transformers(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # transformers deprecations peft triggers
-            module.net = peft.get_peft_model(module.net, cfg)
-    except ValueError as e:
-        names = [n for n, _ in module.net.named_modules() if n][:8]
-        raise StageError("FTP510", f"{call['$call']}(targets = {targets}): {str(e).splitlines()[0]}",
-                         hint="targets are module names such as " + ", ".join(names)) from e
-
-
+    adapters.attach(module, call, task, total_steps, seed=seed, base_weights=base_weights)
 
 
 def adalora_state(module, lora: dict | None) -> tuple[dict, dict]:
