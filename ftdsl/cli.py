@@ -142,6 +142,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--stdio", action="store_true", help="talk over stdin/stdout (the default and only transport; "
                     "accepted because editors pass it)")
 
+    sp = sub.add_parser("runs", help="list a pipeline's recorded runs: stages, changed attributes, metrics")
+    sp.add_argument("file", metavar="FILE")
+    sp.add_argument("--format", default="text", choices=["text", "json"], help="a table (text) or json")
+    sp.add_argument("--limit", type=int, metavar="N", help="only the N newest runs")
+    sp.add_argument("--cache", metavar="DIR", help="cache folder (default: pipeline's `cache`, $FTDSL_CACHE, "
+                                                   ".ftdsl/cache)")
+    sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    sp = sub.add_parser("diff", help="compare two recorded runs: attributes and metrics side by side")
+    sp.add_argument("run_a", metavar="RUN_A", help="a run id (a unique prefix is enough), `latest` or `latest~N`")
+    sp.add_argument("run_b", metavar="RUN_B", help="the run to compare it with (deltas are B - A)")
+    sp.add_argument("--pipeline", metavar="FILE", help="look the runs up among this pipeline's (default: every "
+                    "pipeline's runs in the cache; `latest` is then the newest of them all)")
+    sp.add_argument("--format", default="text", choices=["text", "json"], help="a table (text) or json")
+    sp.add_argument("--cache", metavar="DIR", help="cache folder (default: --pipeline's `cache`, $FTDSL_CACHE, "
+                                                   ".ftdsl/cache)")
+    sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
     sp = sub.add_parser("cache", help="inspect, check and clean the cache")
     sp.add_argument("action", choices=["ls", "verify", "gc"],
                     help="ls: list entries; verify: re-check checksums; gc: remove entries (needs a scope)")

@@ -87,6 +87,17 @@ exit: 0, 2 unknown code""",
 examples:
   ftdsl lsp --stdio                           started by an editor (docs/editors.md)
 exit: 0, 2 the `lsp` extra is not installed""",
+    "runs": """\
+examples:
+  ftdsl runs p.ftp                            newest first: id, time, git commit, what ran, what changed, metrics
+  ftdsl runs p.ftp --format json --limit 5    the five newest runs, every stage's attributes and metrics
+exit: 0, 2 usage (a missing file), 4 the cache folder is not an ftdsl cache""",
+    "diff": """\
+examples:
+  ftdsl diff latest~1 latest                  what changed between the last two runs (any pipeline in the cache)
+  ftdsl diff 3f2a1b7c latest --pipeline p.ftp    a run id prefix from `ftdsl runs p.ftp`, against the newest
+  ftdsl diff latest~1 latest --format json
+exit: 0, 2 usage (an unknown or ambiguous run id: FTP570 lists the known ones)""",
     "cache": """\
 examples:
   ftdsl cache ls                              entries, sizes, stages

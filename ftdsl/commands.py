@@ -339,6 +339,20 @@ def cmd_explain(args) -> int:
     return 0
 
 
+# --- runs, diff (ftdsl/run_history.py: the run index, read only; no torch) -----------------------
+
+def cmd_runs(args) -> int:
+    from ftdsl.run_history import cmd_runs as runs
+
+    return runs(args)
+
+
+def cmd_diff(args) -> int:
+    from ftdsl.run_history import cmd_diff as diff
+
+    return diff(args)
+
+
 # --- cache --------------------------------------------------------------------------------------
 
 def cmd_cache(args) -> int:

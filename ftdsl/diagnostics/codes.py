@@ -313,6 +313,12 @@ _ALL = [
          "`pt2` or `safetensors` export needs the code that wrote it.",
          "ftdsl predict p.ftp report --input new.csv   # `report` is an evaluate stage",
          "Give the stage of the model: `ftdsl predict p.ftp finetune --input new.csv`."),
+    Code("FTP570", "unknown-run", _E, "`ftdsl diff` was given a run id that names no recorded run, or several",
+         "`ftdsl run` records each run in the cache's run index; `ftdsl runs FILE` lists them with their ids. "
+         "A run is named by its id, a unique prefix of at least 4 digits, or `latest`, `latest~1`, ... (the "
+         "newest run, the one before it). The message lists the known runs.",
+         "ftdsl diff 3f latest   # too short, or no run starts with 3f",
+         "ftdsl diff 3f2a1b7c latest"),
     Code("FTP901", "internal-error", _E, "an unexpected exception inside ftdsl (a bug)", "", "", ""),
 ]
 

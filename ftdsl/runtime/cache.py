@@ -457,6 +457,12 @@ class Cache:
         self._ensure()
         self.index.record(pipeline_path, stage, key, attrs, inputs)
 
+    def record_history(self, pipeline_path: str | os.PathLike[str], stages: list[dict]) -> str:
+        """Append one `ftdsl run` to the pipeline's history of runs (`ftdsl runs`, `ftdsl diff`); returns
+        the run's id. Under the same lock as ``record_run``."""
+        self._ensure()
+        return self.index.record_session(pipeline_path, stages)
+
     def last_run(self, pipeline_path: str | os.PathLike[str], stage: str) -> dict | None:
         """The record of ``stage``'s last run (``key``, ``attrs``, ``inputs``, ``time``) or None.
         Lock-free: the index is replaced atomically, so a read is always a whole version."""

@@ -73,12 +73,13 @@ def execute(plan: Plan, cache, *, verify: bool = False, force_resume: bool = Fal
     ex = _Executor(plan, cache, console, verify, force_resume, out_root)
     ex.launch = launch
     code = ex.run()
+    ex.record_history()
     ex.summary()
     if summary_json:
         from ftdsl.runtime.atomic import write_json_atomic
 
         write_json_atomic(Path(summary_json), {
-            "format_version": "1.0", "pipeline": plan.pipeline, "exit_code": code,
+            "format_version": "1.0", "pipeline": plan.pipeline, "exit_code": code, "run_id": ex.run_id,
             "stages": [{"name": r.name, "kind": r.kind, "status": r.status, "seconds": round(r.seconds, 3),
                         "metrics": r.metrics, "note": r.note} for r in ex.results.values()]})
     return code
@@ -245,6 +246,27 @@ class _Executor:
         self.entries.pop(st.name, None)
         self._run_stage(st, by_name)
         return cls.load(self.entries[st.name] / "artifact")
+
+    run_id: str | None = None
+
+    def record_history(self) -> None:
+        """This run in the pipeline's history (`ftdsl runs`, `ftdsl diff`): every stage it reached, its
+        status, attributes and metrics. One process records it (rank 0 under an outside launcher); a
+        failure to record is a warning, never the run's failure."""
+        from ftdsl.runtime import distributed
+
+        world = distributed.external_world()
+        if not self.results or (world is not None and world.rank != 0):
+            return
+        by_name = self.plan.by_name()
+        rows = [{"name": n, "kind": r.kind, "key": by_name[n].key, "status": r.status,
+                 "attrs": by_name[n].payload.get("attrs", {}), "files": by_name[n].payload.get("files", {}),
+                 "metrics": r.metrics, "seconds": r.seconds}
+                for n, r in self.results.items() if n in by_name]
+        try:
+            self.run_id = self.cache.record_history(self.plan.pipeline_abs, rows)
+        except (FtdslError, OSError, ValueError) as e:
+            self.console.error(f"warning: this run was not added to the run history ({getattr(e, 'message', e)})")
 
     def tracking(self, name: str) -> dict:
         """What a stage's trackers are told (StageContext.tracking; runtime/tracking.py)."""

@@ -1,5 +1,18 @@
 """The run index: the last run of each stage of each pipeline, for `plan`'s "changed: lr 3e-05 ->
-5e-05" (``<cache>/index/<sha(pipeline path)[:16]>.json``). No torch here."""
+5e-05" (``<cache>/index/<sha(pipeline path)[:16]>.json``), and the pipeline's history of runs for
+`ftdsl runs` and `ftdsl diff` (ftdsl/run_history.py). No torch here.
+
+One file per pipeline::
+
+    {"format": 1, "pipeline": "/abs/p.ftp",
+     "stages": {"fit": {"key", "attrs", "inputs", "time"}},          # the last run of each stage
+     "runs": [{"id": "<40 hex>", "time": "...Z", "git": "<commit>" | null,
+               "stages": {"fit": {"kind", "key", "status": "ran|cached|failed|skipped",
+                                  "attrs": "<attrs hash>", "files": {...}, "metrics": {...}, "seconds"}}}],
+     "attrs": {"<attrs hash>": {... the stage's canonical attributes ...}}}
+
+``runs`` keeps the last ``MAX_RUNS`` runs, oldest first; ``attrs`` holds each distinct set of
+attributes once (a re-run that changed nothing adds no attributes)."""
 
 from __future__ import annotations
 
@@ -14,9 +27,10 @@ from ftdsl.paths import read_regular_bytes
 from ftdsl.runtime.atomic import write_json_atomic
 from ftdsl.runtime.hashing import canonical_json
 
-__all__ = ["RunIndex", "FORMAT"]
+__all__ = ["RunIndex", "FORMAT", "MAX_RUNS", "git_head"]
 
 FORMAT = 1
+MAX_RUNS = 200
 
 
 def now_iso() -> str:
@@ -65,3 +79,111 @@ class RunIndex:
         """See ``Cache.last_run``: lock-free, the index is replaced atomically."""
         rec = self.read(self.path_of(pipeline_path)).get("stages", {}).get(stage)
         return rec if isinstance(rec, dict) else None
+
+    # -- the history of runs (`ftdsl runs`, `ftdsl diff`) ----------------------------------------
+
+    def record_session(self, pipeline_path: str | os.PathLike[str], stages: list[dict]) -> str:
+        """Append one `ftdsl run` of ``pipeline_path`` to its history; returns the run's id.
+
+        ``stages``: ``{"name", "kind", "key", "status", "attrs", "files", "metrics", "seconds"}`` per stage
+        the run reached, in plan order."""
+        from ftdsl.runtime.atomic import json_safe
+
+        path = self.path_of(pipeline_path)
+        real = os.path.realpath(os.fspath(pipeline_path))
+        when = now_iso()
+        keys = ",".join(f"{s['name']}={s['key']}" for s in stages)
+        run_id = hashlib.sha256(f"{real}\0{when}\0{os.getpid()}\0{keys}".encode("utf-8", "surrogateescape")).hexdigest()[:40]
+        attrs_by_hash: dict[str, dict] = {}
+        rows: dict[str, dict] = {}
+        for s in stages:
+            attrs = json.loads(canonical_json(s.get("attrs") or {}))
+            h = hashlib.sha256(canonical_json(attrs).encode()).hexdigest()[:16]
+            attrs_by_hash[h] = attrs
+            rows[s["name"]] = {"kind": s.get("kind", ""), "key": s.get("key", ""), "status": s.get("status", ""),
+                               "attrs": h, "files": dict(s.get("files") or {}),
+                               "metrics": json_safe(dict(s.get("metrics") or {})),
+                               "seconds": round(float(s.get("seconds") or 0.0), 3)}
+        run = {"id": run_id, "time": when, "git": git_head(Path(real).parent), "stages": rows}
+        with self._locked():
+            data = self.read(path) or {"format": FORMAT, "pipeline": real, "stages": {}}
+            runs = [r for r in data.get("runs", []) if isinstance(r, dict)] + [run]
+            runs = runs[-MAX_RUNS:]
+            table = data.get("attrs") if isinstance(data.get("attrs"), dict) else {}
+            table = {**table, **attrs_by_hash}
+            used = {st.get("attrs") for r in runs for st in (r.get("stages") or {}).values() if isinstance(st, dict)}
+            data["runs"] = runs
+            data["attrs"] = {h: a for h, a in table.items() if h in used}
+            write_json_atomic(path, data)
+        return run_id
+
+    def history(self, pipeline_path: str | os.PathLike[str]) -> list[dict]:
+        """The pipeline's runs, oldest first, each stage's ``attrs`` resolved to the attributes."""
+        return resolve_runs(self.read(self.path_of(pipeline_path)))
+
+    def all_histories(self) -> list[dict]:
+        """Every pipeline's runs in this cache, oldest first (``pipeline`` set on each run)."""
+        out: list[dict] = []
+        try:
+            files = sorted(self.index_dir.glob("*.json"))
+        except OSError:
+            return out
+        for f in files:
+            out.extend(resolve_runs(self.read(f)))
+        out.sort(key=lambda r: (r.get("time", ""), r.get("id", "")))
+        return out
+
+
+def resolve_runs(data: dict) -> list[dict]:
+    table = data.get("attrs") if isinstance(data.get("attrs"), dict) else {}
+    out = []
+    for r in data.get("runs", []) if isinstance(data.get("runs"), list) else []:
+        if not isinstance(r, dict) or not isinstance(r.get("id"), str) or not isinstance(r.get("stages"), dict):
+            continue
+        stages = {}
+        for name, st in r["stages"].items():
+            if isinstance(st, dict):
+                stages[name] = {**st, "attrs": table.get(st.get("attrs"), {}) if isinstance(st.get("attrs"), str)
+                                else (st.get("attrs") or {})}
+        out.append({**r, "pipeline": data.get("pipeline", ""), "stages": stages})
+    return out
+
+
+def git_head(start: Path) -> str | None:
+    """The commit checked out in the git work tree holding ``start`` (read from .git; no subprocess), or None."""
+    try:
+        here = Path(start).resolve()
+        for d in (here, *here.parents):
+            git = d / ".git"
+            if git.is_file():  # a worktree or submodule: "gitdir: PATH"
+                text = git.read_text(encoding="utf-8", errors="replace").strip()
+                if not text.startswith("gitdir:"):
+                    return None
+                git = (d / text[7:].strip()).resolve()
+            if not git.is_dir():
+                continue
+            head = (git / "HEAD").read_text(encoding="utf-8", errors="replace").strip()
+            if not head.startswith("ref:"):
+                return head[:40] or None
+            ref = head[4:].strip()
+            for root in (git, _common_dir(git)):
+                f = root / ref
+                if f.is_file():
+                    return f.read_text(encoding="utf-8", errors="replace").strip()[:40] or None
+                packed = root / "packed-refs"
+                if packed.is_file():
+                    for line in packed.read_text(encoding="utf-8", errors="replace").splitlines():
+                        parts = line.split()
+                        if len(parts) == 2 and parts[1] == ref:
+                            return parts[0][:40]
+            return None
+    except OSError:
+        return None
+    return None
+
+
+def _common_dir(git: Path) -> Path:
+    try:
+        return (git / (git / "commondir").read_text(encoding="utf-8").strip()).resolve()
+    except OSError:
+        return git
