@@ -45,5 +45,9 @@ class SeqModule(FtdslModule):
                 **inputs: torch.Tensor) -> torch.Tensor:
         if self.task_name in _GENERATIVE:
             inputs.setdefault("use_cache", False)  # training and teacher-forced evaluation: no KV cache
+        if "decoder_labels" in inputs:  # seq2seq: the target shifted behind the model's decoder start token
+            from ftdsl.stages.tasks.seq2seq import decoder_inputs
+
+            inputs["decoder_input_ids"] = decoder_inputs(self.net, inputs.pop("decoder_labels"))
         out = self.net(input_ids=input_ids, attention_mask=attention_mask, **inputs)
         return out.logits.float()
