@@ -344,3 +344,117 @@ def test_wordpiece_on_tagged_words(tmp_path):
     ds = run(tmp_path, source=jsonl(tmp_path, "t.jsonl", TAGGED), **TT, tokenizer={"$call": "wordpiece", "vocab": 60})
     vocab = json.loads((ds.tokenizer_dir / "tokenizer.json").read_text())["model"]["vocab"]
     assert "paris" in vocab or "##is" in vocab  # lowercased words of the train split
+
+
+# ---------------------------------------------------------------------------------------------
+# lint: data columns, task and architecture compatibility (ftdsl/check/rules/compat.py)
+
+
+def lint(text: str):
+    from ftdsl.frontend import compile_pipeline
+
+    return compile_pipeline("p.ftp", (), text=text).diagnostics
+
+
+def at(text: str, needle: str, offset: int = 0) -> tuple[int, int]:
+    """1-based (line, col) of `needle` in `text`, moved `offset` characters right."""
+    i = text.index(needle) + offset
+    return text.count("\n", 0, i) + 1, i - (text.rfind("\n", 0, i) + 1) + 1
+
+
+def codes_of(diags, code: str):
+    found = [d for d in diags if d.code == code]
+    assert found, f"no {code} in {[(d.code, d.message) for d in diags]}"
+    return found
+
+
+LLAMA = "model lm { arch = llama(layers = 1, heads = 2, width = 32), task = causal_lm() }\n"
+
+
+def _use(data: str, model: str = LLAMA, m: str = "lm") -> str:
+    return data + model + f"train t {{ model = {m}, data = d, max_steps = 1 }}\n"
+
+
+@pytest.mark.parametrize("data_block", [
+    'data d { source = jsonl("x.jsonl"), prompt = "p", response = "r", tokenizer = bpe(vocab = 300) }\n',
+    'data d { source = jsonl("x.jsonl"), messages = "m" }\n',
+    'data d { source = jsonl("x.jsonl"), text = "body" }\n',
+])
+def test_causal_lm_data_that_fits_lints_clean(data_block):
+    assert [(d.code, d.message) for d in lint(_use(data_block))] == []
+
+
+def test_seq2seq_and_token_classify_data_that_fits_lint_clean():
+    t5 = "model s { arch = t5(layers = 1, heads = 2, width = 32), task = seq2seq() }\n"
+    assert lint(_use('data d { source = jsonl("x.jsonl"), text = "a", target = "b" }\n', t5, "s")) == []
+    tc = 'model k { pretrained = "bert-base-cased", task = token_classify(labels = ["O", "B-PER"]) }\n'
+    diags = lint(_use('data d { source = jsonl("x.jsonl"), tokens = "w", tags = "t" }\n', tc, "k"))
+    assert not [d for d in diags if d.code in ("FTP240", "FTP246", "FTP208", "FTP211")]
+
+
+@pytest.mark.parametrize("data_block,code,needle,words", [
+    ('data d { source = jsonl("x.jsonl"), prompt = "p" }\n', "FTP208", "prompt", "`prompt` needs `response`"),
+    ('data d { source = jsonl("x.jsonl"), response = "r" }\n', "FTP208", "response", "`response` needs `prompt`"),
+    ('data d { source = jsonl("x.jsonl"), tags = "t" }\n', "FTP208", "tags", "`tags` needs `tokens`"),
+    ('data d { source = jsonl("x.jsonl"), tokens = "w" }\n', "FTP208", "tokens", "`tokens` needs `tags`"),
+    ('data d { source = jsonl("x.jsonl"), target = "t" }\n', "FTP208", "target", "`target` needs `text`"),
+    ('data d { source = jsonl("x.jsonl"), prompt = "p", response = "r", tokens = "w", tags = "t" }\n', "FTP211",
+     "tokens", "holds one kind of data"),
+    ('data d { source = jsonl("x.jsonl"), messages = "m", prompt = "p", response = "r" }\n', "FTP211", "prompt",
+     "sets `messages` (chat records) and `prompt`"),
+    ('data d { source = jsonl("x.jsonl"), prompt = "p", response = "r", text = "x" }\n', "FTP211", "text =",
+     "`text` does not apply"),
+    ('data d { source = jsonl("x.jsonl"), prompt = "p", response = "r", label = "y" }\n', "FTP211", "label",
+     "`label` does not apply"),
+    ('data d { source = jsonl("x.jsonl"), messages = "m", sampler = balanced }\n', "FTP211", "balanced",
+     "`sampler = balanced` needs class labels"),
+    ('data d { source = sklearn("iris"), messages = "m" }\n', "FTP240", "messages", "has no column `m`"),
+])
+def test_data_column_rules(data_block, code, needle, words):
+    src = _use(data_block)
+    [d] = codes_of(lint(src), code)
+    assert words in d.message and d.hint
+    assert (d.span.line, d.span.col) == at(src, needle)
+
+
+@pytest.mark.parametrize("data_block,model,m,words", [
+    ('data d { source = jsonl("x.jsonl"), tokens = "w", tags = "t" }\n', LLAMA, "lm",
+     "feeds tagged words from `d` to `lm`, whose task `causal_lm()` takes"),
+    ('data d { source = jsonl("x.jsonl"), prompt = "p", response = "r" }\n',
+     "model c { arch = transformer(), task = classify(labels = 2) }\n", "c", "whose task `classify()` takes"),
+    ('data d { source = jsonl("x.jsonl"), text = "x" }\n',
+     "model s { arch = t5(), task = seq2seq() }\n", "s", "feeds text from `d` to `s`, whose task `seq2seq()`"),
+    ('data d { source = sklearn("digits") }\n', LLAMA, "lm", "numeric images from `d`"),
+])
+def test_a_task_that_does_not_take_the_data_is_ftp240(data_block, model, m, words):
+    src = _use(data_block, model, m)
+    diags = codes_of(lint(src), "FTP240")
+    assert len(diags) == 1  # one diagnostic for the pair, not one for the task and one for the arch
+    d = diags[0]
+    assert words in d.message, d.message
+    assert (d.span.line, d.span.col) == at(src, "data = d", offset=7)  # at the data reference
+    assert d.secondary and "takes" in d.secondary[0].message
+    assert "reads" in d.hint
+
+
+@pytest.mark.parametrize("model,words,hint", [
+    ("model m { arch = gpt(), task = classify(labels = 2) }\n", "`gpt(...)` carries causal_lm(), not classify()",
+     "`arch = transformer(...)`"),
+    ("model m { arch = transformer(), task = causal_lm() }\n", "not causal_lm()", "`arch = gpt(...)`"),
+    ("model m { arch = llama(), task = seq2seq() }\n", "not seq2seq()", "`arch = t5(...)`"),
+    ('model m { arch = rnn(), task = token_classify(labels = ["O"]) }\n', "not token_classify()",
+     "token_classify() needs a pretrained model"),
+])
+def test_an_arch_that_cannot_carry_its_task_is_ftp246(model, words, hint):
+    src = 'data d { source = jsonl("x.jsonl"), text = "x" }\n' + model + "train t { model = m, data = d, max_steps = 1 }\n"
+    [d] = codes_of(lint(src), "FTP246")
+    assert words in d.message and hint in d.hint
+    assert (d.span.line, d.span.col) == at(src, "task = ", offset=7)  # at the task call
+    assert d.secondary and "is built for" in d.secondary[0].message
+
+
+def test_ftp246_is_explained():
+    from ftdsl.diagnostics.codes import CODES
+
+    c = CODES["FTP246"]
+    assert c.name == "arch-task-mismatch" and "ARCH_TASKS" in c.why and c.example and c.instead

@@ -21,6 +21,8 @@ RULES = (
     order.stage_order,
     metrics.metrics_produced,
     generate.generation_applies,
+    compat.data_columns,
+    compat.arch_task,
     compat.modality_and_labels,
     compat.quantize_support,
     compat.export_support,

@@ -165,6 +165,13 @@ _ALL = [
          "not have would fail at the stage; the table lives in the schema (`PRUNE_STRUCTURE`).",
          "prune p { from = fit, method = structured(amount = 0.3, what = heads) }   # fit trains an `mlp`",
          "method = structured(amount = 0.3, what = units)"),
+    Code("FTP246", "arch-task-mismatch", _E, "an architecture built from scratch that cannot carry the model's task",
+         "Each from-scratch architecture is built for certain tasks: `mlp`, `cnn`, `rnn` and `transformer` have a "
+         "classification or regression head, `gpt` and `llama` are decoders that predict the next token "
+         "(`causal_lm`), `t5` is an encoder-decoder (`seq2seq`). Another pairing has no head to build, and the "
+         "model stage would fail. The table lives in the schema (`ARCH_TASKS`).",
+         "model m { arch = gpt(), task = classify(labels = 2) }",
+         "model m { arch = transformer(), task = classify(labels = 2) }   # or task = causal_lm() for gpt"),
     Code("FTP244", "not-on-this-install", _E, "a setting the engine of this install cannot honour",
          "The engine's capabilities (`ftdsl/capabilities.py`) are known without running; a run would stop at the "
          "stage.", "distributed = fsdp", "distributed = none"),

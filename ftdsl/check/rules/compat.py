@@ -1,7 +1,9 @@
 """Static compatibility between data, models and tasks, and what each artifact and this install support.
 
-FTP240 (the model takes another modality than the data has, or a data set that has no text
-given a `text` column), FTP241 (labels that cannot fit the task head), FTP203 for argument
+FTP240 (the model or its task takes another modality than the data has, or a data set that has
+no columns given a `text` or record column), FTP241 (labels that cannot fit the task head),
+FTP246 (a from-scratch architecture that cannot carry its task), FTP208/FTP211 for data columns
+that need another (`prompt` without `response`) or exclude each other (two modalities' columns), FTP203 for argument
 combinations a constructor cannot build (`heads` that do not divide `dim`), FTP242 (a quantization method the artifact does not support), FTP243 (an export
 format the model's origin does not support), FTP244 (a setting this install cannot honour), and
 FTP207 for re-quantizing a quantized ONNX graph. Everything here is read from the schema's tables
@@ -56,6 +58,17 @@ class Data:
     source_span: object
 
 
+def _column(b, name: str) -> bool:
+    """A data block's column attribute is written with a name (not `null`)."""
+    v = b.value(name)
+    return isinstance(v, Lit) and isinstance(v.value, str)
+
+
+def record_modalities(b) -> list[str]:
+    """The structured modalities whose columns the data block sets (MODALITY_COLUMNS)."""
+    return [m for m, cols in M.MODALITY_COLUMNS.items() if any(_column(b, c) for c in cols)]
+
+
 def data_of(prog, name: str) -> Data | None:
     b = prog.blocks.get(name)
     if b is None or b.kind != "data":
@@ -66,6 +79,11 @@ def data_of(prog, name: str) -> Data | None:
     info = None
     if isinstance(src, CallV):
         info = M.source_info(src.name, {k: lower_value(v) for k, v in src.args})
+    structured = record_modalities(b)
+    if structured:
+        if len(structured) > 1 or info is not None:
+            return None  # two kinds of columns, or records from a source without columns: data_columns says it
+        return Data(name, structured[0], None, src.span if isinstance(src, CallV) else b.name_span)
     text = b.value("text")
     if isinstance(text, Lit) and isinstance(text.value, str):
         if info is not None:
@@ -105,7 +123,44 @@ def _pairs(b):
 def _hint_for(d: Data) -> str:
     if d.modality == M.TEXT:
         return "text needs a text model: `arch = rnn(...)`, `arch = transformer(...)` or `pretrained = \"ID\"`"
-    return "numeric data needs a features model: `arch = mlp(...)` or `arch = cnn(...)`"
+    if d.modality in M.NUMERIC:
+        return "numeric data needs a features model: `arch = mlp(...)` or `arch = cnn(...)`"
+    archs = [f"`arch = {a}(...)`" for a, ins in M.ARCH_INPUTS.items() if d.modality in ins]
+    return f"{M.describe_modality(d.modality)} need " + " or ".join(archs + ['`pretrained = "FOLDER"`'])
+
+
+# what a user writes in a data block to give each task its data
+_TASK_DATA = {
+    "classify": "a label column with `text = \"COLUMN\"` or numeric features",
+    "regress": "a label column with `text = \"COLUMN\"` or numeric features",
+    "causal_lm": "`text = \"COLUMN\"` (plain text), `prompt` + `response`, or `messages`",
+    "seq2seq": "`text = \"COLUMN\"` (the source) + `target = \"COLUMN\"`",
+    "token_classify": "`tokens = \"COLUMN\"` + `tags = \"COLUMN\"` (lists of words and tags, jsonl)",
+}
+
+
+def _task_call(prog, o: Origin):
+    t = prog.blocks[o.name].value("task")
+    return t if isinstance(t, CallV) and t.name in M.TASK_INPUTS else None
+
+
+def _task_mismatch(prog, b, name: str, o: Origin, d: Data, dref):
+    """FTP240 when the model's task does not take the data's modality (TASK_INPUTS), or None."""
+    task = _task_call(prog, o)
+    if task is None or d.modality in M.TASK_INPUTS[task.name]:
+        return None
+    takes = " or ".join(M.describe_modality(m) for m in M.TASK_INPUTS[task.name])
+    return make("FTP240", f"`{b.kind} {name}` feeds {M.describe_modality(d.modality)} from `{d.name}` to "
+                          f"`{o.name}`, whose task `{task.name}()` takes {takes}",
+                dref.span, label=M.describe_modality(d.modality),
+                secondary=(Label(task.span, f"{task.name}() takes {takes}"),) if task.span is not None else (),
+                hint=f"{task.name}() reads {_TASK_DATA[task.name]}; or use the task for this data"
+                     + (f": {_task_for(d.modality)}" if _task_for(d.modality) else ""))
+
+
+def _task_for(modality: str) -> str:
+    tasks = [t for t, ins in M.TASK_INPUTS.items() if modality in ins and t not in ("classify", "regress")]
+    return " or ".join(f"`task = {t}(...)`" for t in tasks)
 
 
 def modality_and_labels(ctx):
@@ -120,6 +175,12 @@ def modality_and_labels(ctx):
             o, d = origin(prog, mref.target, memo), data_of(prog, dref.target)
             if o is None or d is None:
                 continue
+            if ("task", o.name, d.name) not in seen:
+                seen.add(("task", o.name, d.name))
+                diag = _task_mismatch(prog, b, name, o, d, dref)
+                if diag is not None:
+                    seen.add(("modality", o.name, d.name))  # one diagnostic for the pair
+                    yield diag
             if d.modality not in o.inputs and ("modality", o.name, d.name) not in seen:
                 seen.add(("modality", o.name, d.name))
                 yield make("FTP240", f"`{b.kind} {name}` feeds {M.describe_modality(d.modality)} from `{d.name}` to "
@@ -290,3 +351,87 @@ def constructor_constraints(ctx):
 def _divisors_near(n: int, h: int) -> list[int]:
     ds = [d for d in range(1, min(n, 1024) + 1) if n % d == 0]
     return sorted(sorted(ds, key=lambda d: (abs(d - h), d))[:2])
+
+
+def arch_task(ctx):
+    """FTP246: a from-scratch architecture must be able to carry the model's task (ARCH_TASKS)."""
+    for name, b in ctx.program.blocks.items():
+        if b.kind != "model":
+            continue
+        arch, task = b.value("arch"), b.value("task")
+        if not (isinstance(arch, CallV) and isinstance(task, CallV)):
+            continue
+        allowed = M.ARCH_TASKS.get(arch.name)
+        if allowed is None or task.name not in M.TASK_INPUTS or task.name in allowed:
+            continue
+        others = [f"`arch = {a}(...)`" for a, ts in M.ARCH_TASKS.items() if task.name in ts]
+        fix = f"for {task.name}() use " + " or ".join(others + ['`pretrained = "FOLDER"`']) if others else \
+            f"{task.name}() needs a pretrained model: `pretrained = \"FOLDER\"`"
+        yield make("FTP246", f"`model {name}`: `{arch.name}(...)` carries {' or '.join(f'{t}()' for t in allowed)}, "
+                             f"not {task.name}()", task.span or b.name_span, label=f"not a {arch.name} task",
+                   secondary=(Label(arch.span, f"{arch.name}(...) is built for {', '.join(allowed)}"),)
+                   if arch.span is not None else (),
+                   hint=f"{fix}; or keep `{arch.name}` with `task = {allowed[0]}(...)`")
+
+
+def _name_span(b, name: str):
+    return b.attrs[name].name_span if name in b.attrs else b.name_span
+
+
+def data_columns(ctx):
+    """FTP208/FTP211/FTP240: the columns of a data block must make one kind of data.
+
+    `prompt` needs `response` (and back), `tags` needs `tokens` (and back), `target` needs `text`;
+    the columns of two modalities, `messages` with `prompt`/`response`, `text` with instruction or
+    tagged columns, and `features` with any of them exclude each other; `sampler = balanced` and
+    `label` need labelled rows; `sklearn`/`synthetic` sources have no columns to read."""
+    for name, b in ctx.program.blocks.items():
+        if b.kind != "data":
+            continue
+        mods = record_modalities(b)
+        if not mods:
+            continue
+        cols = {m: [c for c in M.MODALITY_COLUMNS[m] if _column(b, c)] for m in mods}
+        if len(mods) > 1:
+            first, second = mods[0], mods[1]
+            yield make("FTP211", f"`data {name}` sets {', '.join(f'`{c}`' for c in cols[first])} "
+                                 f"({M.describe_modality(first)}) and {', '.join(f'`{c}`' for c in cols[second])} "
+                                 f"({M.describe_modality(second)}): a data block holds one kind of data",
+                       _name_span(b, cols[second][0]), label=f"conflicts with `{cols[first][0]}`",
+                       hint="split them into two data blocks, one per task")
+            continue
+        m = mods[0]
+        pairs = {M.INSTRUCTIONS: (("prompt", "response"), ("response", "prompt")),
+                 M.TAGGED: (("tokens", "tags"), ("tags", "tokens")),
+                 M.TEXT_PAIRS: (("target", "text"),)}[m]
+        if m == M.INSTRUCTIONS and _column(b, "messages"):
+            other = [c for c in ("prompt", "response") if _column(b, c)]
+            if other:
+                yield make("FTP211", f"`data {name}` sets `messages` (chat records) and `{other[0]}`",
+                           _name_span(b, other[0]), label="conflicts with `messages`",
+                           hint="chat data is one `messages` column; prompt/response data is two columns: use one")
+            pairs = ()
+        for have, need in pairs:
+            if _column(b, have) and not _column(b, need):
+                what = {"response": "the text the model learns to write", "prompt": "the instruction",
+                        "tags": "one tag per word", "tokens": "the list of words", "text": "the source text"}[need]
+                yield make("FTP208", f"`data {name}`: `{have}` needs `{need}` ({what})", _name_span(b, have),
+                           label=f"without `{need}`", hint=f"add `{need} = \"COLUMN\"`")
+        excl = [a for a in ("text", "features") if (a == "text" and m != M.TEXT_PAIRS and _column(b, a))
+                or (a == "features" and a in b.mentioned and not (isinstance(b.value(a), Lit) and b.value(a).value is None))]
+        if b.written("label"):
+            excl.append("label")
+        for a in excl:
+            yield make("FTP211", f"`data {name}`: `{a}` does not apply to {M.describe_modality(m)} "
+                                 f"(`{cols[m][0]}`)", _name_span(b, a), label=f"conflicts with `{cols[m][0]}`",
+                       hint=f"remove `{a}`" + ("; seq2seq data is `text` + `target`" if a == "text" else ""))
+        sampler = b.value("sampler")
+        if isinstance(sampler, Sym) and sampler.name == "balanced":
+            yield make("FTP211", f"`data {name}`: `sampler = balanced` needs class labels, and "
+                                 f"{M.describe_modality(m)} have none", sampler.span or _name_span(b, "sampler"),
+                       label="no classes to balance", hint="use `sampler = shuffle`")
+        src = b.value("source")
+        if isinstance(src, CallV) and src.name in ("sklearn", "synthetic"):
+            yield make("FTP240", f"`data {name}`: `{src.name}(...)` yields numeric features, it has no column "
+                                 f"`{b.value(cols[m][0]).value}`", _name_span(b, cols[m][0]), label="no such column",
+                       hint="read a file with these columns: `source = jsonl(\"...\")`")
