@@ -289,7 +289,7 @@ def compatibility_section() -> list[str]:
     lines += ["", "| export format | models |", "|---|---|"]
     origin = {"arch": "built from scratch (`arch`)", "pretrained": "pretrained"}
     for fmt, origins in M.EXPORT_ORIGINS.items():
-        lines.append(f"| `{fmt}` | {', '.join(origin[o] for o in origins)} |")
+        lines.append(f"| `{fmt}` | {', '.join(origin.get(o, f'`{o}(...)`') for o in origins)} |")
     return lines + [""]
 
 
