@@ -458,3 +458,32 @@ def test_ftp246_is_explained():
 
     c = CODES["FTP246"]
     assert c.name == "arch-task-mismatch" and "ARCH_TASKS" in c.why and c.example and c.instead
+
+
+# ---------------------------------------------------------------------------------------------
+# the shipped example sets
+
+
+def test_shipped_examples_are_reproducible_and_read_cleanly(tmp_path):
+    import subprocess
+    import sys
+
+    data_dir = ROOT / "pipelines" / "data"
+    r = subprocess.run([sys.executable, str(data_dir / "make_examples.py"), "--check"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    cases = {
+        "instruct.jsonl": (dict(prompt="prompt", response="response"), "instructions"),
+        "ner.jsonl": (dict(tokens="tokens", tags="tags"), "tagged"),
+        "summarize.jsonl": (dict(text="text", target="summary"), "text_pairs"),
+    }
+    for name, (cols, modality) in cases.items():
+        path = data_dir / name
+        assert path.stat().st_size < 200_000
+        ctx = make_ctx(tmp_path)
+        ds = data.run({}, dict(source={"$call": "jsonl", "path": str(path)}, label="label", sampler="shuffle", **cols),
+                      StageContext(name="d", kind="data", pipeline_dir=data_dir, out_dir=ctx.out_dir,
+                                   work_dir=ctx.work_dir, seed=0))
+        assert ds.modality == modality and sum(len(s) for s in ds.splits.values()) == 400
+    tags = {t for line in (data_dir / "ner.jsonl").read_text().splitlines() for t in json.loads(line)["tags"]}
+    assert tags == {"O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"}
