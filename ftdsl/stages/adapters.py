@@ -91,7 +91,9 @@ def peft_config(module: nn.Module, call: dict, task: str, total_steps: int):
         tinit, tfinal = total_steps // 10, total_steps // 5
         if tinit >= total_steps - tfinal:
             tinit, tfinal = 0, 0
-        return peft.AdaLoraConfig(init_r=int(call["r"]), target_r=int(call["target_r"]), total_step=max(1, total_steps),
+        # peft's last step (total_step - tfinal) masks by the importance scores of the steps before:
+        # a one-step run must not reach it with none
+        return peft.AdaLoraConfig(init_r=int(call["r"]), target_r=int(call["target_r"]), total_step=max(2, total_steps),
                                   tinit=tinit, tfinal=tfinal, target_modules=targets, **common)
     if method == "ia3":
         ff = call.get("feedforward")
@@ -143,6 +145,8 @@ def attach(module: nn.Module, call: dict, task: str, total_steps: int, *, seed: 
     from ftdsl.stages.pretrained import quiet_transformers
 
     cfg = peft_config(module, call, task, total_steps)
+    if not is_hf(module):
+        _check_scratch_targets(module.net, call)
     info = {"seed": int(seed), "fingerprint": _fingerprint(module.net), "base_weights": base_weights}
     try:
         with quiet_transformers(), warnings.catch_warnings():
@@ -155,8 +159,31 @@ def attach(module: nn.Module, call: dict, task: str, total_steps: int, *, seed: 
                          hint="targets are module names such as " + ", ".join(n.rsplit('.', 1)[-1] for n in names)
                          + " (`ftdsl lint` lists them for known models)") from e
     module._ftdsl_adapter = info
+    _no_fast_path(module.net)
     if call["$call"] in _PROMPT:
         _probe(module, call)
+
+
+def _check_scratch_targets(net: nn.Module, call: dict) -> None:
+    """nn.MultiheadAttention computes with its projections' weights, never calling their forward:
+    an adapter there would be silently ignored (FTP510)."""
+    mha = [n for n, m in net.named_modules() if isinstance(m, nn.MultiheadAttention)]
+    for t in call.get("targets") or ():
+        inside = [n for n, _ in net.named_modules()
+                  if (n == t or n.endswith("." + t)) and any(n.startswith(p + ".") for p in mha)]
+        if inside:
+            raise StageError("FTP510", f"{call['$call']}(targets = [{t!r}]): `{inside[0]}` is inside "
+                                       "nn.MultiheadAttention, which does not call it (an adapter there does nothing)",
+                             hint="target the feed-forward layers `linear1`, `linear2` (the default adapts every "
+                                  "Linear layer outside attention)")
+
+
+def _no_fast_path(net: nn.Module) -> None:
+    """nn.TransformerEncoderLayer's inference fast path reads linear1/linear2's weights directly and
+    would skip an adapter on them: keep an adapted net on the ordinary path (same numbers)."""
+    for m in net.modules():
+        if isinstance(m, nn.TransformerEncoderLayer):
+            m.activation_relu_or_gelu = 0
 
 
 def _probe(module: nn.Module, call: dict) -> None:
@@ -188,7 +215,9 @@ def adapter_weights(module: nn.Module, call: dict, spec: dict) -> tuple[dict[str
 
     info = getattr(module, "_ftdsl_adapter", None) or {}
     net = module.net
-    state = peft.get_peft_model_state_dict(net)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # AdaLoRA ranks pruned to 0 read as "unsharded FSDP" to peft
+        state = peft.get_peft_model_state_dict(net)
     weights = {f"adapter.{k}": v for k, v in state.items()}
     for k, v in module.state_dict().items():
         if not k.startswith("net."):
@@ -261,6 +290,7 @@ def build(art) -> nn.Module:
         raise StageError("FTP503", f"adapter weights do not fit the model (missing {missing[:3]}, "
                                    f"unexpected {unexpected[:3]})", hint="rerun the stage that produced them with --force")
     module._ftdsl_adapter = {"seed": ad["base"].get("seed"), "fingerprint": want, "base_weights": None}
+    _no_fast_path(module.net)
     module.eval()
     return module
 

