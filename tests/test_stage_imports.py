@@ -22,7 +22,17 @@ import pytest
 from ftdsl.stages import STAGES
 
 ROOT = Path(__file__).resolve().parents[1] / "ftdsl" / "stages"
-MODULES = sorted(p.stem for p in ROOT.glob("*.py") if p.stem != "__init__")
+# modules by dotted name under ftdsl.stages: "train", and the subpackage's "tasks", "tasks.common", ...
+MODULES = sorted(
+    [p.stem for p in ROOT.glob("*.py") if p.stem != "__init__"]
+    + [d.name for d in ROOT.iterdir() if (d / "__init__.py").is_file()]
+    + [f"{d.name}.{p.stem}" for d in ROOT.iterdir() if (d / "__init__.py").is_file()
+       for p in d.glob("*.py") if p.stem != "__init__"])
+
+
+def _path(module: str) -> Path:
+    p = ROOT.joinpath(*module.split("."))
+    return p / "__init__.py" if p.is_dir() else p.with_suffix(".py")
 STAGE_MODULES = {path.split(":")[0].rsplit(".", 1)[1] for path in STAGES.values()}
 # (importer, stage module, name): the only uses of one stage module by another
 ALLOWED_STAGE_IMPORTS = {("distill", "train", "fit"), ("prune", "train", "fit")}
@@ -30,26 +40,28 @@ ALLOWED_STAGE_IMPORTS = {("distill", "train", "fit"), ("prune", "train", "fit")}
 
 def _imports(module: str) -> list[tuple[str, str, int]]:
     """(target module, imported name or "*module*", line) for each import of an ftdsl.stages module."""
-    tree = ast.parse((ROOT / f"{module}.py").read_text(encoding="utf-8"))
+    tree = ast.parse(_path(module).read_text(encoding="utf-8"))
     out = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ftdsl.stages"):
             parts = node.module.split(".")
+            base = ".".join(parts[2:])
             for alias in node.names:
-                if len(parts) == 3:
-                    out.append((parts[2], alias.name, node.lineno))
-                elif alias.name in MODULES:  # from ftdsl.stages import x
-                    out.append((alias.name, "*module*", node.lineno))
+                sub = f"{base}.{alias.name}" if base else alias.name
+                if sub in MODULES:  # from ftdsl.stages import x / from ftdsl.stages.tasks import common
+                    out.append((sub, "*module*", node.lineno))
+                elif base:
+                    out.append((base, alias.name, node.lineno))
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 parts = alias.name.split(".")
-                if parts[:2] == ["ftdsl", "stages"] and len(parts) == 3:
-                    out.append((parts[2], "*module*", node.lineno))
+                if parts[:2] == ["ftdsl", "stages"] and len(parts) >= 3:
+                    out.append((".".join(parts[2:]), "*module*", node.lineno))
     return [(t, n, line) for t, n, line in out if t != module]
 
 
 def _public(module: str) -> set[str] | None:
-    tree = ast.parse((ROOT / f"{module}.py").read_text(encoding="utf-8"))
+    tree = ast.parse(_path(module).read_text(encoding="utf-8"))
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
             return set(ast.literal_eval(node.value))

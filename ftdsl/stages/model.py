@@ -47,7 +47,8 @@ def run(inputs: dict[str, object], attrs: dict, ctx) -> TorchModel:
     of `pretrained` / `arch` (FTP211), a known architecture (FTP215); defaults come from the schema.
     """
     from ftdsl.ir.lower import complete_attrs, complete_call
-    from ftdsl.ir.schema.modality import PRETRAINED_INPUTS, arch_modality
+    from ftdsl.ir.schema.modality import ARCH_INPUTS, PRETRAINED_INPUTS, arch_modality
+    from ftdsl.stages.hf_archs import is_hf_arch
 
     attrs = complete_attrs("model", attrs)
     task = complete_call(attrs["task"], "task")
@@ -56,8 +57,9 @@ def run(inputs: dict[str, object], attrs: dict, ctx) -> TorchModel:
             "revision": attrs["revision"], "seed": int(ctx.seed)}
     if arch is not None:
         arch = complete_call(arch, "arch")
-        spec = {**base, "source": "arch", "arch": arch, "input_shape": None,
-                "modality": arch_modality(arch["$call"]), "norm": False}
+        # gpt/llama/t5 take the data's modality (text, instructions, text_pairs) at train time
+        modality = ARCH_INPUTS[arch["$call"]][0] if is_hf_arch(arch["$call"]) else arch_modality(arch["$call"])
+        spec = {**base, "source": "arch", "arch": arch, "input_shape": None, "modality": modality, "norm": False}
         return TorchModel(spec)
     path, where = resolve_pretrained(str(pretrained), Path(ctx.pipeline_dir), attrs.get("revision"))
     use_safetensors = weights_format(path)

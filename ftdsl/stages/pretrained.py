@@ -17,7 +17,7 @@ from ftdsl.errors import StageError
 from ftdsl.stages import OFFLINE_MODELS
 
 __all__ = ["OFFLINE_PACKAGES", "PICKLE_WEIGHTS", "quiet_transformers", "resolve_pretrained", "check_pickle_weights",
-           "weights_format", "load_hf_model"]
+           "weights_format", "load_hf_model", "hf_auto_class"]
 
 # Packages that ship a hub model for offline use: hub id -> (import name, folder in the package);
 # the registry itself lives in ftdsl.stages (the planner reads it too).
@@ -165,14 +165,28 @@ def _hf_kwargs(task: dict, trust_remote_code: bool) -> dict:
     if task["$call"] == "regress":
         return {"num_labels": int(task["outputs"]), "problem_type": "regression",
                 "trust_remote_code": bool(trust_remote_code)}
+    if task["$call"] == "token_classify":
+        labels = [str(x) for x in task["labels"]]
+        return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                "label2id": {n: i for i, n in enumerate(labels)}, "trust_remote_code": bool(trust_remote_code)}
+    if task["$call"] in ("causal_lm", "seq2seq"):  # the model's own LM head
+        return {"trust_remote_code": bool(trust_remote_code)}
     return {"num_labels": int(task["labels"]), "trust_remote_code": bool(trust_remote_code)}
 
 
+def hf_auto_class(task: dict) -> str:
+    """The transformers Auto class of a pretrained model carrying ``task``."""
+    from ftdsl.stages.tasks import get_task, is_seq_task
+
+    return get_task(task["$call"]).auto_class if is_seq_task(task["$call"]) else "AutoModelForSequenceClassification"
+
+
 def load_hf_model(path: str | Path, task: dict, *, trust_remote_code: bool = False, use_safetensors: bool = True) -> nn.Module:
-    """``AutoModelForSequenceClassification.from_pretrained`` in fp32 with a fresh head for ``task``."""
+    """``AutoModelFor<task>.from_pretrained`` in fp32 (a fresh head for classify, regress and
+    token_classify; the model's own LM head for causal_lm and seq2seq)."""
     with quiet_transformers() as transformers:
         try:
-            return transformers.AutoModelForSequenceClassification.from_pretrained(
+            return getattr(transformers, hf_auto_class(task)).from_pretrained(
                 str(path), dtype=torch.float32, use_safetensors=use_safetensors,
                 **_hf_kwargs(task, trust_remote_code),
             )

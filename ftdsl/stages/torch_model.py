@@ -35,6 +35,7 @@ from torch import nn
 
 from ftdsl.errors import StageError
 from ftdsl.stages.artifacts import copy_tokenizer_files, load_tokenizer_dir
+from ftdsl.stages.hf_archs import is_hf_arch, materialize as materialize_hf
 from ftdsl.stages.modules import FtdslModule, TextModule, materialize
 from ftdsl.stages.pretrained import PICKLE_WEIGHTS, load_hf_model, quiet_transformers
 
@@ -116,7 +117,7 @@ class TorchModel:
             net = load_hf_model(spec["pretrained_path"], spec["task"],
                                 trust_remote_code=bool(spec.get("trust_remote_code")),
                                 use_safetensors=spec.get("use_safetensors", True))
-            module: FtdslModule = TextModule(net, hf=True)
+            module: FtdslModule = self._wrap_hf(net)
         else:
             module = self._skeleton()
         if weights is not None:
@@ -133,13 +134,15 @@ class TorchModel:
         """The module the spec builds, before any weights are loaded into it."""
         spec = self.spec
         if spec["source"] == "pretrained":
-            module: FtdslModule = TextModule(self._hf_from_config(), hf=True)
+            module: FtdslModule = self._wrap_hf(self._hf_from_config())
         elif spec.get("modality") is None or (spec.get("input_shape") is None and spec.get("vocab_size") is None):
             raise StageError(
                 "FTP530",
                 "this model is untrained and has no input shape yet; train it first "
                 "(`train { model = ..., data = ... }`)",
             )
+        elif is_hf_arch(spec["arch"]["$call"]):  # gpt, llama, t5: a transformers model from its config
+            module = materialize_hf(spec, seed=int(spec.get("seed", 0)))
         else:
             module = materialize(spec, seed=int(spec.get("seed", 0)))
         if spec.get("shrunk"):  # structured pruning removed units: rebuild the smaller shapes
@@ -187,6 +190,8 @@ class TorchModel:
         check_finite(weights, path)
 
     def _hf_from_config(self) -> nn.Module:
+        from ftdsl.stages.pretrained import hf_auto_class
+
         with quiet_transformers() as transformers:
             cfg = self.hf_config
             if cfg is None:
@@ -194,8 +199,19 @@ class TorchModel:
             if not hasattr(cfg, "to_dict"):
                 cfg = transformers.AutoConfig.from_pretrained(
                     str(cfg), trust_remote_code=bool(self.spec.get("trust_remote_code")))
-            return transformers.AutoModelForSequenceClassification.from_config(
+            return getattr(transformers, hf_auto_class(self.spec["task"])).from_config(
                 cfg, trust_remote_code=bool(self.spec.get("trust_remote_code")))
+
+    def _wrap_hf(self, net: nn.Module) -> FtdslModule:
+        """A transformers model as the FtdslModule of this spec's task."""
+        from ftdsl.stages.tasks import is_seq_task
+
+        task = self.spec["task"]["$call"]
+        if is_seq_task(task):
+            from ftdsl.stages.tasks.module import SeqModule
+
+            return SeqModule(net, task=task, modality=self.spec.get("modality"))
+        return TextModule(net, hf=True)
 
     @property
     def adapter(self) -> dict | None:
@@ -217,7 +233,7 @@ class TorchModel:
         state = module if isinstance(module, dict) else module.state_dict()
         weights = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items() if isinstance(v, torch.Tensor)}
         hf_config = self.hf_config
-        if isinstance(module, TextModule) and module.hf:
+        if getattr(module, "hf", False) and hasattr(getattr(module, "net", None), "config"):
             hf_config = module.net.config
         return TorchModel({**self.spec, **spec_updates}, weights, tokenizer_dir=self.tokenizer_dir,
                           hf_config=hf_config, metrics=metrics if metrics is not None else self.metrics)

@@ -37,7 +37,7 @@ from ftdsl.runtime import checkpoint as ckpt
 from ftdsl.runtime.device import resolve_device, resolve_precision
 from ftdsl.stages.torch_model import TorchModel
 from ftdsl.stages.outputs import MetricsWriter
-from ftdsl.stages import train_checkpoint, train_prepare, train_results
+from ftdsl.stages import train_checkpoint, train_prepare, train_results, train_seq
 from ftdsl.stages.train_early_stop import early_stop
 from ftdsl.stages.train_env import Signals, StageInterrupted, amp_dtype, autocast, determinism
 from ftdsl.stages.train_factories import LOSSES, OPTIMIZERS, SCHEDULES, build_optim
@@ -125,12 +125,16 @@ class _Trainer:
     def _batches(self, split, *, shuffle: bool, generator=None, skip: int = 0):
         from ftdsl.stages.batching import iter_batches
 
+        if self.seq_task is not None:  # token tasks: the task's encoded examples, collated by the task
+            return train_seq.batches(self, split, shuffle=shuffle, generator=generator, skip=skip)
         return iter_batches(split, batch_size=self.batch, shuffle=shuffle, generator=generator,
                             tokenizer=self.tokenizer, max_length=self.max_length, length_grouped=True,
                             balanced=self.balanced and shuffle, skip=skip,
                             with_index=self.loss_fn is not None and shuffle)
 
     def _inputs(self, b: dict) -> dict[str, torch.Tensor]:
+        if self.seq_task is not None:
+            return train_seq.inputs(self, b)
         return {k: b[k].to(self.device, non_blocking=True) for k in self.module.input_names}
 
     def _autocast(self):
@@ -143,12 +147,19 @@ class _Trainer:
         share of the step's mean loss as a 0-d tensor on the device (not synced to the host)."""
         total = None
         k = len(group)
+        # token tasks: the step's loss is its summed token loss over the global batch's labelled tokens
+        n_tokens = train_seq.group_tokens(group) if self.seq_task is not None and self.loss_fn is None else None
         for i, gb in enumerate(group):
             b, weight = self.parallel.share(gb)
             y = b["y"].to(self.device)
             with self.parallel.sync_gradients(i == k - 1):
                 with self._autocast():
                     out = self.forward(**self._inputs(b))
+                if n_tokens is not None:
+                    loss = train_seq.micro_loss(self, out.float(), y, n_tokens, weight)
+                    self.scaler.scale(loss).backward()
+                    total = loss.detach() if total is None else total + loss.detach()
+                    continue
                 if self.loss_fn is not None:
                     loss = self.loss_fn(out.float(), b, self)
                 else:

@@ -171,6 +171,14 @@ def build_optim(module: nn.Module, attrs: dict, *, total_steps: int, device: str
     lambdas = [SCHEDULES[sched_call["$call"]](sched_call, total_steps, float(g["lr"])) for g in optimizer.param_groups]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
     scaler = torch.amp.GradScaler(device, enabled=precision == "fp16")
+    from ftdsl.stages.tasks import get_task, is_seq_task
+
+    if is_seq_task(task):  # token tasks bring their own token-level cross-entropy
+        if attrs.get("loss") is not None:
+            name = attrs["loss"]["$call"] if isinstance(attrs["loss"], dict) else attrs["loss"]
+            raise StageError("FTP510", f"loss = {name} cannot be set for task = {task}(...): it trains with its own "
+                             "token-level cross-entropy", hint="remove `loss`")
+        return decay + no_decay, optimizer, scheduler, scaler, get_task(task).criterion().to(device)
     loss_call = call_of(attrs.get("loss"), TASK_LOSS[task])
     if loss_call["$call"] not in LOSSES:
         raise TypeError(f"unknown loss {loss_call['$call']!r}")  # the schema guarantees a known one (FTP215)

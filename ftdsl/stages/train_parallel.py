@@ -88,7 +88,8 @@ class Parallel:
         if hi <= lo:  # fewer rows than ranks: run one row with weight 0 (every rank must step)
             lo, hi, weight = 0, 1, 0.0
         out = {k: v[lo:hi] for k, v in b.items()}
-        if "attention_mask" in out:  # drop the columns that are padding in every kept row
+        token_labels = out["y"].ndim == 2 and not out["y"].is_floating_point()  # token tasks: y per position
+        if "attention_mask" in out and not token_labels:  # drop the columns that are padding in every kept row
             width = int(out["attention_mask"].sum(1).max())
             out["input_ids"], out["attention_mask"] = out["input_ids"][:, :width], out["attention_mask"][:, :width]
         return out, weight

@@ -14,7 +14,9 @@ from pathlib import Path
 from torch import nn
 
 from ftdsl.errors import StageError
-from ftdsl.stages.modules import TextModule, materialize
+from ftdsl.stages import train_seq
+from ftdsl.stages.hf_archs import is_hf_arch, materialize as materialize_hf
+from ftdsl.stages.modules import materialize
 from ftdsl.stages.train_factories import call_of
 from ftdsl.stages.train_setup import apply_lora, freeze as freeze_params, to_regression
 
@@ -46,13 +48,20 @@ def setup_data(t) -> None:
     if "train" not in data.splits or len(data.splits["train"]) == 0:
         raise StageError("FTP510", f"data from `{data.source}` has no (or an empty) `train` split")
     t.task = spec["task"]["$call"]
-    t.num_outputs = int(spec["task"]["labels"] if t.task == "classify" else spec["task"]["outputs"])
-    check_labels(data, t.num_outputs, t.task)
-    t.splits = dict(data.splits)
-    if t.task == "regress":
-        t.splits = {k: to_regression(data, v) for k, v in t.splits.items()}
+    t.seq_task = None
+    if train_seq.is_seq_task(t.task):  # causal_lm, seq2seq, token_classify: the task object decides
+        train_seq.check_data(t)
+        t.splits = dict(data.splits)
+    else:
+        t.num_outputs = int(spec["task"]["labels"] if t.task == "classify" else spec["task"]["outputs"])
+        check_labels(data, t.num_outputs, t.task)
+        t.splits = dict(data.splits)
+        if t.task == "regress":
+            t.splits = {k: to_regression(data, v) for k, v in t.splits.items()}
     want = spec.get("modality")
-    if spec.get("source") == "pretrained" and data.modality != "text":
+    if t.seq_task is not None:
+        pass  # the task checked the data's modality; the model takes the data's
+    elif spec.get("source") == "pretrained" and data.modality != "text":
         raise StageError("FTP510", f"pretrained model {spec.get('pretrained')!r} takes text, but "
                          f"`{data.source}` has numeric features", hint="use arch = mlp(...) or cnn(...)")
     if want and want != data.modality:
@@ -92,12 +101,14 @@ def setup_model(t) -> None:
             raise StageError("FTP510", f"model `{spec.get('trained_by', 'model')}` was trained on inputs of shape "
                              f"{tuple(shape)}, but `{data.source}` has {tuple(data.input_shape or ())}")
         module = art.build()
-        if data.modality == "text":
+        if data.modality == "text" or t.seq_task is not None:
             t.tokenizer = art.load_tokenizer()
     else:  # from scratch: complete the spec from the data, then materialize with the seed
         spec["modality"] = data.modality
         spec["num_outputs"] = t.num_outputs
-        if data.modality == "text":
+        if t.seq_task is not None:  # gpt, llama, t5: vocabulary and special ids from the data's tokenizer
+            train_seq.from_scratch_spec(t, spec)
+        elif data.modality == "text":
             if data.tokenizer_dir is None:
                 raise StageError(
                     "FTP510", f"arch = {spec['arch']['$call']}(...) needs a vocabulary, but data "
@@ -115,12 +126,20 @@ def setup_model(t) -> None:
         else:
             spec["input_shape"] = list(data.input_shape)
             spec["norm"] = data.norm_mean is not None
-        module = materialize(spec, seed=int(ctx.seed), norm_mean=data.norm_mean, norm_std=data.norm_std)
+        if is_hf_arch(spec["arch"]["$call"]):
+            module = materialize_hf(spec, seed=int(ctx.seed))
+        else:
+            module = materialize(spec, seed=int(ctx.seed), norm_mean=data.norm_mean, norm_std=data.norm_std)
     spec["label_names"] = data.label_names
+    if t.seq_task is not None:
+        spec["modality"] = module.modality = data.modality
     t.spec = spec
     t.max_length = _max_length(t, module)
     if t.max_length is not None:
         spec["max_length"] = t.max_length
+    if t.seq_task is not None:
+        train_seq.encode_splits(t)
+    train_seq.gradient_checkpointing(t, module)
     module.to(t.device)
     module.train()
     t.module = module
@@ -143,11 +162,11 @@ def setup_model(t) -> None:
 
 def _max_length(t, module: nn.Module) -> int | None:
     """The longest token sequence: the attribute or the data's, capped by the model and tokenizer."""
-    if t.data.modality != "text":
+    if t.data.modality != "text" and t.seq_task is None:
         return None
     ml = t.attrs.get("max_length") or t.data.max_length
     limits = []
-    if isinstance(module, TextModule) and module.hf:
+    if getattr(module, "hf", False):
         mpe = getattr(module.net.config, "max_position_embeddings", None)
         if isinstance(mpe, int):
             limits.append(mpe)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ftdsl.stages import metrics as M
-from ftdsl.stages.modules import TextModule
+from ftdsl.stages.model_card import training_record
 from ftdsl.stages.torch_model import TorchModel
 from ftdsl.stages.train_parallel import load_model_state
 
@@ -18,6 +18,10 @@ __all__ = ["evaluate", "finish", "weights_on_cpu"]
 
 @torch.no_grad()
 def evaluate(trainer, split_name: str) -> dict[str, float]:
+    if getattr(trainer, "seq_task", None) is not None:  # token tasks: the task's statistics and metrics
+        from ftdsl.stages import train_seq
+
+        return train_seq.evaluate(trainer, split_name)
     split = trainer.splits[split_name]
     par = trainer.parallel
     # DDP: rank r evaluates batches r, r+W, ...; the batches' outputs are gathered to every
@@ -92,11 +96,12 @@ def finish(trainer, step: int, has_valid: bool, seconds: float) -> TorchModel:
     module = trainer.module
     module.eval()
     trainer.writer.finalize({**final, "precision": trainer.precision, "precision_reason": trainer.precision_reason})
-    headline = ("train.loss", "valid.loss", "valid.accuracy", "valid.f1", "valid.mse", "test.accuracy",
-                "test.f1", "test.mse")
+    headline = ("train.loss", "valid.loss", "valid.accuracy", "valid.f1", "valid.mse", "valid.perplexity",
+                "test.accuracy", "test.f1", "test.mse", "test.perplexity")
     trainer.ctx.reporter.finish(**{k: final[k] for k in headline if k in final})
     spec = {**trainer.spec, "trained_by": trainer.ctx.name, "precision": trainer.precision, "steps": step}
-    hf_config = module.net.config if isinstance(module, TextModule) and module.hf else None
+    spec.update(training_record(trainer.data, trainer.attrs))  # data and settings, for an export's model card
+    hf_config = module.net.config if getattr(module, "hf", False) else None
     if weights is None:
         weights = module.state_dict()
     weights = {k: v.detach().to("cpu").contiguous().clone() for k, v in weights.items()}

@@ -144,16 +144,11 @@ def iter_example_batches(split: EncodedSplit, task: Any, *, batch_size: int, shu
 
 def load_seq_tokenizer(tok_dir: Any, *, pretrained: bool, trust_remote_code: bool = False):
     """A transformers tokenizer for a token task (chat templates, offsets, special ids): a
-    pretrained folder through AutoTokenizer, a tokenizer the data stage trained through its
-    tokenizer.json (+ tokenizer_config.json: special tokens, chat template)."""
-    from pathlib import Path
+    pretrained folder's through AutoTokenizer, one the data stage trained through its
+    tokenizer.json + tokenizer_config.json (special tokens, chat template). None without a folder."""
+    from ftdsl.stages.artifacts import load_tokenizer_dir
 
-    from ftdsl.stages.pretrained import quiet_transformers
-
-    if tok_dir is None or not Path(tok_dir).is_dir():
-        return None
-    with quiet_transformers() as transformers:
-        return transformers.AutoTokenizer.from_pretrained(str(tok_dir), trust_remote_code=bool(trust_remote_code))
+    return load_tokenizer_dir(tok_dir, pretrained=pretrained, trust_remote_code=trust_remote_code)
 
 
 def special_ids(tokenizer: Any) -> dict[str, int | None]:

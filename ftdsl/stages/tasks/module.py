@@ -1,7 +1,7 @@
 """``SeqModule``: the FtdslModule of a token-level task (causal_lm, seq2seq, token_classify).
 
-It wraps a transformers model (``AutoModelForCausalLM`` / ``...Seq2SeqLM`` /
-``...TokenClassification``, pretrained or built from a config by ``ftdsl.stages.hf_archs``) and
+It wraps a transformers model (the task's ``auto_class``: ``AutoModelForCausalLM`` /
+``...Seq2SeqLM`` / ``...TokenClassification``, pretrained or built from a config by ``ftdsl.stages.hf_archs``) and
 returns its logits as float32: ``[B, S, V]`` (vocabulary) or ``[B, S, labels]``. ``input_names``
 are the task's (``ftdsl.stages.tasks.TASKS``); a batch may carry more of the net's inputs
 (``position_ids`` of packed rows), which ``forward`` passes on. ``modality`` is the data's.
@@ -14,14 +14,8 @@ from torch import nn
 
 from ftdsl.stages.modules import FtdslModule
 
-__all__ = ["SeqModule", "HF_AUTO_CLASSES"]
+__all__ = ["SeqModule"]
 
-# task -> the transformers Auto class of its models
-HF_AUTO_CLASSES: dict[str, str] = {
-    "causal_lm": "AutoModelForCausalLM",
-    "seq2seq": "AutoModelForSeq2SeqLM",
-    "token_classify": "AutoModelForTokenClassification",
-}
 _GENERATIVE = ("causal_lm", "seq2seq")
 
 
