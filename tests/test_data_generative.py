@@ -487,3 +487,17 @@ def test_shipped_examples_are_reproducible_and_read_cleanly(tmp_path):
         assert ds.modality == modality and sum(len(s) for s in ds.splits.values()) == 400
     tags = {t for line in (data_dir / "ner.jsonl").read_text().splitlines() for t in json.loads(line)["tags"]}
     assert tags == {"O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"}
+
+
+def test_a_classifier_on_unlabeled_text_is_a_clean_ftp510(tmp_path, capsys):
+    (tmp_path / "t.csv").write_text("body\n" + "".join(f"some words {i}\n" for i in range(20)))
+    p = tmp_path / "p.ftp"
+    p.write_text(textwrap.dedent("""\
+        data d { source = csv("t.csv"), text = "body", tokenizer = wordpiece(vocab = 60) }
+        model m { arch = transformer(layers = 1, dim = 16, heads = 2, ff = 16), task = classify(labels = 2) }
+        train t { model = m, data = d, max_steps = 1 }
+        """))
+    code = main(["run", str(p), "--cache", str(tmp_path / "c"), "--quiet"])
+    err_text = capsys.readouterr().err
+    assert code == 3 and "Traceback" not in err_text
+    assert "FTP510" in err_text and "`t.csv` has no label column" in err_text and "set `label" in err_text
