@@ -243,6 +243,8 @@ TT = {"tokens": "tokens", "tags": "tags"}
     ({"tokens": ["a", {"x": 1}], "tags": ["O", "O"]}, TT, "item 2 of the words is an object"),
     ({"tokens": ["a", " "], "tags": ["O", "O"]}, TT, "word 2 is empty"),
     ({"tokens": ["a"], "tags": [None]}, TT, "item 1 of the tags is NoneType"),
+    ({"tokens": ["a"]}, TT, "column `tags`: missing tags"),
+    ({"other": 1}, {"messages": "messages"}, "column `messages`: missing chat messages"),
 ])
 def test_bad_rows_name_the_file_row_and_line(tmp_path, bad_row, cols, expect):
     good = {"prompt": "a", "response": "b", "messages": [{"role": "user", "content": "hi"}],
@@ -267,6 +269,16 @@ def test_csv_records_and_a_bad_csv_row(tmp_path):
     (tmp_path / "t.csv").write_text("tokens,tags\nAda,B-PER\n")
     e = err(tmp_path, source={"$call": "csv", "path": "t.csv", "delimiter": ","}, **TT, split={"train": 1})
     assert "`t.csv`, row 1 (line 2), column `tokens`: expected a list of words" in e.message
+
+
+def test_tagged_records_from_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"w": ["Ada", "met", "Omar", str(i)], "t": ["B-PER", "O", "B-PER", "O"]} for i in range(10)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "t.parquet")
+    ds = run(tmp_path, source={"$call": "parquet", "path": "t.parquet"}, tokens="w", tags="t", split={"train": 1})
+    assert ds.modality == "tagged" and ds.splits["train"].records == [{"tokens": r["w"], "tags": r["t"]} for r in rows]
 
 
 def test_bad_input_through_run_is_a_clean_stage_error(tmp_path, capsys):

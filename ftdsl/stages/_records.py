@@ -95,14 +95,20 @@ def record_modality(attrs: dict) -> str | None:
 
 def _text(table: Table, i: int, col: str, v: Any) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
-        raise StageError(BAD_DATA, f"{table.where(i, col)}: missing text", "every row needs it; remove the row or fill it in")
+        raise _missing(table, i, col, "text")
     if not isinstance(v, str):
         raise StageError(BAD_DATA, f"{table.where(i, col)}: expected text (a string), found {_type_name(v)} {_shown(v)}",
                          "write the value as a JSON string")
     return v
 
 
+def _missing(table: Table, i: int, col: str, what: str) -> StageError:
+    return StageError(BAD_DATA, f"{table.where(i, col)}: missing {what}", "every row needs it; remove the row or fill it in")
+
+
 def _messages(table: Table, i: int, col: str, v: Any) -> list[dict]:
+    if v is None:
+        raise _missing(table, i, col, "chat messages")
     if not isinstance(v, list):
         raise StageError(
             BAD_DATA, f"{table.where(i, col)}: expected a list of chat messages, found {_type_name(v)} {_shown(v)}",
@@ -129,6 +135,8 @@ def _messages(table: Table, i: int, col: str, v: Any) -> list[dict]:
 
 
 def _words(table: Table, i: int, col: str, v: Any, what: str) -> list[str]:
+    if v is None:
+        raise _missing(table, i, col, what)
     if not isinstance(v, list):
         raise StageError(
             BAD_DATA, f"{table.where(i, col)}: expected a list of {what}, found {_type_name(v)} {_shown(v)}",
