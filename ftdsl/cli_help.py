@@ -30,6 +30,8 @@ environment:
   COLUMNS              the width of rich tables and bars (default: the terminal's)
   CI                   set: plain progress lines instead of bars
   GITHUB_STEP_SUMMARY  set by GitHub Actions: plan appends a Markdown table of the stages to it
+  MLFLOW_TRACKING_URI  where `track = [mlflow]` logs (default: mlruns/ beside the pipeline)
+  WANDB_MODE           `track = [wandb]` runs offline unless this is set
   HF_HUB_OFFLINE=1     never contact the Hugging Face hub (TRANSFORMERS_OFFLINE=1 too)"""
 
 TOP_EXAMPLES = """\

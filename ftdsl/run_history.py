@@ -78,7 +78,7 @@ def compare(a: dict, b: dict) -> list[dict]:
         files = [f for f in sorted(set(files_a) | set(files_b)) if files_a.get(f) != files_b.get(f)] if sa and sb else []
         ma, mb = (sa or {}).get("metrics") or {}, (sb or {}).get("metrics") or {}
         metrics = []
-        for k in list(mb) + [k for k in ma if k not in mb]:
+        for k in sorted(list(mb) + [k for k in ma if k not in mb], key=_metric_rank):
             va, vb = ma.get(k), mb.get(k)
             delta = vb - va if _num(va) and _num(vb) else None
             metrics.append({"metric": k, "a": va, "b": vb, "delta": delta})
@@ -96,6 +96,14 @@ def changes_since(prev: dict | None, run: dict) -> list[dict]:
         return []
     return [{"stage": s["stage"], **c} for s in compare(prev, run) if s["status"]["a"] and s["status"]["b"]
             for c in s["attrs"]]
+
+
+def _metric_rank(k: str) -> tuple[int, str]:
+    """test.* first, then valid.*, train.*, and the rest (steps, timings), each alphabetical."""
+    for i, prefix in enumerate(("test.", "valid.", "train.")):
+        if k.startswith(prefix):
+            return i, k
+    return 3, k
 
 
 def _num(v: Any) -> bool:

@@ -6,7 +6,7 @@ One file per pipeline::
 
     {"format": 1, "pipeline": "/abs/p.ftp",
      "stages": {"fit": {"key", "attrs", "inputs", "time"}},          # the last run of each stage
-     "runs": [{"id": "<40 hex>", "time": "...Z", "git": "<commit>" | null,
+     "runs": [{"id": "<40 hex>", "time": "...Z", "git": "<commit>" | null, "order": [stage names],
                "stages": {"fit": {"kind", "key", "status": "ran|cached|failed|skipped",
                                   "attrs": "<attrs hash>", "files": {...}, "metrics": {...}, "seconds"}}}],
      "attrs": {"<attrs hash>": {... the stage's canonical attributes ...}}}
@@ -104,7 +104,7 @@ class RunIndex:
                                "attrs": h, "files": dict(s.get("files") or {}),
                                "metrics": json_safe(dict(s.get("metrics") or {})),
                                "seconds": round(float(s.get("seconds") or 0.0), 3)}
-        run = {"id": run_id, "time": when, "git": git_head(Path(real).parent), "stages": rows}
+        run = {"id": run_id, "time": when, "git": git_head(Path(real).parent), "order": list(rows), "stages": rows}
         with self._locked():
             data = self.read(path) or {"format": FORMAT, "pipeline": real, "stages": {}}
             runs = [r for r in data.get("runs", []) if isinstance(r, dict)] + [run]
@@ -141,7 +141,9 @@ def resolve_runs(data: dict) -> list[dict]:
         if not isinstance(r, dict) or not isinstance(r.get("id"), str) or not isinstance(r.get("stages"), dict):
             continue
         stages = {}
-        for name, st in r["stages"].items():
+        order = [n for n in r.get("order") or () if n in r["stages"]]  # the plan's order (the JSON sorts keys)
+        for name in order + sorted(n for n in r["stages"] if n not in order):
+            st = r["stages"][name]
             if isinstance(st, dict):
                 stages[name] = {**st, "attrs": table.get(st.get("attrs"), {}) if isinstance(st.get("attrs"), str)
                                 else (st.get("attrs") or {})}
