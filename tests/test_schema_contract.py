@@ -45,10 +45,17 @@ def test_block_kinds_are_the_stage_registry():
 
 
 def test_architectures_activations_cells_and_inits():
-    from ftdsl.stages import nets
+    from ftdsl.stages import hf_archs, nets
 
-    assert set(nets.ARCHS) == names("arch") == set(M.ARCH_INPUTS)
+    # every arch is either an ftdsl net or a transformers config builder, never both
+    assert not set(nets.ARCHS) & set(hf_archs.HF_ARCHS)
+    assert set(nets.ARCHS) | set(hf_archs.HF_ARCHS) == names("arch") == set(M.ARCH_INPUTS) == set(M.ARCH_TASKS)
     assert nets.TEXT_ARCHS == {a for a, ins in M.ARCH_INPUTS.items() if ins == (M.TEXT,)}
+    # what the checker says each arch carries is what the engine builds
+    assert all(M.ARCH_TASKS[a] == ("classify", "regress") for a in nets.ARCHS)
+    assert all(M.ARCH_TASKS[a] == (hf_archs.ARCH_TASK[a],) for a in hf_archs.HF_ARCHS)
+    # and a transformers arch takes what its task takes
+    assert all(set(M.ARCH_INPUTS[a]) <= set(M.TASK_INPUTS[hf_archs.ARCH_TASK[a]]) for a in hf_archs.HF_ARCHS)
     assert set(nets._ACTIVATIONS) == enum_choices("arch", "mlp", "activation")
     assert set(nets.CELLS) == enum_choices("arch", "rnn", "cell")
     init_t = S.KINDS["model"].field("init").type
@@ -61,8 +68,35 @@ def test_optimizers_schedules_losses():
 
     assert set(OPTIMIZERS) == names("optimizer")
     assert set(SCHEDULES) == names("schedule")
+    from ftdsl.stages.tasks import TASKS
+
     assert set(LOSSES) == names("loss")
-    assert set(M.TASK_LOSS.values()) <= names("loss") and set(M.TASK_LOSS) == names("task")
+    # a task has a default `loss` (classify, regress) or is a token task with its own criterion
+    assert not set(M.TASK_LOSS) & set(TASKS)
+    assert set(M.TASK_LOSS.values()) <= names("loss") and set(M.TASK_LOSS) | set(TASKS) == names("task")
+
+
+def test_token_tasks_are_the_schemas_and_take_what_the_checker_says():
+    """TASKS (the engine's token tasks) and TASK_INPUTS (what the checker allows) agree: each task's
+    check_data accepts a listed modality's data past the modality check and refuses every other one."""
+    from types import SimpleNamespace
+
+    from ftdsl.errors import StageError
+    from ftdsl.stages.tasks import TASKS, get_task
+
+    assert set(M.TASK_INPUTS) == names("task") and set(TASKS) <= names("task")
+    for name in TASKS:
+        task = get_task(name)
+        assert task.name == name and task.auto_class.startswith("AutoModelFor")
+        call = complete_call({"$call": name, **({"labels": ["O", "B-X"]} if name == "token_classify" else {})}, "task")
+        for modality in M.MODALITIES:
+            data = SimpleNamespace(modality=modality, splits={}, source="d.jsonl")
+            if modality in M.TASK_INPUTS[name]:
+                task.check_data(data, call)
+            else:
+                with pytest.raises(StageError) as e:
+                    task.check_data(data, call)
+                assert e.value.code == "FTP510", (name, modality)
 
 
 def test_sources_quantize_methods_and_export_formats():
@@ -197,6 +231,33 @@ def test_transformer_defaults_are_the_schemas():
     assert len(net.encoder.layers) == d["layers"] and net.embed.embedding_dim == d["dim"]
     assert layer.self_attn.num_heads == d["heads"] and layer.linear1.out_features == d["ff"]
     assert net.pos.num_embeddings == d["max_len"] and layer.dropout.p == d["dropout"]
+
+
+@pytest.mark.parametrize("arch", ["gpt", "llama", "t5"])
+def test_transformers_arch_defaults_are_the_schemas(arch):
+    """gpt/llama/t5 written without arguments build the config the schema's defaults describe."""
+    from ftdsl.stages import hf_archs
+
+    task = hf_archs.ARCH_TASK[arch]
+    c = compile_pipeline("p.ftp", (), text=f"ftp 1\nmodel m {{ arch = {arch}, task = {task}() }}\n")
+    assert c.program is not None
+    attrs = stage_config(c.program.blocks["m"])
+    d = {a.name: a.default for a in S.CONSTRUCTORS["arch"][arch].args}
+    assert attrs["arch"] == {"$call": arch, **d}
+    cfg = hf_archs.build_config({"arch": attrs["arch"], "vocab_size": 300, "pad_id": 0, "bos_id": 1, "eos_id": 2})
+    assert (cfg.vocab_size, cfg.pad_token_id, cfg.bos_token_id, cfg.eos_token_id) == (300, 0, 1, 2)
+    if arch == "gpt":
+        assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.n_positions) == (d["layers"], d["heads"], d["width"], d["max_len"])
+        assert cfg.resid_pdrop == cfg.attn_pdrop == cfg.embd_pdrop == d["dropout"]
+    elif arch == "llama":
+        assert (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.hidden_size) == (d["layers"], d["heads"], d["width"])
+        assert cfg.num_key_value_heads == d["heads"] and d["kv_heads"] is None  # default: one per head
+        assert cfg.intermediate_size == 4 * d["width"] and d["ff"] is None
+        assert cfg.max_position_embeddings == d["max_len"] and cfg.rope_parameters["rope_theta"] == d["rope_theta"]
+    else:
+        assert (cfg.num_layers, cfg.num_decoder_layers, cfg.num_heads, cfg.d_model, cfg.d_ff) == (
+            d["layers"], d["layers"], d["heads"], d["width"], d["ff"])
+        assert cfg.d_kv == d["width"] // d["heads"] and d["head_dim"] is None and cfg.dropout_rate == d["dropout"]
 
 
 def test_a_partial_arch_call_is_completed_from_the_schema():
