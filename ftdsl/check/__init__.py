@@ -23,6 +23,7 @@ RULES = (
     generate.generation_applies,
     compat.data_columns,
     compat.arch_task,
+    compat.token_task_loss,
     compat.modality_and_labels,
     compat.quantize_support,
     compat.export_support,

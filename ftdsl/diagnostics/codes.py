@@ -172,6 +172,12 @@ _ALL = [
          "model stage would fail. The table lives in the schema (`ARCH_TASKS`).",
          "model m { arch = gpt(), task = classify(labels = 2) }",
          "model m { arch = transformer(), task = classify(labels = 2) }   # or task = causal_lm() for gpt"),
+    Code("FTP247", "loss-on-token-task", _E, "`loss` set for a model whose task has its own token-level loss",
+         "`causal_lm`, `seq2seq` and `token_classify` train with a cross-entropy over the labelled tokens (prompt "
+         "tokens, padding and continuation sub-tokens carry none); the `loss` constructors are per-row losses of "
+         "classification and regression heads and would not apply. The run would stop at the stage.",
+         "model m { arch = gpt(), task = causal_lm() }\ntrain t { model = m, data = d, loss = cross_entropy() }",
+         "train t { model = m, data = d }   # the task's token cross-entropy"),
     Code("FTP244", "not-on-this-install", _E, "a setting the engine of this install cannot honour",
          "The engine's capabilities (`ftdsl/capabilities.py`) are known without running; a run would stop at the "
          "stage.", "distributed = fsdp", "distributed = none"),

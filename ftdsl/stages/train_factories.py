@@ -176,7 +176,7 @@ def build_optim(module: nn.Module, attrs: dict, *, total_steps: int, device: str
     if is_seq_task(task):  # token tasks bring their own token-level cross-entropy
         if attrs.get("loss") is not None:
             name = attrs["loss"]["$call"] if isinstance(attrs["loss"], dict) else attrs["loss"]
-            raise StageError("FTP510", f"loss = {name} cannot be set for task = {task}(...): it trains with its own "
+            raise StageError("FTP247", f"loss = {name} cannot be set for task = {task}(...): it trains with its own "
                              "token-level cross-entropy", hint="remove `loss`")
         return decay + no_decay, optimizer, scheduler, scaler, get_task(task).criterion().to(device)
     loss_call = call_of(attrs.get("loss"), TASK_LOSS[task])

@@ -146,11 +146,11 @@ def gradient_checkpointing(t, module) -> None:
     net = getattr(module, "net", None)
     if not (getattr(module, "hf", False) and hasattr(net, "gradient_checkpointing_enable")):
         arch = t.spec.get("arch", {}).get("$call") if isinstance(t.spec.get("arch"), dict) else None
-        raise StageError("FTP510", f"gradient_checkpointing = true needs a transformers model, but this one is "
+        raise StageError("FTP252", f"gradient_checkpointing = true needs a transformers model, but this one is "
                          f"{arch or 'not one'}(...)", hint="remove gradient_checkpointing, or use a pretrained "
                          "model or gpt/llama/t5")
     if not getattr(net, "supports_gradient_checkpointing", True):
-        raise StageError("FTP510", f"{type(net).__name__} does not support gradient checkpointing",
+        raise StageError("FTP252", f"{type(net).__name__} does not support gradient checkpointing",
                          hint="remove gradient_checkpointing = true")
     net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     t.log("gradient checkpointing on")

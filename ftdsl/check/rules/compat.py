@@ -374,6 +374,25 @@ def arch_task(ctx):
                    hint=f"{fix}; or keep `{arch.name}` with `task = {allowed[0]}(...)`")
 
 
+def token_task_loss(ctx):
+    """FTP247: `loss` on a train/distill stage whose model has a token task (its own cross-entropy)."""
+    prog, memo = ctx.program, {}
+    for name, b in prog.blocks.items():
+        loss = b.value("loss") if b.kind in ("train", "distill") else None
+        if loss is None or not (isinstance(loss, (CallV, Sym))):
+            continue
+        mref = b.value("model") if b.kind == "train" else b.value("student")
+        o = origin(prog, mref.target, memo) if isinstance(mref, RefV) else None
+        task = _task_call(prog, o) if o is not None else None
+        if task is None or task.name in M.TASK_LOSS:
+            continue
+        yield make("FTP247", f"`{b.kind} {name}`: `loss` cannot be set for `{o.name}`, whose task `{task.name}()` "
+                             "trains with its own token-level cross-entropy", _name_span(b, "loss"),
+                   label="not used by token tasks",
+                   secondary=(Label(task.span, f"{task.name}() has its own loss"),) if task.span is not None else (),
+                   hint="remove `loss`")
+
+
 def _name_span(b, name: str):
     return b.attrs[name].name_span if name in b.attrs else b.name_span
 
