@@ -64,7 +64,7 @@ def setup_data(t) -> None:
     elif spec.get("source") == "pretrained" and data.modality != "text":
         raise StageError("FTP510", f"pretrained model {spec.get('pretrained')!r} takes text, but "
                          f"`{data.source}` has numeric features", hint="use arch = mlp(...) or cnn(...)")
-    if want and want != data.modality:
+    if want and want != data.modality and t.seq_task is None:
         arch = spec.get("arch", {}).get("$call")
         raise StageError("FTP510", f"arch = {arch}(...) takes {want}, but `{data.source}` has {data.modality}",
                          hint="use mlp/cnn for numeric features, rnn/transformer or a pretrained model for text")
