@@ -86,6 +86,10 @@ def _predict(compiled, cache, file: str, stage: str, opts: Options, source: R.So
     run_device = resolve_device(opts.device or compiled.program.setting("device", "auto") or "auto")
     runner = runner_for(loc.artifact_type, loc.artifact, run_device)
     info = runner.info
+    from ftdsl.stages.tasks import is_seq_task
+
+    if is_seq_task(_task_name(info)):
+        return _run(source, opts, stage, loc, runner, fmt, _seq_batches(loc, runner, run_device, opts, file))
     out_kind = W.task_output(_task_name(info))
     schema = _schema(loc, info)
     if loc.dataset is None and schema.modality == "features" and not schema.feature_names and loc.data_stage:
@@ -107,8 +111,52 @@ def _predict(compiled, cache, file: str, stage: str, opts: Options, source: R.So
     octx = W.OutputContext(label_names=info.get("label_names") or (ds.label_names if ds is not None else None),
                            target_names=targets, digits=opts.digits)
 
+    def flush(pending, writer):
+        _flush(pending, schema, runner, tokenizer, max_length, out_kind, octx, writer)
+
+    return _run(source, opts, stage, loc, runner, fmt,
+                Batches(convert, lambda src: R.check_header(src, schema), flush, out_kind.flat))
+
+
+@dataclass
+class Batches:
+    """How one model family reads and predicts rows: row -> input, the header check, a batch of
+    (row, input) pairs -> records written, and a record -> CSV cells."""
+
+    convert: Any  # Row -> input (raises BadRow)
+    check_header: Any  # Source -> None (raises the fatal FTP561 of a header without the columns)
+    flush: Any  # (list of (Row, input), Writer) -> None
+    flat: Any  # record -> CSV cells
+
+
+def _seq_batches(loc, runner, device: str, opts: Options, file: str) -> Batches:
+    """causal_lm / seq2seq (generated text) and token_classify (tags): ftdsl.predict.seq."""
+    from ftdsl.ir.lower import complete_call
+    from ftdsl.predict import seq as SQ
+    from ftdsl.stages.evaluate_seq import seq_tokenizer
+
+    call = complete_call(runner.info["task"], "task")
+    module = runner.extra.get("module")
+    if module is None:
+        raise FtdslError("FTP562", f"predict runs {call['$call']} models in PyTorch, and `{loc.stage}` is a "
+                         f"{loc.artifact_type} ({runner.what})",
+                         hint="predict the train stage it comes from, or export with format = hf")
+    tokenizer = runner.tokenizer if loc.artifact_type == "ExportedFile" else seq_tokenizer(loc.artifact, loc.dataset)
+    ds = loc.dataset
+    max_length = runner.info.get("max_length") or (ds.max_length if ds is not None else None)
+    spec_in = SQ.seq_input(call["$call"], loc.data_config)
+    predictor = SQ.SeqPredictor(module, tokenizer, call, generate=loc.generate, seed=loc.seed, max_length=max_length,
+                                device=device)
+    def flush(pending, writer):
+        recs = predictor.records([v for _, v in pending], opts.batch)
+        writer.write([{"row": r.number, "line": r.line, **rec} for (r, _), rec in zip(pending, recs)])
+
+    return Batches(SQ.converter(spec_in), lambda src: SQ.check_header(src, spec_in), flush, SQ.flat)
+
+
+def _run(source: R.Source, opts: Options, stage: str, loc, runner, fmt: str, how: Batches) -> int:
     sink = W.AtomicOutput(opts.output) if opts.output and opts.output != "-" else None
-    writer = W.Writer(sink.stream if sink else sys.stdout, fmt, out_kind.flat)
+    writer = W.Writer(sink.stream if sink else sys.stdout, fmt, how.flat)
     state = _State(source, opts.on_error)
     progress = _Progress(source, opts.quiet, f"predict {stage} ({runner.what})")
     ok = False
@@ -117,22 +165,22 @@ def _predict(compiled, cache, file: str, stage: str, opts: Options, source: R.So
         checked = False
         for item in source.rows():
             if not checked:
-                R.check_header(source, schema)
+                how.check_header(source)
                 checked = True
             if isinstance(item, R.BadRow):
                 state.bad(item)
                 continue
             try:
-                pending.append((item, convert(item)))
+                pending.append((item, how.convert(item)))
             except R.BadRow as b:
                 state.bad(b)
                 continue
             if len(pending) >= opts.batch:
-                _flush(pending, schema, runner, tokenizer, max_length, out_kind, octx, writer)
+                how.flush(pending, writer)
                 pending = []
                 progress.update()
         if pending:
-            _flush(pending, schema, runner, tokenizer, max_length, out_kind, octx, writer)
+            how.flush(pending, writer)
         progress.update()
         if writer.count == 0:
             raise FtdslError(R.BAD_INPUT, f"{source.shown}: no row could be read ({state.skipped} skipped)",

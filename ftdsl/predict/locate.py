@@ -29,6 +29,8 @@ class Located:
     dataset: Any  # the data stage's Dataset artifact (column names, tokenizer, label names), or None
     data_stage: str | None
     data_config: dict | None  # the data stage's lowered attributes (text / features / label columns)
+    seed: int = 0  # the pipeline seed (generation samples with it, as evaluate does)
+    generate: dict | None = None  # `generate` of the first evaluate stage of this model (token tasks)
 
 
 def _run_hint(file: str, stage: str, flags: str) -> str:
@@ -73,7 +75,10 @@ def locate(compiled, cache, file: str, stage: str, *, device: str | None = None,
         d_entry = cache.lookup(ds.key, label=data_stage)
         if d_entry is not None:
             dataset = artifact_class("Dataset").load(d_entry / "artifact")
-    return Located(stage, st.kind, st.artifact, art, dataset, data_stage, data_config)
+    from ftdsl.predict.seq import generate_settings
+
+    return Located(stage, st.kind, st.artifact, art, dataset, data_stage, data_config, int(plan.seed),
+                   generate_settings(plan.stages, stage))
 
 
 def _nearest_data_stage(stage: str, by_name) -> str | None:

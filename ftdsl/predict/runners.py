@@ -25,7 +25,7 @@ class Runner:
     info: dict  # spec-like: modality, task, input_shape, max_length, label_names
     tokenizer: Any = None
     what: str = ""  # "PyTorch", "onnxruntime", ... for the progress line
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # "module": the nn.Module of a PyTorch runner (token tasks)
 
 
 def spec_of(art) -> dict:
@@ -53,12 +53,24 @@ def _torch_call(module, device: str):
 
 
 def _torch(art, device: str) -> Runner:
-    return Runner(_torch_call(art.build(), device), spec_of(art), art.load_tokenizer(), "PyTorch")
+    module = art.build()
+    return Runner(_torch_call(module, device), spec_of(art), _tokenizer_of(art), "PyTorch", {"module": module})
+
+
+def _tokenizer_of(art):
+    from ftdsl.stages.tasks import is_seq_task
+
+    task = (spec_of(art).get("task") or {}).get("$call")
+    if is_seq_task(task):  # token tasks read with their transformers tokenizer (ftdsl.predict.seq)
+        return None
+    return art.load_tokenizer()
 
 
 def _torch_quantized(art, device: str) -> Runner:
     # PyTorch's quantized kernels are CPU kernels
-    return Runner(_torch_call(art.build(), "cpu"), spec_of(art), art.load_tokenizer(), "PyTorch (quantized)")
+    module = art.build()
+    return Runner(_torch_call(module, "cpu"), spec_of(art), _tokenizer_of(art), "PyTorch (quantized)",
+                  {"module": module, "cpu_only": True})
 
 
 def _onnx(art, device: str) -> Runner:
@@ -94,7 +106,7 @@ def _exported(art, device: str) -> Runner:
         names = [cfg.id2label[i] for i in sorted(cfg.id2label)]
         if not all(n == f"LABEL_{i}" for i, n in enumerate(names)):  # transformers' placeholder names
             info = {**info, "label_names": names}
-    return Runner(_torch_call(module, device), info, tokenizer, "transformers (hf folder)")
+    return Runner(_torch_call(module, device), info, tokenizer, "transformers (hf folder)", {"module": module})
 
 
 RUNNERS: dict[str, Callable[[Any, str], Runner]] = {

@@ -4,7 +4,12 @@ Models are TorchModels (run in PyTorch; size = the weights' bytes) or ONNX expor
 onnxruntime with the tokenizer shipped beside them; size = the .onnx file). Latency is measured
 the same way for both: the median wall time of one batch, after two warm-up batches.
 
-Writes `report.json`, `report.md` (a table) and `report.png` under `out/<stage>/`.
+Writes `report.json`, `report.md` (a table) and `report.png` under `out/<stage>/`, and
+`samples.jsonl` (one generation per line) when generative models generated.
+
+Token-task models (causal_lm, seq2seq, token_classify) are evaluated by
+``ftdsl.stages.evaluate_seq``: teacher-forced metrics from the task, generation metrics from
+generated texts.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import numpy as np
 
 from ftdsl.errors import StageError
 from ftdsl.ir.schema.metrics import QUALITY_METRICS as QUALITY  # computed from predictions (the registry's)
+from ftdsl.stages.tasks import is_seq_task
 MEASURED = ("latency", "size")  # the registry's evaluate-only metrics, measured here rather than computed
 
 
@@ -134,11 +140,20 @@ def run(inputs: dict, attrs: dict, ctx) -> Report:
     report = Report(split_name, wanted)
     torch.manual_seed(ctx.seed)
     ctx.reporter.start(len(attrs["models"]), f"evaluate on {split_name} ({len(split)} rows)")
+    samples: list[dict] | None = None  # generations of the generative models (samples.jsonl)
     for i, ref in enumerate(attrs["models"]):
         name = ref["$ref"]
         art = inputs[f"models[{i}]"]
         if not getattr(art, "trained", False):
             raise StageError("FTP510", f"`{name}` is an untrained model; evaluate a `train` stage instead")
+        if is_seq_task(_task_name(art)):
+            row, got = _seq_model(art, name, data, split, attrs, wanted, ctx)
+            if got is not None:
+                samples = (samples or []) + got
+            report.rows.append(row)
+            ctx.reporter.update(i + 1)
+            ctx.reporter.log(name + ": " + "  ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)))
+            continue
         runner, size_bytes, params = _runner(art, name)
         tokenizer = art.load_tokenizer()
         if tokenizer is None and getattr(data, "tokenizer_dir", None) is not None:
@@ -147,7 +162,7 @@ def run(inputs: dict, attrs: dict, ctx) -> Report:
             tokenizer = load_tokenizer(data.tokenizer_dir)
         max_length = getattr(data, "max_length", None) or art.spec.get("max_length")
         pred, y = _predict(runner, split, batch=attrs["batch"], tokenizer=tokenizer, max_length=max_length)
-        task = art.task.get("$call", "classify") if isinstance(art.task, dict) else "classify"
+        task = _task_name(art)
         row: dict = {"model": name}
         q = M.quality_metrics(task, pred, y if task == "classify" else y.reshape(pred.shape))
         for m in wanted:
@@ -163,14 +178,46 @@ def run(inputs: dict, attrs: dict, ctx) -> Report:
         ctx.reporter.update(i + 1)
         ctx.reporter.log(name + ": " + "  ".join(f"{k} {v:.4g}" for k, v in row.items()
                                                   if isinstance(v, float)))
-    _write_outputs(report, Path(ctx.out_dir))
+    _write_outputs(report, Path(ctx.out_dir), samples)
     return report
 
 
-def _write_outputs(report: Report, out: Path) -> None:
+def _task_name(art) -> str:
+    task = getattr(art, "task", None)
+    if task is None:
+        task = (getattr(art, "spec", None) or {}).get("task")
+    return task.get("$call", "classify") if isinstance(task, dict) else "classify"
+
+
+def _seq_model(art, name: str, data, split, attrs: dict, wanted: list[str], ctx) -> tuple[dict, list | None]:
+    """A token-task model's row (ftdsl.stages.evaluate_seq) and its first `samples` generations
+    (None when it generated nothing)."""
+    from ftdsl.stages import evaluate_seq
+    from ftdsl.stages.artifacts import runs_in_onnxruntime
+    from ftdsl.stages.tasks.generation import settings
+
+    if runs_in_onnxruntime(art) or not hasattr(art, "build"):
+        raise StageError("FTP510", f"`{name}`: evaluate runs {_task_name(art)} models in PyTorch, and this one is "
+                         f"a {type(art).__name__}", hint="evaluate the train stage it comes from")
+    module = art.build()
+    q, got = evaluate_seq.evaluate_model(art, module, name, data, split, attrs, wanted, ctx)
+    row: dict = {"model": name, **q}
+    if MEASURED[1] in wanted:
+        row["size_mb"] = int(art.size_bytes) / 1e6
+        row["params"] = int(sum(p.numel() for p in module.parameters()))
+    if not got:
+        return row, None
+    n = settings(attrs.get("generate")).samples
+    return row, [{"model": name, **s} for s in got[:n]]
+
+
+def _write_outputs(report: Report, out: Path, samples: list[dict] | None = None) -> None:
     from ftdsl.runtime.atomic import write_bytes_atomic, write_json_atomic
 
     out.mkdir(parents=True, exist_ok=True)
+    if samples is not None:  # one JSON object per line: model, row, input, reference, generated
+        write_bytes_atomic(out / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                                          for r in samples).encode("utf-8"))
     write_json_atomic(out / "report.json", {"split": report.split, "rows": report.rows})
     cols: list[str] = []  # every column any row has (an ONNX row has no `params`), in first-seen order
     for r in report.rows:

@@ -13,21 +13,21 @@
   (for ``seq2seq`` at most the task's ``max_target_length``); a decoder's prompt is cut from the
   left when prompt + new tokens would pass the model's positions.
 
-``generation_inputs`` turns a split's rows into (prompt ids, reference, shown input): the task's
-own ``generation_inputs`` when it defines one (the rendering it trains with), else the
-rendering below (prompt/response: the prompt's tokens, as the task's encoder begins a row;
-chat: the chat template over the messages before the last assistant turn, with the generation
-prompt; seq2seq: the source text).
+``task_rows`` / ``prompt_of`` / ``reference_of`` turn a split's rows into prompts and references:
+through the task's own hooks when it has them (``prompt_ids(tokenizer, row)``: the prefix it
+trains on; or ``generation_inputs(split, tokenizer, call)``: the encoder input), else
+the renderings at the end of this file (prompt/response: ``<bos> prompt``; chat: the chat template
+over the messages before the last assistant turn, with the generation prompt; seq2seq: the
+source text).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-__all__ = ["Settings", "settings", "generate_ids", "generate_texts", "generation_inputs", "hf_model",
-           "chat_prompt", "GEN_INPUT"]
+__all__ = ["Settings", "settings", "generate_ids", "generate_texts", "hf_model", "task_rows", "prompt_of",
+           "reference_of", "shown_input", "max_new_tokens"]
 
 
 @dataclass(frozen=True)
@@ -179,58 +179,102 @@ def generate_texts(model, tokenizer, prompts: Sequence[Sequence[int]], *, settin
 
 
 # --------------------------------------------------------------------------------------------
-# Rows -> prompts
+# Rows -> prompts. The task's own hooks first (``rows(data, split)``, ``prompt_ids(tokenizer, row)``,
+# ``reference(row)``: methods of the task object or functions of its module), so generation is
+# given exactly the prefix the task trains on; the renderings below otherwise.
 
-GEN_INPUT = {"causal_lm": ("prompt", "messages", "text"), "seq2seq": ("source", "text")}
+
+def _hook(task: Any, name: str):
+    import sys
+
+    f = getattr(task, name, None)
+    if callable(f):
+        return f
+    f = getattr(sys.modules.get(type(task).__module__), name, None)
+    return f if callable(f) else None
+
+
+def task_rows(task: Any, data: Any, split: Any) -> list:
+    """The rows of ``split`` as the task reads them: records, else texts."""
+    rows = _hook(task, "rows")
+    if rows is not None:
+        return list(rows(data, split))
+    return list(split.records) if getattr(split, "records", None) is not None else list(split.texts)
 
 
 def _ids(tokenizer, text: str, *, special: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
-def chat_prompt(tokenizer, messages: list[dict]) -> tuple[list[int], str | None]:
-    """(prompt ids, reference): the chat template over the messages before the last assistant
-    turn, ending with the generation prompt; the reference is that turn's content (None when the
-    conversation has no assistant turn: all of it is the prompt)."""
-    last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
-    history = messages if last is None else messages[:last]
-    ref = None if last is None else str(messages[last].get("content", ""))
-    ids = tokenizer.apply_chat_template(history, add_generation_prompt=True, tokenize=True)
-    if isinstance(ids, dict) or hasattr(ids, "keys"):  # transformers 5 may return a BatchEncoding
-        ids = ids["input_ids"]
-    return list(ids), ref
+def _last_assistant(messages: list[dict]) -> int | None:
+    return max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
 
 
-def render_row(task_name: str, record: Any, tokenizer) -> tuple[list[int], str | None, str]:
-    """(prompt ids, reference or None, the input shown in samples) of one row."""
-    if task_name == "seq2seq":
-        src = record.get("source", record.get("text")) if isinstance(record, dict) else record
-        return _ids(tokenizer, str(src), special=True), (record.get("target") if isinstance(record, dict) else None), str(src)
-    if isinstance(record, dict) and "messages" in record:
-        ids, ref = chat_prompt(tokenizer, list(record["messages"]))
-        last = max((i for i, m in enumerate(record["messages"]) if m.get("role") == "assistant"),
-                   default=len(record["messages"]))
-        shown = "\n".join(f"{m.get('role')}: {m.get('content')}" for m in record["messages"][:last])
-        return ids, ref, shown
-    if isinstance(record, dict) and "prompt" in record:
+def shown_input(row: Any) -> str:
+    """The input of a row as samples.jsonl shows it."""
+    if not isinstance(row, dict):
+        return str(row)
+    if row.get("messages") is not None:
+        msgs = list(row["messages"])
+        last = _last_assistant(msgs)
+        return "\n".join(f"{m.get('role')}: {m.get('content')}" for m in (msgs if last is None else msgs[:last]))
+    for k in ("prompt", "source", "text"):
+        if row.get(k) is not None:
+            return str(row[k])
+    return ""
+
+
+def reference_of(task: Any, row: Any) -> str | None:
+    """What a generation for ``row`` is compared with; None for plain text (nothing to compare)."""
+    if not isinstance(row, dict):
+        return None
+    f = _hook(task, "reference")
+    if f is not None:
+        return str(f(row))
+    if row.get("messages") is not None:
+        last = _last_assistant(list(row["messages"]))
+        return None if last is None else str(row["messages"][last].get("content", ""))
+    for k in ("response", "target"):
+        if row.get(k) is not None:
+            return str(row[k])
+    return None
+
+
+def prompt_of(task: Any, call: dict, tokenizer, row: Any, *, max_length: int | None = None) -> tuple[list[int], str]:
+    """(prompt ids, shown input) of one row: a causal LM's training prefix, a seq2seq source."""
+    f = _hook(task, "prompt_ids")
+    name = getattr(task, "name", None) or call.get("$call")
+    own = getattr(task, "generation_inputs", None)  # (split, tokenizer, call) -> [(ids, reference, shown)]
+    if f is not None:
+        ids = list(f(tokenizer, row))
+    elif callable(own):
+        from types import SimpleNamespace
+
+        one = SimpleNamespace(records=[row] if isinstance(row, dict) else None,
+                              texts=None if isinstance(row, dict) else [row])
+        ids = list(own(one, tokenizer, {**call, "max_length": max_length})[0][0])
+        return ids, shown_input(row)
+    elif name == "seq2seq":
+        src = row.get("source", row.get("text")) if isinstance(row, dict) else row
+        ids = _ids(tokenizer, str(src), special=True)
+    elif isinstance(row, dict) and row.get("messages") is not None:
+        msgs = list(row["messages"])
+        last = _last_assistant(msgs)
+        ids = list(tokenizer(tokenizer.apply_chat_template(msgs if last is None else msgs[:last], tokenize=False,
+                                                           add_generation_prompt=True),
+                             add_special_tokens=False)["input_ids"])
+    else:
+        text = row.get("prompt", row.get("text")) if isinstance(row, dict) else row
         bos = _special(tokenizer, "bos")
-        ids = _ids(tokenizer, str(record["prompt"]), special=False)
+        ids = _ids(tokenizer, str(text or ""), special=False)
         if bos is not None and not (ids and ids[0] == bos):
             ids = [bos] + ids
-        return ids, record.get("response"), str(record["prompt"])
-    text = record.get("text") if isinstance(record, dict) else record
-    return _ids(tokenizer, str(text), special=True), None, str(text)
+    if name == "seq2seq" and max_length and len(ids) > max_length:
+        ids = ids[:max_length]  # the encoder's input, truncated as the task truncates it
+    return ids, shown_input(row)
 
 
-def generation_inputs(task, task_cfg: dict, split, tokenizer) -> list[tuple[list[int], str | None, str]]:
-    """One (prompt ids, reference, shown input) per row of ``split`` (records, else texts)."""
-    own = getattr(task, "generation_inputs", None)
-    if callable(own):
-        return list(own(split, tokenizer, task_cfg))
-    rows = split.records if getattr(split, "records", None) is not None else list(split.texts)
-    name = getattr(task, "name", None) or task_cfg.get("$call")
-    return [render_row(name, r, tokenizer) for r in rows]
-
-
-def finite(v: float) -> bool:
-    return isinstance(v, float) and math.isfinite(v)
+def max_new_tokens(call: dict, settings: Settings) -> int:
+    """``generate.max_new_tokens``, for seq2seq at most the task's ``max_target_length``."""
+    cap = call.get("max_target_length") if call.get("$call") == "seq2seq" else None
+    return int(min(settings.max_new_tokens, cap)) if cap else int(settings.max_new_tokens)
