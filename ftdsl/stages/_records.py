@@ -97,13 +97,15 @@ def _text(table: Table, i: int, col: str, v: Any) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         raise _missing(table, i, col, "text")
     if not isinstance(v, str):
-        raise StageError(BAD_DATA, f"{table.where(i, col)}: expected text (a string), found {_type_name(v)} {_shown(v)}",
+        raise StageError(BAD_DATA,
+                         f"{table.where(i, col)}: expected text (a string), found {_type_name(v)} {_shown(v)}",
                          "write the value as a JSON string")
     return v
 
 
 def _missing(table: Table, i: int, col: str, what: str) -> StageError:
-    return StageError(BAD_DATA, f"{table.where(i, col)}: missing {what}", "every row needs it; remove the row or fill it in")
+    return StageError(BAD_DATA, f"{table.where(i, col)}: missing {what}",
+                      "every row needs it; remove the row or fill it in")
 
 
 def _messages(table: Table, i: int, col: str, v: Any) -> list[dict]:
@@ -140,13 +142,15 @@ def _words(table: Table, i: int, col: str, v: Any, what: str) -> list[str]:
     if not isinstance(v, list):
         raise StageError(
             BAD_DATA, f"{table.where(i, col)}: expected a list of {what}, found {_type_name(v)} {_shown(v)}",
-            'tagged data is jsonl with lists: {"tokens": ["Ada", "lives", "in", "Paris"], "tags": ["B-PER", "O", "O", "B-LOC"]}',
+            'tagged data is jsonl with lists: {"tokens": ["Ada", "lives", "in", "Paris"], '
+            '"tags": ["B-PER", "O", "O", "B-LOC"]}',
         )
     if not v:
         raise StageError(BAD_DATA, f"{table.where(i, col)}: the list of {what} is empty", "remove the row")
     out = []
     for j, w in enumerate(v, start=1):
-        if isinstance(w, bool) or not isinstance(w, (str, int, float)) or (isinstance(w, float) and not math.isfinite(w)):
+        bad_number = isinstance(w, float) and not math.isfinite(w)
+        if isinstance(w, bool) or not isinstance(w, (str, int, float)) or bad_number:
             raise StageError(BAD_DATA, f"{table.where(i, col)}: item {j} of the {what} is {_type_name(w)} {_shown(w)}, "
                                        "not a string")
         s = w if isinstance(w, str) else str(w)
