@@ -239,3 +239,22 @@ def test_a_failing_tracker_is_switched_off_not_the_stage(tmp_path, recorder):
     assert [c[0] for c in recorder] == ["start", "log"]  # nothing after the failure
     assert len(warnings) == 1 and "mlflow tracking is off" in warnings[0] and "server went away" in warnings[0]
     assert json.loads((tmp_path / "metrics.json").read_text()) == {"steps": 2}
+
+
+def test_wandb_runs_offline_beside_the_pipeline(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "unset below")  # so that teardown removes what the tracker sets
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    from ftdsl.stages.outputs import MetricsWriter
+
+    warnings: list[str] = []
+    info = tracking.RunInfo("fit", "train", pipeline=str(tmp_path / "p.ftp"), pipeline_dir=tmp_path,
+                            params=tracking.flat_params({"optimizer": {"$call": "adamw", "lr": 0.001}}))
+    w = MetricsWriter(tmp_path / "out", tracking=tracking.Tracking(["wandb"], info, warnings.append))
+    w.log(1, "train", loss=0.9)
+    w.log(1, "valid", loss=0.8, accuracy=0.5)
+    w.finalize({"valid.accuracy": 0.5}, plot=False)
+    assert warnings == [] and __import__("os").environ["WANDB_MODE"] == "offline"
+    (run,) = (tmp_path / "wandb").glob("offline-run-*")
+    assert (run / "files" / "metrics.json").is_file()
