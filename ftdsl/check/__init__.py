@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ftdsl.check.context import CheckContext
 from ftdsl.check.rules import compat, generate, hygiene, inputs, metrics, order, prune, references, safety, structure, sweep
-from ftdsl.check.rules import tracking
+from ftdsl.check.rules import peft, tracking
 from ftdsl.diagnostics import Diagnostic
 from ftdsl.ir.nodes import Program
 
@@ -31,6 +31,10 @@ RULES = (
     compat.constructor_constraints,
     prune.structured_support,
     prune.hf_export_after_head_pruning,
+    peft.adapter_targets,
+    peft.prefix_support,
+    peft.gradient_checkpointing,
+    peft.load_in,
     sweep.sweep_over_paths,
     safety.trust_remote_code,
     safety.pickle_weights,
