@@ -307,7 +307,8 @@ def test_hf_export_of_a_pretrained_model(tmp_path):
                        work_dir=tmp_path / "w")
     art = export.run({"from": trained}, {"from": {"$ref": "t"}, "format": {"$call": "hf"}, "verify": True,
                                          "path": "exports/hf"}, ctx)
-    assert art.path == tmp_path / "o-h" / "hf" and art.metrics["verify.max_abs_diff"] <= 1e-5
+    # the folder is the stage's output folder itself (issue 11: no nested hf/)
+    assert art.path == tmp_path / "o-h" and art.metrics["verify.max_abs_diff"] <= 1e-5
     user = tmp_path / "exports" / "hf"
     for f in ("config.json", "model.safetensors", "tokenizer.json"):
         assert (user / f).is_file() and (art.path / f).is_file()

@@ -24,11 +24,11 @@ STAGES: dict[str, str] = {
 ENGINE_VERSION: dict[str, int] = {
     "data": 2,  # 2: the wordpiece vocabulary no longer depends on hash-map order (the same rows, one tokenizer)
     "model": 1,
-    "train": 1,
+    "train": 2,  # 2: the trained spec records its data (source, split sizes) and settings (model cards)
     "evaluate": 1,
     "prune": 2,  # 2: structured(...) removes units (a smaller model); prune.json states the storage
     "distill": 1,
-    "export": 1,
+    "export": 2,  # 2: hf is the folder itself (label maps, tokenizer max length, README.md); ONNX metadata_props
     "quantize": 3,  # 2: int8 ONNX weights in 7 bits (reduce_range), the same on CPUs with and without VNNI; 3: fused transformer graphs
     "sweep": 1,
 }

@@ -11,10 +11,18 @@ Files under ``out/<stage>/`` (and copied to ``path`` when the block sets one)::
     torchscript    model.pt (torch.jit.trace)            + tokenizer/ (text) + export.json
     pt2            model.pt2 (torch.export.save)          + tokenizer/ (text) + export.json
     safetensors    model.safetensors + spec.json (TorchModel.load reads the folder) + tokenizer/
-    hf             hf/ (save_pretrained: config, weights, tokenizer; pretrained models only)
+    hf(merge)      the folder itself is a Hugging Face folder (export_hf.py): config with label
+                   maps, weights, tokenizer, generation_config.json, README.md (model card)
 
-plus ``verify.json`` when ``verify`` is set. A user ``path`` gets the main file (or folder)
-written atomically; a text model's tokenizer goes beside it as ``<stem>.tokenizer/``.
+plus ``verify.json`` when ``verify`` is set. A user ``path`` gets the main file (or, for `hf`, the
+Hugging Face folder itself, without ``export.json``/``verify.json``) written atomically; a text
+model's tokenizer goes beside a file as ``<stem>.tokenizer/``.
+
+ONNX files carry what a deployment needs in ``metadata_props`` (onnxruntime:
+``InferenceSession.get_modelmeta().custom_metadata_map``): ``ftdsl.labels`` (JSON list of label
+names), ``ftdsl.max_length``, ``ftdsl.task`` (JSON), ``ftdsl.inputs`` (comma-separated input
+names: a BERT tokenizer's ``token_type_ids`` is not one of them, so call the tokenizer with
+``return_token_type_ids=False`` or drop it), ``ftdsl.version``, ``ftdsl.stage``, ``ftdsl.source``.
 
 ``verify = true`` compares the export with PyTorch on random but valid inputs (features:
 noise at the scale of the data's normalization; text: token ids within the vocabulary with
@@ -33,24 +41,24 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from ftdsl.errors import FtdslError, StageError
 from ftdsl.stages.export_artifacts import (FORMAT_VERSION, ONNX_FILE, TOKENIZER_DIR, ExportedFile, OnnxModel,
-                                           copy_tokenizer, guarded_io, raise_if_resource, write_bytes,
-                                           write_json)
+                                           copy_tokenizer, copy_tree, guarded_io, link_or_copy, raise_if_resource,
+                                           write_bytes, write_json)
 from ftdsl.stages.export_verify import (VERIFY_ATOL, VERIFY_RTOL, verification_batches, verify_metrics,
                                         verify_onnx, verify_reloaded, verify_settings)
+from ftdsl.stages.onnx_utils import OUTPUT_NAME
 from ftdsl.stages.probe_inputs import example_inputs, random_batches, text_limits
 
 __all__ = ["OnnxModel", "ExportedFile", "run", "verify_onnx", "random_batches", "VERIFY_ATOL", "VERIFY_RTOL",
            "FORMAT_VERSION"]
 
 DEFAULT_FILES = {"onnx": ONNX_FILE, "torchscript": "model.pt", "pt2": "model.pt2",
-                 "safetensors": "model.safetensors", "hf": "hf"}
+                 "safetensors": "model.safetensors", "hf": "."}  # hf: the folder itself
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,7 +128,10 @@ def run(inputs: dict, attrs: dict, ctx):
     src = export_adapter.plain_source(src)  # the other formats: an adapter merged into the weights
     from ftdsl.ir.schema.modality import EXPORT_ORIGINS
 
-    if fmt not in DEFAULT_FILES or src.spec.get("source", "arch") not in EXPORT_ORIGINS[fmt]:
+    origin = src.spec.get("source", "arch")
+    if origin == "arch" and (src.spec.get("arch") or {}).get("$call") in EXPORT_ORIGINS.get(fmt, ()):
+        origin = src.spec["arch"]["$call"]  # gpt, llama, t5: Hugging Face models built from scratch
+    if fmt not in DEFAULT_FILES or origin not in EXPORT_ORIGINS[fmt]:
         # the front end guarantees a known format that suits the model's origin (FTP215, FTP243)
         raise TypeError(f"export format {fmt!r} for a {src.spec.get('source')!r} model")
     settings = verify_settings(attrs.get("verify"))
@@ -137,7 +148,7 @@ def run(inputs: dict, attrs: dict, ctx):
     if fmt == "onnx":
         art = _run_onnx(src, module, args, meta, settings, inputs, label, ctx)
     else:
-        art = _run_file(fmt, src, module, meta, settings, inputs, label, ctx)
+        art = _run_file(fmt, src, module, meta, settings, inputs, label, ctx, args, attrs)
     if attrs.get("path"):
         _write_user_copy(art, attrs["path"], ctx)
     return art
@@ -165,9 +176,7 @@ def _run_onnx(src, module, args, meta, settings, inputs, label, ctx) -> OnnxMode
                          "deprecated TorchScript-based exporter instead")
     import onnx
 
-    for k, v in (("ftdsl.stage", ctx.name), ("ftdsl.source", label), ("ftdsl.modality", module.modality),
-                 ("ftdsl.task", json.dumps(meta.get("task"), sort_keys=True)),
-                 ("ftdsl.inputs", ",".join(names))):
+    for k, v in onnx_metadata(meta, names, ctx.name, label).items():
         p = proto.metadata_props.add()
         p.key, p.value = k, v
     proto.producer_name = proto.producer_name or "ftdsl"
@@ -199,6 +208,23 @@ def _run_onnx(src, module, args, meta, settings, inputs, label, ctx) -> OnnxMode
     write_json(out / "onnx.json", {**meta, "format_version": FORMAT_VERSION, "metrics": metrics})
     ctx.reporter.log(_summary_line(label, f"{ONNX_FILE} (opset {opset}, {exporter})", art.size_bytes, metrics))
     return art
+
+
+def onnx_metadata(meta: dict, names: list[str], stage: str, label: str) -> dict[str, str]:
+    """The ``metadata_props`` of an exported graph (strings; read back with onnxruntime's
+    ``get_modelmeta().custom_metadata_map``)."""
+    import ftdsl
+    from ftdsl.stages.export_hf import label_names
+
+    labels = label_names({"task": meta.get("task"), "label_names": meta.get("label_names")})
+    props = {"ftdsl.version": ftdsl.__version__, "ftdsl.stage": stage, "ftdsl.source": label,
+             "ftdsl.modality": str(meta.get("modality")), "ftdsl.task": json.dumps(meta.get("task"), sort_keys=True),
+             "ftdsl.inputs": ",".join(names), "ftdsl.output": OUTPUT_NAME}
+    if labels:
+        props["ftdsl.labels"] = json.dumps(labels)
+    if meta.get("max_length"):
+        props["ftdsl.max_length"] = str(int(meta["max_length"]))
+    return props
 
 
 def _summary_line(label: str, what: str, size: int, metrics: dict) -> str:
@@ -245,7 +271,7 @@ def _load_program(fmt: str, data: bytes):
     return torch.export.load(io.BytesIO(data)).module()
 
 
-def _run_file(fmt, src, module, meta, settings, inputs, label, ctx) -> ExportedFile:
+def _run_file(fmt, src, module, meta, settings, inputs, label, ctx, args=None, attrs=None) -> ExportedFile:
     if fmt == "hf" and (src.spec.get("shrunk") or {}).get("heads"):
         # a Hugging Face config has one head count for every layer (transformers 5 has no `pruned_heads`)
         raise StageError("FTP530", f"cannot export `{label}` as hf: structured pruning removed attention heads, "
@@ -292,24 +318,22 @@ def _run_file(fmt, src, module, meta, settings, inputs, label, ctx) -> ExportedF
                 return TorchModel(spec, load_file(str(out / main)),
                                   hf_config=out / "hf_config" if (out / "hf_config").is_dir() else None).build()
         elif fmt == "hf":
-            from ftdsl.stages.pretrained import quiet_transformers
+            from ftdsl.stages.export_hf import write_hf
 
-            folder = out / main
-            tmp = out / f".{main}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            with quiet_transformers(), quiet_exporter():
-                guarded_io(lambda: module.net.save_pretrained(str(tmp)), tmp)
-                tk = src.load_tokenizer()
-                if tk is not None:
-                    guarded_io(lambda: tk.save_pretrained(str(tmp)), tmp)
-            shutil.rmtree(folder, ignore_errors=True)
-            os.replace(tmp, folder)
+            tmp = out / ".hf.tmp"
+            where = str(attrs.get("path") or f"out/{ctx.name}").rstrip("/")
+            info = write_hf(src, module, tmp, stage=ctx.name, key=getattr(ctx, "key", ""), where=where,
+                            label=label)
+            for name in info["files"]:  # the folder is the stage's output folder itself (no nested level)
+                os.replace(tmp / name, out / name)
+            tmp.rmdir()
+            files = list(info["files"])
+            meta.update({"id2label": info["labels"], "generation": info["generation"]})
 
             def reload():
-                from ftdsl.stages.modules import TextModule
-                from ftdsl.stages.pretrained import load_hf_model
+                from ftdsl.stages.export_hf import reload_hf
 
-                return TextModule(load_hf_model(folder, src.spec["task"]), hf=True).eval()
+                return reload_hf(out, src.spec)
     except (FtdslError, KeyboardInterrupt):
         raise
     except Exception as e:
@@ -352,7 +376,14 @@ def _write_user_copy(art, path: str, ctx) -> None:
     dest = resolve_output(root, path)
     guarded_io(lambda: dest.parent.mkdir(parents=True, exist_ok=True), dest.parent)
     dest = resolve_output(root, path)  # again, right before writing: the folder may have changed
-    if src_main.is_dir():
+    if isinstance(art, ExportedFile) and art.format == "hf":  # the HF folder: its files, not export.json
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix=".hf-copy-", dir=Path(ctx.out_dir).parent) as d:
+            for rel in art.meta["files"]:
+                (link_or_copy if (art.root / rel).is_file() else copy_tree)(art.root / rel, Path(d) / rel)
+            _replace_dir(Path(d), dest)
+    elif src_main.is_dir():
         _replace_dir(src_main, dest)
     else:
         from ftdsl.runtime import outdir
