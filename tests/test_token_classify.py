@@ -5,8 +5,10 @@ FTP510 with their file lines, predictions mapped back to words, and MiniLM fine-
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -203,8 +205,19 @@ def test_unknown_tag_names_the_tag_its_lines_and_the_labels():
         get_task("token_classify").check_data(D(), TASK)
     e = ei.value
     assert e.code == "FTP510"
-    assert "`B-ORG`" in e.message and "row 2 (line 3)" in e.message and "row 3 (line 5)" in e.message
+    assert "`B-ORG` at row 2 (line 3), row 3 (line 5)" in e.message and "ner.jsonl" in e.message
     assert "O, B-PER, I-PER, B-LOC, I-LOC" in e.message and "labels" in e.hint
+    assert "did you mean" not in e.hint  # B-ORG is not a misspelling of any label
+
+
+def test_a_misspelt_tag_gets_a_did_you_mean():
+    class D:
+        modality, source = "tagged", "ner.jsonl"
+        splits = {"train": _split([{"tokens": ["Bo"], "tags": ["B-PERS"]}])}
+
+    with pytest.raises(StageError) as ei:
+        get_task("token_classify").check_data(D(), TASK)
+    assert "`B-PERS`: did you mean `B-PER`?" in ei.value.hint
 
 
 def test_wrong_modality_and_duplicate_labels_are_ftp510():
@@ -216,3 +229,77 @@ def test_wrong_modality_and_duplicate_labels_are_ftp510():
     assert ei.value.code == "FTP510"
     with pytest.raises(StageError, match="twice"):
         get_task("token_classify").check_data(D(), {"labels": ["O", "O"]})
+
+
+# ---------------------------------------------------------------------------------------------
+# through `ftdsl run`
+
+NAMES = ["Ada", "Alan", "Grace", "Linus", "Marie", "Niels"]
+LAST = ["Lovelace", "Turing", "Hopper", "Torvalds", "Curie", "Bohr"]
+CITIES = ["Paris", "London", "Berlin", "Oslo", "Rome", "Zürich"]
+
+
+def _ner_rows(n: int) -> list[dict]:
+    rnd = random.Random(0)
+    return [{"tokens": [rnd.choice(NAMES), rnd.choice(LAST), "visited", rnd.choice(CITIES), "in", str(1900 + i)],
+             "tags": ["B-PER", "I-PER", "O", "B-LOC", "O", "O"]} for i in range(n)]
+
+
+def _pipeline(tmp_path: Path, rows: list, train: str = "max_steps = 3\n  eval_every = 1") -> Path:
+    (tmp_path / "ner.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n",
+                                       encoding="utf-8")
+    p = tmp_path / "ner.ftp"
+    p.write_text(textwrap.dedent(f"""\
+        ftp 1
+
+        data words {{
+          source = jsonl("ner.jsonl")
+          tokens = "tokens"
+          tags = "tags"
+          split = {{ train = 0.6, valid = 0.2, test = 0.2 }}
+          max_length = 32
+        }}
+
+        model tagger {{
+          pretrained = "sentence-transformers/all-MiniLM-L6-v2"
+          task = token_classify(labels = {json.dumps(LABELS)})
+        }}
+
+        train tune {{
+          model = tagger
+          data = words
+          batch = 8
+          optimizer = adamw(lr = 5e-4)
+          {train}
+        }}
+        """), encoding="utf-8")
+    return p
+
+
+def test_unknown_tag_through_run_is_ftp510_with_its_line(tmp_path, capsys, minilm_dir):
+    from ftdsl.cli import main
+
+    rows = _ner_rows(30)
+    rows[6]["tags"][3] = "B-ORG"  # line 7 of the file
+    code = main(["run", str(_pipeline(tmp_path, rows)), "--cache", str(tmp_path / "c"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert "FTP510" in err and "`B-ORG` at row 7 (line 7)" in err and "ner.jsonl" in err, err
+    assert "O, B-PER, I-PER, B-LOC, I-LOC" in err, err
+
+
+def test_minilm_fine_tunes_through_run(tmp_path, capsys, minilm_dir):
+    """MiniLM tags 30 rows for 3 steps: the validation loss falls, and every token_classify
+    metric is reported."""
+    from ftdsl.cli import main
+
+    code = main(["run", str(_pipeline(tmp_path, _ner_rows(30))), "--cache", str(tmp_path / "c"), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    out = tmp_path / "out" / "tune"
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    valid = [h["loss"] for h in history if h["split"] == "valid"]
+    assert len(valid) == 3 and valid[-1] < valid[0], valid
+    final = json.loads((out / "metrics.json").read_text())
+    for k in ("loss", "token_accuracy", "entity_precision", "entity_recall", "entity_f1"):
+        assert math.isfinite(final[f"test.{k}"]), (k, final)
+    assert 0.0 <= final["test.entity_f1"] <= 1.0 and 0.0 <= final["test.token_accuracy"] <= 1.0

@@ -196,12 +196,13 @@ class TokenClassify:
             if split.records is None:
                 raise StageError(BAD_DATA, f"the {name} split of `{data.source}` carries no tagged words",
                                  hint="run the data stage again (its cache entry predates tagged data)")
+            other = split.source if split.source and split.source != data.source else None
             for i, rec in enumerate(split.records):
                 tokens, tags = rec.get("tokens") or [], rec.get("tags") or []
-                where = f"`{split.source or data.source}` {split.where(i)}"
+                where = (f"`{other}` " if other else "") + split.where(i)
                 if len(tokens) != len(tags):
-                    raise StageError(BAD_DATA, f"{where}: {len(tokens)} words but {len(tags)} tags",
-                                     hint="every word needs exactly one tag")
+                    raise StageError(BAD_DATA, f"`{other or data.source}` {split.where(i)}: {len(tokens)} words but "
+                                     f"{len(tags)} tags", hint="every word needs exactly one tag")
                 for t in tags:
                     t = str(t)
                     if t not in index:
@@ -210,17 +211,8 @@ class TokenClassify:
                         if len(places) < _SHOWN and (not places or places[-1] != where):
                             places.append(where)
         if unknown:
-            lines = []
-            for t, places in unknown.items():
-                more = counts[t] - len(places)
-                lines.append(f"`{t}` at {'; '.join(places)}" + (f" (and {more} more)" if more > 0 else ""))
-            known = ", ".join(labels)
-            raise StageError(
-                BAD_DATA,
-                f"{len(unknown)} tag{'s' if len(unknown) > 1 else ''} not in token_classify(labels = [...]): "
-                + "; ".join(lines) + f". The labels are: {known}",
-                hint="add the tag to `labels`, or correct the data",
-            )
+            raise StageError(BAD_DATA, _unknown_message(data.source, unknown, counts, labels),
+                             hint=_unknown_hint(unknown, labels))
 
     def encode(self, data: Any, split: Any, tokenizer: Any, task: dict, max_length: int | None) -> list[dict[str, list[int]]]:
         pieces = encode_records(tokenizer, split.records or [], label_names(task), max_length)
@@ -261,6 +253,24 @@ class TokenClassify:
         out = {"loss": nll / n, "token_accuracy": correct / n}
         out.update(entity_metrics(true, pred, names))
         return out
+
+
+def _unknown_message(source: str, unknown: dict[str, list[str]], counts: dict[str, int], labels: list[str]) -> str:
+    parts = []
+    for t, places in unknown.items():
+        more = counts[t] - len(places)
+        parts.append(f"`{t}` at {', '.join(places)}" + (f" and {more} more" if more > 0 else ""))
+    n = len(unknown)
+    return (f"`{source}`: {n} tag{'s' if n > 1 else ''} not in token_classify(labels = [...]): " + "; ".join(parts)
+            + f". The labels are: {', '.join(labels)}")
+
+
+def _unknown_hint(unknown: dict[str, list[str]], labels: list[str]) -> str:
+    import difflib
+
+    close = [(t, difflib.get_close_matches(t, labels, n=1, cutoff=0.8)) for t in unknown]
+    means = "; ".join(f"`{t}`: did you mean `{c[0]}`?" for t, c in close if c)
+    return (means + "; else " if means else "") + "add the tag to `labels`, or correct the data"
 
 
 def entity_metrics(true: list[list[int]], pred: list[list[int]], names: Sequence[str]) -> dict[str, float]:
