@@ -284,8 +284,11 @@ def build(art) -> nn.Module:
         warnings.simplefilter("ignore")
         module.net = peft.get_peft_model(module.net, cfg)
         res = peft.set_peft_model_state_dict(module.net, _parts(weights, "adapter."))
-    unexpected = list(getattr(res, "unexpected_keys", []) or [])
-    missing = [k for k in (getattr(res, "missing_keys", []) or []) if _adapter_key(k)]
+    # prompt learning: peft loads `prompt_embeddings` into the prompt encoder itself, after the
+    # generic load that reports them as unexpected / missing
+    unexpected = [k for k in (getattr(res, "unexpected_keys", []) or []) if k != "prompt_embeddings"]
+    missing = [k for k in (getattr(res, "missing_keys", []) or [])
+               if _adapter_key(k) and not (k.startswith("prompt_encoder.") and cfg.is_prompt_learning)]
     if unexpected or missing:
         raise StageError("FTP503", f"adapter weights do not fit the model (missing {missing[:3]}, "
                                    f"unexpected {unexpected[:3]})", hint="rerun the stage that produced them with --force")

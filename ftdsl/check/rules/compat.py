@@ -279,6 +279,9 @@ def export_support(ctx):
         o = origin(prog, src.target, memo)
         if allowed is None or o is None or o.source in allowed:
             continue
+        arch = prog.blocks[o.name].value("arch")
+        if o.source == "arch" and isinstance(arch, CallV) and arch.name in allowed:
+            continue  # gpt, llama, t5: transformers models built from scratch
         yield make("FTP243", f"`export {name}`: `{fmt.name}` needs a {' or '.join(allowed)} model, but `{src.target}` "
                              f"is built from scratch ({o.what})", fmt.span or src.span, label="not for this model",
                    secondary=(Label(o.span, "built from scratch"),) if o.span is not None else (),
