@@ -310,9 +310,124 @@ def test_onnx_export_of_an_adapter_model_is_merged(tmp_path):
     assert out.metrics["verify.max_abs_diff"] < 1e-4
 
 
+def test_prune_and_quantize_read_the_merged_weights(tmp_path):
+    from ftdsl.stages import prune, quantize
+
+    data = _text_data(tmp_path)
+    art, _ = _train(tmp_path, _model(tmp_path, arch=TRANSFORMER), data,
+                    lora={"$call": "lora", "r": 2, "alpha": 4, "dropout": 0.0, "targets": None})
+    pruned = prune.run({"from": art}, {"from": {"$ref": "t"}, "method": {"$call": "magnitude", "amount": 0.3},
+                                       "recover": None}, _ctx(tmp_path, "p", "prune"))
+    assert not pruned.adapter and not any("lora" in k for k in pruned.state_dict())
+    merged = art.merged().state_dict()
+    w = "net.encoder.layers.0.linear1.weight"
+    kept = pruned.state_dict()[w] != 0
+    torch.testing.assert_close(pruned.state_dict()[w][kept], merged[w][kept])  # the adapter is in them
+    q = quantize.run({"from": art}, {"from": {"$ref": "t"}, "method": {"$call": "fp16"}},
+                     _ctx(tmp_path, "q", "quantize"))
+    ids, mask = _encode(art, ["the film was great"])
+    with torch.no_grad():
+        torch.testing.assert_close(q.build()(ids, mask).float(), _logits(art.build(), ids, mask), atol=5e-3,
+                                   rtol=5e-3)
+
+
 def test_adapter_export_of_a_plain_model_is_a_stage_error(tmp_path):
     data = _text_data(tmp_path)
     art, _ = _train(tmp_path, _model(tmp_path, arch=TRANSFORMER), data, max_steps=1)
     with pytest.raises(StageError) as e:
         _export(tmp_path, art, {"$call": "adapter"})
     assert e.value.code == "FTP530" and "adapter" in e.value.message
+
+
+# ------------------------------------------------------------------------------ token tasks (CLI)
+
+INSTR = [{"prompt": f"Add {i} and {i + 1}.", "response": f" {2 * i + 1}"} for i in range(40)]
+PAIRS = [{"text": f"double {i}", "target": f"{2 * i}"} for i in range(40)]
+
+
+def _seq_pipeline(root: Path, arch: str, task: str, adapter: str) -> Path:
+    import json
+
+    if task == "seq2seq":
+        rows, cols = PAIRS, 'text = "text"\n  target = "target"'
+    else:
+        rows, cols = INSTR, 'prompt = "prompt"\n  response = "response"'
+    (root / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    p = root / "p.ftp"
+    p.write_text(f"""ftp 1
+pipeline p {{ seed = 1 }}
+data d {{
+  source = jsonl("rows.jsonl")
+  {cols}
+  tokenizer = bpe(vocab = 300)
+  split = {{ train = 0.8, valid = 0.2 }}
+  max_length = 24
+}}
+model m {{ arch = {arch}, task = {task}() }}
+train t {{ model = m, data = d, max_steps = 8, batch = 8, optimizer = adamw(lr = 3e-2), lora = {adapter} }}
+export e {{ from = t, format = hf(merge = false), verify = true }}
+export a {{ from = t, format = adapter, verify = true }}
+""", encoding="utf-8")
+    return p
+
+
+def _cached_train(cache: Path) -> TorchModel:
+    import json
+
+    for spec in sorted(cache.glob("entries/*/*/artifact/spec.json")):
+        if json.loads(spec.read_text()).get("trained_by") == "t":
+            return TorchModel.load(spec.parent)
+    raise AssertionError("no cached train artifact")
+
+
+GPT = "gpt(layers = 1, heads = 2, width = 32, max_len = 64)"
+LLAMA = "llama(layers = 1, heads = 2, width = 32, max_len = 64)"
+T5 = "t5(layers = 1, heads = 2, width = 32, ff = 64, dropout = 0.0)"
+
+
+@pytest.mark.parametrize("arch,task,adapter", [
+    (GPT, "causal_lm", "lora(r = 4, alpha = 8)"),
+    (GPT, "causal_lm", "prefix(tokens = 4)"),
+    pytest.param(GPT, "causal_lm", "ia3()", marks=pytest.mark.slow),
+    pytest.param(GPT, "causal_lm", "adalora(r = 4, target_r = 2)", marks=pytest.mark.slow),
+    pytest.param(LLAMA, "causal_lm", 'lora(targets = ["q_proj", "v_proj"])', marks=pytest.mark.slow),
+    pytest.param(LLAMA, "causal_lm", "prefix(tokens = 4)", marks=pytest.mark.slow),
+    (T5, "seq2seq", "prefix(tokens = 4)"),
+    pytest.param(T5, "seq2seq", 'ia3(targets = ["k", "v", "wo"], feedforward = ["wo"])', marks=pytest.mark.slow),
+])
+def test_token_task_adapters_through_run(tmp_path, capsys, arch, task, adapter):
+    """Each method trains a from-scratch transformers model through `ftdsl run` (the train loss
+    falls), the cache holds the adapter alone, and the hf(merge = false) export loads with
+    transformers + peft to the cache model's logits."""
+    import json
+
+    import peft
+    import transformers
+
+    from ftdsl.cli import main
+
+    p = _seq_pipeline(tmp_path, arch, task, adapter)
+    code = main(["run", str(p), "--cache", str(tmp_path / "c"), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    hist = [json.loads(x) for x in (tmp_path / "out" / "t" / "metrics.jsonl").read_text().splitlines()]
+    losses = [h["loss"] for h in hist if h.get("split") == "train"]
+    assert losses[-1] < losses[0], losses
+    art = _cached_train(tmp_path / "c")
+    assert art.adapter["method"]["$call"] == adapter.split("(")[0]
+    assert all(k.startswith(("adapter.", "module.")) for k in art.state_dict())
+    folder = tmp_path / "out" / "e" / "hf"
+    auto = transformers.AutoModelForSeq2SeqLM if task == "seq2seq" else transformers.AutoModelForCausalLM
+    reloaded = peft.PeftModel.from_pretrained(auto.from_pretrained(str(folder)), str(folder / "adapter")).eval()
+    assert (tmp_path / "out" / "a" / "adapter" / "adapter_model.safetensors").is_file()
+    module = art.build()
+    ids = torch.randint(3, 250, (2, 7), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    kw = {"input_ids": ids, "attention_mask": mask}
+    if task == "seq2seq":
+        kw["decoder_input_ids"] = ids[:, :4]
+    with torch.no_grad():
+        want = module.net(**kw).logits
+        got = reloaded(**kw).logits
+        bare = auto.from_pretrained(str(folder)).eval()(**kw).logits
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(bare, want, atol=1e-4)  # the adapter is applied, not ignored

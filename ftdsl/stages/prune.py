@@ -211,6 +211,7 @@ def run(inputs: dict[str, object], attrs: dict, ctx) -> TorchModel:
     if not src.trained:
         raise StageError("FTP510", "prune: `from` is an untrained model (a `model` block); there are no weights "
                          "to prune", hint="prune a trained model: `from = <a train or distill stage>`")
+    src = src.merged()  # an adapter (`lora = ...`) folded into the weights it prunes
     method = _method(attrs.get("method"))
     rec = attrs.get("recover")
     data = None

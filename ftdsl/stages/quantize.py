@@ -123,6 +123,6 @@ def run(inputs: dict, attrs: dict, ctx):
     if is_artifact(src, "TorchModel"):
         from ftdsl.stages.quant_torch import run_torch
 
-        return run_torch(src, method, inputs, attrs, ctx)
+        return run_torch(src.merged(), method, inputs, attrs, ctx)  # an adapter folded into the weights
     # the front end lets only models reach `quantize.from` (FTP209): anything else is a bug
     raise TypeError(f"quantize: `{label}` is a {type(src).__name__}, not a model")
