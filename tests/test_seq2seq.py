@@ -207,3 +207,13 @@ def test_pretrained_folder_through_run_loss_falls_from_its_own_loss(tmp_path, ca
     with torch.no_grad():
         before = float(net.eval()(input_ids=ids, attention_mask=mask, labels=labels).loss)
     assert valid[-1] < 0.85 * before, (before, valid)
+
+
+def test_length_note_counts_cut_sources_and_targets(tok):
+    task = get_task("seq2seq")
+    call = {"max_target_length": 4}
+    exs = task.encode(None, _Split(PAIRS[:3] + [{"source": "rain", "target": "day"}]), tok, call, 6)
+    assert task.length_note(None, exs, call, 6) == ("3 of 4 sources reach max_length = 6 and 3 of 4 targets reach "
+                                                    "max_target_length = 4 (longer texts are cut, keeping the "
+                                                    "end-of-sequence token)")
+    assert task.length_note(None, exs, {"max_target_length": 64}, 64) is None

@@ -303,3 +303,13 @@ def test_minilm_fine_tunes_through_run(tmp_path, capsys, minilm_dir):
     for k in ("loss", "token_accuracy", "entity_precision", "entity_recall", "entity_f1"):
         assert math.isfinite(final[f"test.{k}"]), (k, final)
     assert 0.0 <= final["test.entity_f1"] <= 1.0 and 0.0 <= final["test.token_accuracy"] <= 1.0
+
+
+def test_length_note_says_rows_were_split_not_truncated(tok):
+    task = get_task("token_classify")
+    rec = {"tokens": ["Ada", "Lovelace", "visited", "Zürich", "today"], "tags": ["B-PER", "I-PER", "O", "B-LOC", "O"]}
+    split = _split([rec, {"tokens": ["Ada"], "tags": ["B-PER"]}])
+    exs = task.encode(None, split, tok, TASK, 6)
+    assert task.length_note(split, exs, TASK, 6) == ("2 rows became 3 examples: rows longer than max_length = 6 "
+                                                      "tokens are split at word boundaries (no word is dropped)")
+    assert task.length_note(split, task.encode(None, split, tok, TASK, 64), TASK, 64) is None

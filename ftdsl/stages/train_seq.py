@@ -67,7 +67,12 @@ def encode_splits(t) -> None:
     for name, split in t.data.splits.items():
         enc = EncodedSplit(t.seq_task.encode(t.data, split, t.tokenizer, t.task_call, t.max_length), name)
         encoded[name] = enc
-        if t.max_length and not t.task_call.get("packing"):
+        note = getattr(t.seq_task, "length_note", None)  # the task's own words for what max_length did
+        if callable(note):
+            msg = note(split, enc.examples, t.task_call, t.max_length)
+            if msg:
+                t.log(f"{name}: {msg}")
+        elif t.max_length and not t.task_call.get("packing"):
             at = int((enc.lengths >= t.max_length).sum())
             if at:
                 t.log(f"{name}: {at} of {len(enc)} rows reach max_length = {t.max_length} (longer rows are truncated)")

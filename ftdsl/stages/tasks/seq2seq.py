@@ -55,7 +55,7 @@ def _fit(ids: list[int], limit: int | None, eos: int | None) -> list[int]:
 def _encode_texts(tokenizer: Any, texts: list[str], limit: int | None) -> list[list[int]]:
     if not texts:
         return []
-    enc = tokenizer([str(t) for t in texts], add_special_tokens=True)["input_ids"]
+    enc = tokenizer([str(t) for t in texts], add_special_tokens=True, verbose=False)["input_ids"]
     eos = _eos(tokenizer)
     return [_fit(list(ids), limit, eos) for ids in enc]
 
@@ -112,6 +112,15 @@ class Seq2Seq:
         src = source_ids(tokenizer, [r["source"] for r in records], max_length)
         tgt = target_ids(tokenizer, [r["target"] for r in records], _target_limit(task))
         return [{"input_ids": s, "decoder_labels": t, "labels": list(t)} for s, t in zip(src, tgt)]
+
+    def length_note(self, split: Any, examples: list, task: dict, max_length: int | None) -> str | None:
+        """What the length limits did to a split (the trainer logs it)."""
+        n, limit = len(examples), _target_limit(task)
+        src = sum(1 for e in examples if max_length and len(e["input_ids"]) >= max_length)
+        tgt = sum(1 for e in examples if limit and len(e["labels"]) >= limit)
+        parts = ([f"{src} of {n} sources reach max_length = {max_length}"] if src else []) + \
+            ([f"{tgt} of {n} targets reach max_target_length = {limit}"] if tgt else [])
+        return " and ".join(parts) + " (longer texts are cut, keeping the end-of-sequence token)" if parts else None
 
     def collate(self, examples: list[dict[str, list[int]]], pad_id: int) -> dict[str, Any]:
         # decoder_labels' padding is never read: the decoder is causal and the padded positions

@@ -94,7 +94,8 @@ def _word_pieces(tokenizer: Any, rows: list[list[str]]) -> list[list[list[int]]]
     """The sub-token ids of every word of every row (no special tokens)."""
     if not rows:
         return []
-    enc = tokenizer([list(map(str, r)) for r in rows], is_split_into_words=True, add_special_tokens=False)
+    enc = tokenizer([list(map(str, r)) for r in rows], is_split_into_words=True, add_special_tokens=False,
+                    verbose=False)
     unk = tokenizer.unk_token_id
     unk = int(unk) if isinstance(unk, int) else special_ids(tokenizer)["pad"]
     out = []
@@ -217,6 +218,14 @@ class TokenClassify:
     def encode(self, data: Any, split: Any, tokenizer: Any, task: dict, max_length: int | None) -> list[dict[str, list[int]]]:
         pieces = encode_records(tokenizer, split.records or [], label_names(task), max_length)
         return [{"input_ids": p.input_ids, "labels": p.labels} for p in pieces]
+
+    def length_note(self, split: Any, examples: list, task: dict, max_length: int | None) -> str | None:
+        """What ``max_length`` did to a split (the trainer logs it): rows split into pieces."""
+        rows, pieces = len(split.records or []), len(examples)
+        if pieces <= rows:
+            return None
+        return (f"{rows} rows became {pieces} examples: rows longer than max_length = {max_length} tokens are split "
+                "at word boundaries (no word is dropped)")
 
     def collate(self, examples: list[dict[str, list[int]]], pad_id: int) -> dict[str, Any]:
         return collate(examples, pad_id)
