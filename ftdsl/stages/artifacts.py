@@ -29,7 +29,7 @@ __all__ = ["Artifact", "ModelArtifact", "artifact_class", "is_artifact", "runs_i
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
     "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
-    "tokenizer.model",
+    "tokenizer.model", "chat_template.jinja", "chat_template.json",  # transformers 5 saves the chat template apart
 )
 
 

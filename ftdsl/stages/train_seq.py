@@ -157,5 +157,8 @@ def gradient_checkpointing(t, module) -> None:
     if not getattr(net, "supports_gradient_checkpointing", True):
         raise StageError("FTP252", f"{type(net).__name__} does not support gradient checkpointing",
                          hint="remove gradient_checkpointing = true")
-    net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(net, "activation_checkpointing_enable"):  # transformers >= 5.2x: the old name warns
+        net.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     t.log("gradient checkpointing on")
