@@ -197,3 +197,29 @@ def test_runs_and_diff_do_not_import_torch(two_runs):
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res == {"codes": [0, 0, 0, 0], "heavy": []}
+
+
+def test_history_keeps_the_last_runs_and_each_attribute_set_once(tmp_path, monkeypatch):
+    """The history is a file of its own (plan reads only the small last-run index), trimmed to MAX_RUNS,
+    with each distinct attribute set stored once and dropped with the last run that used it."""
+    from ftdsl.runtime import run_index
+    from ftdsl.runtime.cache import Cache
+
+    monkeypatch.setattr(run_index, "MAX_RUNS", 3)
+    cache, pipe = Cache(tmp_path / "cache"), tmp_path / "p.ftp"
+    pipe.write_text("")
+    ids = []
+    for lr in (0.1, 0.2, 0.2, 0.2, 0.3):
+        ids.append(cache.record_history(pipe, [
+            {"name": "d", "kind": "data", "key": "a" * 64, "status": "cached", "attrs": {"n": 1}, "metrics": {}},
+            {"name": "fit", "kind": "train", "key": "b" * 64, "status": "ran", "attrs": {"lr": lr},
+             "metrics": {"test.loss": float("nan"), "test.accuracy": lr}}]))
+    hist = cache.index.history(pipe)
+    assert [r["id"] for r in hist] == ids[-3:] and len(set(ids)) == 5
+    assert [r["stages"]["fit"]["attrs"]["lr"] for r in hist] == [0.2, 0.2, 0.3]
+    assert list(hist[0]["stages"]) == ["d", "fit"]
+    assert hist[-1]["stages"]["fit"]["metrics"] == {"test.loss": None, "test.accuracy": 0.3}  # NaN is not JSON
+    raw = json.loads(cache.index.history_path_of(pipe).read_text())
+    assert len(raw["attrs"]) == 3  # {n: 1}, {lr: 0.2}, {lr: 0.3}: {lr: 0.1} went with its run
+    assert not cache.index.path_of(pipe).exists()  # record_run's index (what plan reads) is untouched
+    assert [r["id"] for r in cache.index.all_histories()] == ids[-3:]

@@ -2,10 +2,14 @@
 5e-05" (``<cache>/index/<sha(pipeline path)[:16]>.json``), and the pipeline's history of runs for
 `ftdsl runs` and `ftdsl diff` (ftdsl/run_history.py). No torch here.
 
-One file per pipeline::
+Two files per pipeline: ``<h>.json`` (read by every `plan`, so it stays small)::
 
     {"format": 1, "pipeline": "/abs/p.ftp",
-     "stages": {"fit": {"key", "attrs", "inputs", "time"}},          # the last run of each stage
+     "stages": {"fit": {"key", "attrs", "inputs", "time"}}}          # the last run of each stage
+
+and ``<h>.runs.json``, the history (read by `runs` and `diff` only)::
+
+    {"format": 1, "pipeline": "/abs/p.ftp",
      "runs": [{"id": "<40 hex>", "time": "...Z", "git": "<commit>" | null, "order": [stage names],
                "stages": {"fit": {"kind", "key", "status": "ran|cached|failed|skipped",
                                   "attrs": "<attrs hash>", "files": {...}, "metrics": {...}, "seconds"}}}],
@@ -82,6 +86,17 @@ class RunIndex:
 
     # -- the history of runs (`ftdsl runs`, `ftdsl diff`) ----------------------------------------
 
+    def history_path_of(self, pipeline_path: str | os.PathLike[str]) -> Path:
+        return self.path_of(pipeline_path).with_suffix(".runs.json")
+
+    @staticmethod
+    def read_history(path: Path) -> dict:
+        try:
+            data = json.loads(read_regular_bytes(path, follow=False))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) and isinstance(data.get("runs"), list) else {}
+
     def record_session(self, pipeline_path: str | os.PathLike[str], stages: list[dict]) -> str:
         """Append one `ftdsl run` of ``pipeline_path`` to its history; returns the run's id.
 
@@ -89,7 +104,7 @@ class RunIndex:
         the run reached, in plan order."""
         from ftdsl.runtime.atomic import json_safe
 
-        path = self.path_of(pipeline_path)
+        path = self.history_path_of(pipeline_path)
         real = os.path.realpath(os.fspath(pipeline_path))
         when = now_iso()
         keys = ",".join(f"{s['name']}={s['key']}" for s in stages)
@@ -106,7 +121,7 @@ class RunIndex:
                                "seconds": round(float(s.get("seconds") or 0.0), 3)}
         run = {"id": run_id, "time": when, "git": git_head(Path(real).parent), "order": list(rows), "stages": rows}
         with self._locked():
-            data = self.read(path) or {"format": FORMAT, "pipeline": real, "stages": {}}
+            data = self.read_history(path) or {"format": FORMAT, "pipeline": real, "runs": []}
             runs = [r for r in data.get("runs", []) if isinstance(r, dict)] + [run]
             runs = runs[-MAX_RUNS:]
             table = data.get("attrs") if isinstance(data.get("attrs"), dict) else {}
@@ -119,17 +134,17 @@ class RunIndex:
 
     def history(self, pipeline_path: str | os.PathLike[str]) -> list[dict]:
         """The pipeline's runs, oldest first, each stage's ``attrs`` resolved to the attributes."""
-        return resolve_runs(self.read(self.path_of(pipeline_path)))
+        return resolve_runs(self.read_history(self.history_path_of(pipeline_path)))
 
     def all_histories(self) -> list[dict]:
         """Every pipeline's runs in this cache, oldest first (``pipeline`` set on each run)."""
         out: list[dict] = []
         try:
-            files = sorted(self.index_dir.glob("*.json"))
+            files = sorted(self.index_dir.glob("*.runs.json"))
         except OSError:
             return out
         for f in files:
-            out.extend(resolve_runs(self.read(f)))
+            out.extend(resolve_runs(self.read_history(f)))
         out.sort(key=lambda r: (r.get("time", ""), r.get("id", "")))
         return out
 
