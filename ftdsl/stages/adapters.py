@@ -280,9 +280,15 @@ def build(art) -> nn.Module:
                          hint="rerun the train stage with --force")
     cfg = _peft_config_from(ad["peft"])
     cfg.inference_mode = False
+    # AdaLoRA's final rank pattern resizes the modules when the state loads, not when they are made
+    pattern = getattr(cfg, "rank_pattern", None) if cfg.peft_type == peft.PeftType.ADALORA else None
+    if pattern is not None:
+        cfg.rank_pattern = None
     with quiet_transformers(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         module.net = peft.get_peft_model(module.net, cfg)
+        if pattern is not None:
+            module.net.peft_config[module.net.active_adapter].rank_pattern = pattern
         res = peft.set_peft_model_state_dict(module.net, _parts(weights, "adapter."))
     # prompt learning: peft loads `prompt_embeddings` into the prompt encoder itself, after the
     # generic load that reports them as unexpected / missing
