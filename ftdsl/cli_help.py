@@ -40,6 +40,8 @@ examples:
   ftdsl plan pipelines/quickstart.ftp        what would run, what is cached, and why
   ftdsl run pipelines/quickstart.ftp         run it; an edit re-runs only what it changes
   ftdsl fmt --check pipelines/               is everything formatted?
+  ftdsl runs pipelines/quickstart.ftp        its recorded runs: what changed, metrics
+  ftdsl diff latest~1 latest                 compare the last two runs, attribute by attribute
   ftdsl explain FTP201                       the long form of a diagnostic
   ftdsl COMMAND --help                       the options of one command
 

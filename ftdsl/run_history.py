@@ -257,6 +257,8 @@ def pipeline_runs(file: str, cache_override: str | None) -> tuple[str, list[dict
 
 
 def cmd_runs(args) -> int:
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("FTP001", "--limit must be at least 1")
     pipeline, runs, root = pipeline_runs(args.file, args.cache)
     if not runs and args.format == "text":
         if not getattr(args, "quiet", False):
