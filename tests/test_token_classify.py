@@ -288,21 +288,53 @@ def test_unknown_tag_through_run_is_ftp510_with_its_line(tmp_path, capsys, minil
     assert "O, B-PER, I-PER, B-LOC, I-LOC" in err, err
 
 
-def test_minilm_fine_tunes_through_run(tmp_path, capsys, minilm_dir):
-    """MiniLM tags 30 rows for 3 steps: the validation loss falls, and every token_classify
-    metric is reported."""
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory, minilm_dir):
+    """The NER pipeline run once: (its folder, pipeline file, final metrics, history)."""
     from ftdsl.cli import main
 
-    code = main(["run", str(_pipeline(tmp_path, _ner_rows(30))), "--cache", str(tmp_path / "c"), "--quiet"])
-    assert code == 0, capsys.readouterr().err
-    out = tmp_path / "out" / "tune"
+    tmp = tmp_path_factory.mktemp("ner")
+    p = _pipeline(tmp, _ner_rows(30))
+    code = main(["run", str(p), "--cache", str(tmp / "c"), "--quiet"])
+    assert code == 0
+    out = tmp / "out" / "tune"
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return tmp, p, json.loads((out / "metrics.json").read_text()), history
+
+
+def test_minilm_fine_tunes_through_run(tuned):
+    """MiniLM tags 30 rows for 3 steps: the validation loss falls, every metric is reported."""
+    _, _, final, history = tuned
     valid = [h["loss"] for h in history if h["split"] == "valid"]
     assert len(valid) == 3 and valid[-1] < valid[0], valid
-    final = json.loads((out / "metrics.json").read_text())
     for k in ("loss", "token_accuracy", "entity_precision", "entity_recall", "entity_f1"):
         assert math.isfinite(final[f"test.{k}"]), (k, final)
-    assert 0.0 <= final["test.entity_f1"] <= 1.0 and 0.0 <= final["test.token_accuracy"] <= 1.0
+
+
+def test_entity_metrics_equal_seqeval_on_predicted_tags(tuned, capsys):
+    """The test split's entity metrics (teacher-forced batch statistics) equal seqeval's on the
+    tags `ftdsl predict` gives for the same rows (predictions mapped back to words)."""
+    from seqeval.metrics import f1_score, precision_score, recall_score
+
+    from ftdsl.cli import main
+    from ftdsl.stages.dataset import Dataset
+
+    tmp_path, p, final, _ = tuned
+    [meta] = list((tmp_path / "c").rglob("dataset.json"))
+    test = Dataset.load(meta.parent).split("test").records
+    (tmp_path / "new.jsonl").write_text("\n".join(json.dumps({"tokens": r["tokens"]}) for r in test) + "\n")
+    code = main(["predict", str(p), "tune", "--input", str(tmp_path / "new.jsonl"), "--output",
+                 str(tmp_path / "pred.jsonl"), "--cache", str(tmp_path / "c")])
+    assert code == 0, capsys.readouterr().err
+    pred = [json.loads(line)["tags"] for line in (tmp_path / "pred.jsonl").read_text().splitlines()]
+    true = [r["tags"] for r in test]
+    assert [len(t) for t in pred] == [len(t) for t in true]
+    assert math.isclose(final["test.entity_f1"], f1_score(true, pred), rel_tol=1e-9)
+    assert math.isclose(final["test.entity_precision"], precision_score(true, pred), rel_tol=1e-9)
+    assert math.isclose(final["test.entity_recall"], recall_score(true, pred), rel_tol=1e-9)
+    words = sum(len(t) for t in true)
+    assert math.isclose(final["test.token_accuracy"],
+                        sum(a == b for t, q in zip(true, pred) for a, b in zip(t, q)) / words, rel_tol=1e-9)
 
 
 def test_length_note_says_rows_were_split_not_truncated(tok):
