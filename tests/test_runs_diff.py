@@ -223,3 +223,20 @@ def test_history_keeps_the_last_runs_and_each_attribute_set_once(tmp_path, monke
     assert len(raw["attrs"]) == 3  # {n: 1}, {lr: 0.2}, {lr: 0.3}: {lr: 0.1} went with its run
     assert not cache.index.path_of(pipe).exists()  # record_run's index (what plan reads) is untouched
     assert [r["id"] for r in cache.index.all_histories()] == ids[-3:]
+
+
+def test_a_history_that_cannot_be_written_does_not_fail_the_run(tmp_path, capsys, monkeypatch):
+    from ftdsl.errors import ResourceError
+    from ftdsl.runtime.cache import Cache
+
+    def locked(self, *a, **k):
+        raise ResourceError("FTP504", "the run index is locked by another process")
+
+    monkeypatch.setattr(Cache, "record_history", locked)
+    p = tmp_path / "p.ftp"
+    p.write_text(PIPE)
+    out = tmp_path / "s.json"
+    assert main(["run", str(p), "--cache", str(tmp_path / "cache"), "-q", "--summary-json", str(out)]) == 0
+    assert "not added to the run history" in capsys.readouterr().err
+    s = json.loads(out.read_text())
+    assert s["run_id"] is None and {x["status"] for x in s["stages"]} == {"ran"}
