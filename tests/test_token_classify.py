@@ -149,6 +149,22 @@ def test_entity_scores_hand_case():
     assert got["token_accuracy"] == 0.75
 
 
+
+def test_io_tags_count_a_run_of_one_tag_as_one_entity():
+    # labels without B-/I- prefixes: PER PER O LOC is two entities; predicted PER O O LOC finds
+    # LOC and a PER of the wrong extent: precision 1/2, recall 1/2 (seqeval alone would read
+    # "PER" as chunk tag "P" of type "ER")
+    io = ["O", "PER", "LOC"]
+    task = get_task("token_classify")
+    y = torch.tensor([[IGNORE, 1, 1, 0, 2, IGNORE]])
+    logits = torch.zeros(1, 6, 3)
+    for i, p in enumerate([1, 0, 0, 2]):
+        logits[0, 1 + i, p] = 5.0
+    got = task.metrics([task.batch_stats(logits, y)], {"labels": io})
+    assert got["entity_precision"] == 0.5 and got["entity_recall"] == 0.5
+    assert TC.chunk_tags(["PER", "PER", "O", "LOC", "B-X", "I-X", "LOC"]) == \
+        ["B-PER", "I-PER", "O", "B-LOC", "B-X", "I-X", "B-LOC"]
+
 # ---------------------------------------------------------------------------------------------
 # predictions back to words
 

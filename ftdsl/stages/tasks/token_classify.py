@@ -22,12 +22,13 @@ puts the pieces of a row back together (one tag per word of the row).
 
 Metrics: ``loss`` (mean cross-entropy over labelled words), ``token_accuracy`` (over words),
 ``entity_precision`` / ``entity_recall`` / ``entity_f1`` (``seqeval``'s default mode, micro
-averaged, through ``ftdsl.stages.seq_metrics.entity_scores``, on the word-level tags).
+averaged, through ``ftdsl.stages.seq_metrics.entity_scores``, on the word-level tags). Labels
+without a ``B-``/``I-`` prefix (the IO scheme, ``PER``/``LOC``/``O``) count a run of one tag as
+one entity (:func:`chunk_tags`); seqeval itself would read ``PER`` as chunk tag ``P`` of type ``ER``.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -38,7 +39,7 @@ from ftdsl.stages.tasks import IGNORE
 from ftdsl.stages.tasks.common import TokenCrossEntropy, collate, special_ids
 
 __all__ = ["TASK", "TokenClassify", "tag_index", "encode_words", "encode_records", "Piece", "predict_tags", "label_names",
-           "entity_metrics"]
+           "entity_metrics", "chunk_tags"]
 
 BAD_DATA = "FTP510"
 _SHOWN = 5  # rows named per unknown tag
@@ -282,17 +283,34 @@ def _unknown_hint(unknown: dict[str, list[str]], labels: list[str]) -> str:
     return (means + "; else " if means else "") + "add the tag to `labels`, or correct the data"
 
 
+_PREFIXES = ("B-", "I-", "E-", "S-", "L-", "U-")  # what seqeval reads as chunk tags
+
+
+def chunk_tags(row: Sequence[str]) -> list[str]:
+    """Tags as seqeval reads them: ``O`` and prefixed tags (``B-PER``) as they are; a tag without
+    a prefix (the IO scheme: ``PER``) starts an entity unless the word before has the same tag
+    (``PER PER LOC`` -> ``B-PER I-PER B-LOC``), where seqeval would take its first letter for
+    the chunk tag."""
+    out, prev = [], None
+    for t in row:
+        if t == "O" or t.startswith(_PREFIXES):
+            out.append(t)
+        else:
+            out.append(("I-" if prev == t else "B-") + t)
+        prev = t
+    return out
+
+
 def entity_metrics(true: list[list[int]], pred: list[list[int]], names: Sequence[str]) -> dict[str, float]:
-    """seqeval's entity precision/recall/F1 of label-index sequences (rows without words skipped)."""
+    """seqeval's entity precision/recall/F1 of label-index sequences (rows without words
+    skipped; tags without a B-/I- prefix through :func:`chunk_tags`)."""
     from ftdsl.stages.seq_metrics import entity_scores
 
     def tags(row):
-        return [names[i] if 0 <= i < len(names) else "O" for i in row]
+        return chunk_tags([names[i] if 0 <= i < len(names) else "O" for i in row])
 
     keep = [i for i, t in enumerate(true) if t]
-    with warnings.catch_warnings():  # seqeval warns about tags that are not B-/I- shaped (POS tags)
-        warnings.simplefilter("ignore")
-        return entity_scores([tags(true[i]) for i in keep], [tags(pred[i]) for i in keep])
+    return entity_scores([tags(true[i]) for i in keep], [tags(pred[i]) for i in keep])
 
 
 def predict_tags(module: Any, tokenizer: Any, records: list[dict], task: dict, *, max_length: int | None = None,
