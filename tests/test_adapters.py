@@ -415,7 +415,7 @@ def test_token_task_adapters_through_run(tmp_path, capsys, arch, task, adapter):
     art = _cached_train(tmp_path / "c")
     assert art.adapter["method"]["$call"] == adapter.split("(")[0]
     assert all(k.startswith(("adapter.", "module.")) for k in art.state_dict())
-    folder = tmp_path / "out" / "e" / "hf"
+    folder = tmp_path / "out" / "e"
     auto = transformers.AutoModelForSeq2SeqLM if task == "seq2seq" else transformers.AutoModelForCausalLM
     reloaded = peft.PeftModel.from_pretrained(auto.from_pretrained(str(folder)), str(folder / "adapter")).eval()
     assert (tmp_path / "out" / "a" / "adapter" / "adapter_model.safetensors").is_file()

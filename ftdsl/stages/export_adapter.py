@@ -5,8 +5,9 @@ Files under ``out/<stage>/``::
 
     adapter              adapter/ (adapter_config.json + adapter_model.safetensors): what
                          ``PeftModel.from_pretrained(base, "adapter")`` loads; tokenizer/ beside it
-    hf(merge = false)    hf/ (the base: config, weights, tokenizer; ``from_pretrained`` loads it) with
-                         hf/adapter/ inside (``PeftModel.from_pretrained(base, "hf/adapter")``)
+    hf(merge = false)    the stage's folder is the base's Hugging Face folder, as `hf` writes it
+                         (``from_pretrained`` loads it), with adapter/ inside
+                         (``PeftModel.from_pretrained(base, "adapter")``)
 
 ``hf(merge = true)`` (the default) and every other format export the merged model: the export
 stage asks ``TorchModel.merged()`` first (:func:`plain_source`). ``verify`` reloads the folder
@@ -25,7 +26,6 @@ from ftdsl.errors import FtdslError, StageError
 __all__ = ["wants_adapter", "plain_source", "run"]
 
 ADAPTER_DIR = "adapter"
-HF_DIR = "hf"
 
 
 def wants_adapter(fmt: str, args: dict) -> bool:
@@ -46,8 +46,6 @@ def run(fmt: str, src, args: dict, attrs: dict, inputs: dict, label: str, ctx):
     from ftdsl.stages.export_artifacts import (FORMAT_VERSION, TOKENIZER_DIR, ExportedFile, copy_tokenizer,
                                                guarded_io, raise_if_resource, write_json)
     from ftdsl.stages.export_verify import verification_batches, verify_metrics, verify_reloaded, verify_settings
-    from ftdsl.stages.pretrained import quiet_transformers
-
     if not getattr(src, "adapter", None):
         what = "format = adapter" if fmt == "adapter" else "hf(merge = false)"
         raise StageError("FTP530", f"`{label}` was not trained with an adapter; {what} has nothing to write",
@@ -61,27 +59,33 @@ def run(fmt: str, src, args: dict, attrs: dict, inputs: dict, label: str, ctx):
     out.mkdir(parents=True, exist_ok=True)
     ctx.reporter.start(None, f"export {label} ({fmt})")
     t0 = time.perf_counter()
-    main = ADAPTER_DIR if fmt == "adapter" else HF_DIR
-    tmp = out / f".{main}.tmp"
+    main = ADAPTER_DIR if fmt == "adapter" else "."
+    tmp = out / f".{fmt}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    files = [main]
     try:
         if fmt == "adapter":
             module = guarded_io(lambda: adapters.save_adapter_folder(src, tmp), tmp)
-        else:
+            shutil.rmtree(out / ADAPTER_DIR, ignore_errors=True)
+            os.replace(tmp, out / ADAPTER_DIR)
+            files = [ADAPTER_DIR]
+        else:  # the base as a Hugging Face folder (the stage's folder itself, as `hf` writes it) + adapter/
+            from ftdsl.stages.export_hf import write_hf
+
             base = adapters.base_artifact(src)
             base_module = base.build(load_weights=True) if base.trained else adapters._fresh_base(base)
             if not adapters.is_hf(base_module):
                 raise StageError("FTP530", f"`{label}`'s base is not a Hugging Face model; hf cannot describe it",
                                  hint="export `format = adapter` or `safetensors`")
-            with quiet_transformers():
-                guarded_io(lambda: base_module.net.save_pretrained(str(tmp)), tmp)
-                tk = src.load_tokenizer()
-                if tk is not None:
-                    guarded_io(lambda: tk.save_pretrained(str(tmp)), tmp)
+            where = str(attrs.get("path") or f"out/{ctx.name}").rstrip("/")
+            info = write_hf(base, base_module, tmp, stage=ctx.name, key=getattr(ctx, "key", ""), where=where,
+                            label=label)
             module = guarded_io(lambda: adapters.save_adapter_folder(src, tmp / ADAPTER_DIR), tmp)
-        shutil.rmtree(out / main, ignore_errors=True)
-        os.replace(tmp, out / main)
+            files = sorted({*info["files"], ADAPTER_DIR})
+            for name in files:  # the folder is the stage's output folder itself (no nested level)
+                if (out / name).is_dir():
+                    shutil.rmtree(out / name)
+                os.replace(tmp / name, out / name)
+            tmp.rmdir()
     except (FtdslError, KeyboardInterrupt):
         raise
     except Exception as e:
@@ -96,7 +100,7 @@ def run(fmt: str, src, args: dict, attrs: dict, inputs: dict, label: str, ctx):
     meta = _base_meta(src, module, label, ctx)
     meta.update({"format": fmt, "main": main, "files": files, "merge": False,
                  "adapter": {"method": src.adapter["method"]["$call"],
-                             "folder": ADAPTER_DIR if fmt == "adapter" else f"{HF_DIR}/{ADAPTER_DIR}"}})
+                             "folder": ADAPTER_DIR}})
     art = ExportedFile(out, meta)
     metrics = {"size_mb": art.size_bytes / 1e6, "export_s": export_s}
     if settings is not None:
@@ -113,7 +117,8 @@ def run(fmt: str, src, args: dict, attrs: dict, inputs: dict, label: str, ctx):
         write_json(out / "verify.json", {**p.as_dict(), "data": where, "format": fmt})
     art.metrics = metrics
     write_json(out / "export.json", {**meta, "format_version": FORMAT_VERSION, "metrics": metrics})
-    ctx.reporter.log(_summary_line(label, main, art.size_bytes, metrics))
+    ctx.reporter.log(_summary_line(label, "a PEFT adapter folder" if fmt == "adapter" else
+                                   "a Hugging Face folder + adapter/", art.size_bytes, metrics))
     if attrs.get("path"):
         from ftdsl.stages.export import _write_user_copy
 
@@ -128,15 +133,16 @@ def reload(src, folder: Path, fmt: str):
     import peft
 
     from ftdsl.stages import adapters
-    from ftdsl.stages.pretrained import load_hf_model, quiet_transformers
+    from ftdsl.stages.pretrained import quiet_transformers
 
     base = adapters.base_artifact(src)
     if fmt == "adapter":
         module = base.build(load_weights=True) if base.trained else adapters._fresh_base(base)
         adapter = folder
-    else:
-        module = adapters._fresh_base(base) if base.spec["source"] == "pretrained" else base._skeleton()
-        module.net = load_hf_model(folder, src.spec["task"])
+    else:  # the folder as transformers loads it
+        from ftdsl.stages.export_hf import reload_hf
+
+        module = reload_hf(folder, src.spec)
         adapter = folder / ADAPTER_DIR
     with quiet_transformers(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
