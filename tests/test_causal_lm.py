@@ -432,3 +432,22 @@ def test_gradient_checkpointing_on_an_ftdsl_net_is_refused(tmp_path):
     with pytest.raises(StageError) as e:
         fit(TorchModel(spec), data, {"epochs": 1, "batch": 8, "gradient_checkpointing": True}, _ctx(tmp_path))
     assert e.value.code == "FTP252"
+
+
+@pytest.mark.slow  # a 1-process and a 2-process `ftdsl run`, ~40 s on 2 cores
+def test_two_processes_match_one_process(tmp_path):
+    """DDP on a token task: each rank's share of the step's summed token loss over the global batch's
+    labelled tokens gives the one-process step (accumulation included)."""
+    _jsonl(tmp_path / "instr.jsonl", INSTR)
+    p = _pipeline(tmp_path, "arch = gpt(layers = 1, heads = 2, width = 32, max_len = 64), task = causal_lm()",
+                  'source = jsonl("instr.jsonl")\n  prompt = "prompt"\n  response = "response"\n'
+                  '  tokenizer = bpe(vocab = 300)', "accumulate = 2, distributed = ddp, threads = 1")
+    metrics = {}
+    for run, extra in (("one", []), ("two", ["--nproc", "2"])):
+        r = _run_cli(["run", str(p), "--cache", str(tmp_path / run), "--quiet", *extra])
+        assert r.returncode == 0, r.stderr[-3000:]
+        metrics[run] = json.loads((tmp_path / "out" / "t" / "metrics.json").read_text())
+    a, b = _trained_weights(tmp_path / "one"), _trained_weights(tmp_path / "two")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+    for k in ("train.loss", "valid.loss", "valid.perplexity", "valid.token_accuracy"):
+        assert math.isclose(metrics["one"][k], metrics["two"][k], rel_tol=1e-4), k
