@@ -52,11 +52,14 @@ from ftdsl.stages.export_artifacts import (FORMAT_VERSION, ONNX_FILE, TOKENIZER_
 from ftdsl.stages.export_verify import (VERIFY_ATOL, VERIFY_RTOL, verification_batches, verify_metrics,
                                         verify_onnx, verify_reloaded, verify_settings)
 from ftdsl.stages.onnx_utils import OUTPUT_NAME
-from ftdsl.stages.probe_inputs import example_inputs, random_batches, text_limits
+from ftdsl.stages.probe_inputs import example_inputs, random_batches, takes_tokens, text_limits
 
 __all__ = ["OnnxModel", "ExportedFile", "run", "verify_onnx", "random_batches", "VERIFY_ATOL", "VERIFY_RTOL",
            "FORMAT_VERSION"]
 
+# A causal LM's graph is logits-only (docs/language.md, "Exports of generative models").
+DECODING_NOTE = ("logits for every position, no past key values: to generate, feed the whole sequence each "
+                 "step and take the next token from the last position's logits")
 DEFAULT_FILES = {"onnx": ONNX_FILE, "torchscript": "model.pt", "pt2": "model.pt2",
                  "safetensors": "model.safetensors", "hf": "."}  # hf: the folder itself
 
@@ -126,7 +129,11 @@ def run(inputs: dict, attrs: dict, ctx):
     if export_adapter.wants_adapter(fmt, args):  # `adapter`, `hf(merge = false)`: the adapter itself
         return export_adapter.run(fmt, src, args, attrs, inputs, label, ctx)
     src = export_adapter.plain_source(src)  # the other formats: an adapter merged into the weights
-    from ftdsl.ir.schema.modality import EXPORT_ORIGINS
+    from ftdsl.ir.schema.modality import EXPORT_ORIGINS, EXPORT_REFUSED
+
+    refused = EXPORT_REFUSED.get((fmt, (src.spec.get("task") or {}).get("$call")))
+    if refused is not None:  # lint says it too (FTP243)
+        raise StageError("FTP530", f"cannot export `{label}` as {fmt}: {refused[0]}", hint=refused[1])
 
     origin = src.spec.get("source", "arch")
     if origin == "arch" and (src.spec.get("arch") or {}).get("$call") in EXPORT_ORIGINS.get(fmt, ()):
@@ -161,7 +168,7 @@ def _run_onnx(src, module, args, meta, settings, inputs, label, ctx) -> OnnxMode
     out = Path(ctx.out_dir)
     example = example_inputs(src, module, ctx.seed)
     names = list(module.input_names)
-    max_seq = text_limits(src, module)[2] if module.modality == "text" else None
+    max_seq = text_limits(src, module)[2] if takes_tokens(module) else None
     t0 = time.perf_counter()
     try:
         proto, exporter, log = export_onnx(module, [example[n] for n in names], input_names=names,
@@ -192,7 +199,7 @@ def _run_onnx(src, module, args, meta, settings, inputs, label, ctx) -> OnnxMode
     if data_bytes is not None:  # pragma: no cover - > 2 GB models only
         write_bytes(out / (ONNX_FILE + ".data"), data_bytes)
     write_bytes(out / ONNX_FILE, model_bytes)
-    tok = copy_tokenizer(src.tokenizer_dir, out / TOKENIZER_DIR) if module.modality == "text" else None
+    tok = copy_tokenizer(src.tokenizer_dir, out / TOKENIZER_DIR) if takes_tokens(module) else None
     meta.update({"format": "onnx", "opset": opset, "exporter": exporter, "quantization": None,
                  "external_data": data_bytes is not None})
     art = OnnxModel(out / ONNX_FILE, meta, tok)
@@ -224,6 +231,8 @@ def onnx_metadata(meta: dict, names: list[str], stage: str, label: str) -> dict[
         props["ftdsl.labels"] = json.dumps(labels)
     if meta.get("max_length"):
         props["ftdsl.max_length"] = str(int(meta["max_length"]))
+    if (meta.get("task") or {}).get("$call") == "causal_lm":
+        props["ftdsl.decoding"] = DECODING_NOTE
     return props
 
 
@@ -257,7 +266,7 @@ def _program_bytes(fmt: str, module, example: tuple, src) -> bytes:
         with torch.inference_mode(False), torch.no_grad():
             torch.jit.save(torch.jit.trace(module, example, check_trace=False, strict=False), buf)
     else:
-        limit = text_limits(src, module)[2] if module.modality == "text" else None
+        limit = text_limits(src, module)[2] if takes_tokens(module) else None
         torch.export.save(torch.export.export(module, example, dynamic_shapes=dynamic_dims(module, example, limit)),
                           buf)
     return buf.getvalue()
@@ -342,7 +351,7 @@ def _run_file(fmt, src, module, meta, settings, inputs, label, ctx, args=None, a
         raise StageError("FTP530", f"cannot export `{label}` as {fmt}: {type(e).__name__}: {first}",
                          hint="try `format = onnx(...)` or `format = safetensors`") from e
     export_s = time.perf_counter() - t0
-    if module.modality == "text" and fmt != "hf" and copy_tokenizer(src.tokenizer_dir, out / TOKENIZER_DIR):
+    if takes_tokens(module) and fmt != "hf" and copy_tokenizer(src.tokenizer_dir, out / TOKENIZER_DIR):
         files.append(TOKENIZER_DIR)
     meta.update({"format": fmt, "main": main, "files": files})
     art = ExportedFile(out, meta)

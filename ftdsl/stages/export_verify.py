@@ -64,9 +64,10 @@ def verify_reloaded(what: str, label: str, reference, candidate, batches, atol, 
     names = list(reference.input_names)
 
     def call(m):
-        def f(b):  # positional: a reloaded pt2 module does not keep the argument names
+        def f(b):  # positional: a reloaded pt2 module does not keep the argument names; a token
+            # task's inputs beyond the first two (seq2seq's decoder_labels) are keyword-only
             with torch.inference_mode():
-                return m(*(b[n] for n in names)).float().numpy()
+                return m(*(b[n] for n in names[:2]), **{n: b[n] for n in names[2:]}).float().numpy()
         return f
 
     try:

@@ -87,7 +87,7 @@ def dynamic_dims(module, example: Sequence[Any], max_seq: int | None):
     import torch
 
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
-    if getattr(module, "modality", "features") == "text":
+    if "input_ids" in tuple(getattr(module, "input_names", ()) or ()):  # token ids: a sequence axis too
         seq = torch.export.Dim("seq", min=1, max=int(max_seq) if max_seq else 1 << 14)
         return tuple({0: batch, 1: seq} for _ in example)
     return tuple({0: batch} for _ in example)
@@ -116,9 +116,9 @@ def export_onnx(module, example: Sequence[Any], *, input_names: Sequence[str], o
                         dynamic_shapes=dynamic_dims(module, example, max_seq), verbose=False, optimize=True)
                     proto = prog.model_proto
                 else:
-                    axes = {n: ({0: "batch", 1: "seq"} if getattr(module, "modality", "") == "text" else {0: "batch"})
-                            for n in input_names}
-                    axes[OUTPUT_NAME] = {0: "batch"}
+                    tokens = "input_ids" in tuple(input_names)
+                    axes = {n: ({0: "batch", 1: "seq"} if tokens else {0: "batch"}) for n in input_names}
+                    axes[OUTPUT_NAME] = {0: "batch", 1: "seq"} if getattr(module, "task_name", None) else {0: "batch"}
                     f = io.BytesIO()
                     torch.onnx.export(module, tuple(example), f, input_names=list(input_names),
                                       output_names=[OUTPUT_NAME], opset_version=min(int(opset), 20), dynamo=False,

@@ -19,7 +19,7 @@ import numpy as np
 
 from ftdsl.errors import StageError
 
-__all__ = ["example_inputs", "random_batches", "onnx_random_batches", "split_batches", "text_limits",
+__all__ = ["takes_tokens", "example_inputs", "random_batches", "onnx_random_batches", "split_batches", "text_limits",
            "RANDOM_BATCHES", "TEXT_BATCHES", "ONNX_RANDOM_ROWS"]
 
 RANDOM_BATCHES = (1, 5, 16)  # batch sizes of `verify = true` (features); text uses TEXT_BATCHES
@@ -88,6 +88,22 @@ def _input_shape(src) -> tuple[int, ...]:
     return tuple(int(s) for s in shape)
 
 
+def takes_tokens(module) -> bool:
+    """Whether a module reads token ids (text classifiers and the token tasks: causal_lm,
+    seq2seq, token_classify, whatever their data's modality), not feature vectors."""
+    return "input_ids" in tuple(getattr(module, "input_names", ()) or ())
+
+
+def _more_tokens(rng, module, batch: dict[str, np.ndarray], vocab: int, pad: int, length: int) -> dict:
+    """The module's other token inputs (seq2seq's ``decoder_labels``): ids in the vocabulary."""
+    b = batch["input_ids"].shape[0]
+    for name in getattr(module, "input_names", ()):
+        if name not in batch:
+            ids = rng.integers(0, vocab, size=(b, max(1, length)), dtype=np.int64)
+            batch[name] = np.where(ids == pad, (pad + 1) % vocab, ids).astype(np.int64)
+    return batch
+
+
 def _torch(batch: dict[str, np.ndarray]) -> dict:
     import torch
 
@@ -98,10 +114,10 @@ def example_inputs(src, module, seed: int = 0) -> dict:
     """A small batch the exporter traces with: batch 2 (not 1: torch.export specializes sizes
     0 and 1) and, for text, 8 tokens (different from the batch size), the second row padded."""
     rng = np.random.default_rng(int(seed))
-    if module.modality == "text":
+    if takes_tokens(module):
         vocab, pad, limit = text_limits(src, module)
         length = min(8, limit) if limit else 8
-        return _torch(_token_batch(rng, vocab, pad, 2, max(length, 1)))
+        return _torch(_more_tokens(rng, module, _token_batch(rng, vocab, pad, 2, max(length, 1)), vocab, pad, 5))
     return _torch({"x": _features(rng, 2, _input_shape(src), *_norm(module))})
 
 
@@ -109,12 +125,14 @@ def random_batches(src, module, seed: int) -> list[dict]:
     """`verify = true`: valid random inputs (torch tensors) at three batch sizes (and three
     lengths for text)."""
     rng = np.random.default_rng(int(seed) + 1)
-    if module.modality == "text":
+    if takes_tokens(module):
         vocab, pad, limit = text_limits(src, module)
         cap = int(src.spec.get("max_length") or 0) or limit or 64
         if limit:
             cap = min(cap, limit)
-        return [_torch(_token_batch(rng, vocab, pad, b, max(1, min(length, cap)))) for b, length in TEXT_BATCHES]
+        return [_torch(_more_tokens(rng, module, _token_batch(rng, vocab, pad, b, max(1, min(length, cap))), vocab, pad,
+                                    max(1, min(length // 2, cap))))
+                for b, length in TEXT_BATCHES]
     shape = _input_shape(src)
     mean, std = _norm(module)
     return [_torch({"x": _features(rng, b, shape, mean, std)}) for b in RANDOM_BATCHES]

@@ -277,6 +277,14 @@ def export_support(ctx):
     for name, src, fmt in sourced_calls(prog, "export", "format"):
         allowed = M.EXPORT_ORIGINS.get(fmt.name)
         o = origin(prog, src.target, memo)
+        task = prog.blocks[o.name].value("task") if o is not None else None
+        refused = M.EXPORT_REFUSED.get((fmt.name, task.name)) if isinstance(task, CallV) else None
+        if refused is not None:
+            yield make("FTP243", f"`export {name}`: `{fmt.name}` of a `{task.name}` model: {refused[0]}",
+                       fmt.span or src.span, label="not for this model",
+                       secondary=(Label(task.span, f"a {task.name} model"),) if task.span is not None else (),
+                       hint=refused[1])
+            continue
         if allowed is None or o is None or o.source in allowed:
             continue
         arch = prog.blocks[o.name].value("arch")

@@ -150,3 +150,14 @@ EXPORT_ORIGINS: dict[str, tuple[str, ...]] = {
     "hf": ("pretrained", "gpt", "llama", "t5"),  # save_pretrained needs a Hugging Face model
     "adapter": ("pretrained", "gpt", "llama", "t5"),  # and a model trained with `lora = ...`
 }
+# export: (format, task) pairs the engine refuses -> (why, what to do instead); lint says it (FTP243)
+# and docs/language.md ("Exports of generative models") explains it. Measured on torch 2.13: the dynamo
+# exporter fails on T5's attention (a view of a transposed tensor), and the TorchScript exporter's T5
+# graph computes other logits (relative-position buckets baked in at the traced length).
+EXPORT_REFUSED: dict[tuple[str, str], tuple[str, str]] = {
+    ("onnx", "seq2seq"): (
+        "an encoder-decoder model does not export to a correct ONNX graph with this torch version",
+        "export `format = hf` and run that folder with transformers (`ftdsl predict`, AutoModelForSeq2SeqLM), "
+        "or convert it with Hugging Face Optimum (`optimum-cli export onnx`: encoder and decoder graphs with "
+        "past key values) where Optimum supports your transformers version"),
+}
