@@ -361,3 +361,11 @@ def test_length_note_says_rows_were_split_not_truncated(tok):
     assert task.length_note(split, exs, TASK, 6) == ("2 rows became 3 examples: rows longer than max_length = 6 "
                                                       "tokens are split at word boundaries (no word is dropped)")
     assert task.length_note(split, task.encode(None, split, tok, TASK, 64), TASK, 64) is None
+
+
+def test_encode_checks_tags_of_data_the_trainer_did_not_check(tok):
+    # evaluate and predict encode data that never went through check_data: still FTP510, not a KeyError
+    split = _split([{"tokens": ["Ada"], "tags": ["B-PER"]}, {"tokens": ["Bo"], "tags": ["B-ORG"]}], lines=[1, 2])
+    with pytest.raises(StageError) as ei:
+        get_task("token_classify").encode(None, split, tok, TASK, 32)
+    assert ei.value.code == "FTP510" and "`B-ORG` at row 2 (line 2)" in ei.value.message

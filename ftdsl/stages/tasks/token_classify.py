@@ -39,7 +39,7 @@ from ftdsl.stages.tasks import IGNORE
 from ftdsl.stages.tasks.common import TokenCrossEntropy, collate, special_ids
 
 __all__ = ["TASK", "TokenClassify", "tag_index", "encode_words", "encode_records", "Piece", "predict_tags", "label_names",
-           "entity_metrics", "chunk_tags"]
+           "entity_metrics", "chunk_tags", "check_tags"]
 
 BAD_DATA = "FTP510"
 _SHOWN = 5  # rows named per unknown tag
@@ -191,33 +191,13 @@ class TokenClassify:
                 f"task token_classify(...) learns from tagged words, but data `{data.source}` is {data.modality} data",
                 hint='name both columns in the data block: `tokens = "tokens", tags = "tags"` (jsonl lists)',
             )
-        index = tag_index(labels)
-        unknown: dict[str, list[str]] = {}
-        counts: dict[str, int] = {}
-        for name, split in data.splits.items():
-            if split.records is None:
-                raise StageError(BAD_DATA, f"the {name} split of `{data.source}` carries no tagged words",
-                                 hint="run the data stage again (its cache entry predates tagged data)")
-            other = split.source if split.source and split.source != data.source else None
-            for i, rec in enumerate(split.records):
-                tokens, tags = rec.get("tokens") or [], rec.get("tags") or []
-                where = (f"`{other}` " if other else "") + split.where(i)
-                if len(tokens) != len(tags):
-                    raise StageError(BAD_DATA, f"`{other or data.source}` {split.where(i)}: {len(tokens)} words but "
-                                     f"{len(tags)} tags", hint="every word needs exactly one tag")
-                for t in tags:
-                    t = str(t)
-                    if t not in index:
-                        counts[t] = counts.get(t, 0) + 1
-                        places = unknown.setdefault(t, [])
-                        if len(places) < _SHOWN and (not places or places[-1] != where):
-                            places.append(where)
-        if unknown:
-            raise StageError(BAD_DATA, _unknown_message(data.source, unknown, counts, labels),
-                             hint=_unknown_hint(unknown, labels))
+        check_tags(data.splits, getattr(data, "source", None), labels)
 
     def encode(self, data: Any, split: Any, tokenizer: Any, task: dict, max_length: int | None) -> list[dict[str, list[int]]]:
-        pieces = encode_records(tokenizer, split.records or [], label_names(task), max_length)
+        labels = label_names(task)
+        if split.records and any("tags" in r for r in split.records):  # also data check_data has not seen
+            check_tags({"": split}, getattr(data, "source", None) or split.source, labels)
+        pieces = encode_records(tokenizer, split.records or [], labels, max_length)
         return [{"input_ids": p.input_ids, "labels": p.labels} for p in pieces]
 
     def length_note(self, split: Any, examples: list, task: dict, max_length: int | None) -> str | None:
@@ -263,6 +243,34 @@ class TokenClassify:
         out = {"loss": nll / n, "token_accuracy": correct / n}
         out.update(entity_metrics(true, pred, names))
         return out
+
+
+def check_tags(splits: dict, source: str | None, labels: list[str]) -> None:
+    """FTP510 for a row whose words and tags differ in number, or for tags not in ``labels``
+    (each named with its rows and lines, the known labels listed)."""
+    index = tag_index(labels)
+    unknown: dict[str, list[str]] = {}
+    counts: dict[str, int] = {}
+    for name, split in splits.items():
+        if split.records is None:
+            raise StageError(BAD_DATA, f"the {name} split of `{source}` carries no tagged words",
+                             hint="run the data stage again (its cache entry predates tagged data)")
+        other = split.source if split.source and split.source != source else None
+        for i, rec in enumerate(split.records):
+            tokens, tags = rec.get("tokens") or [], rec.get("tags") or []
+            where = (f"`{other}` " if other else "") + split.where(i)
+            if len(tokens) != len(tags):
+                raise StageError(BAD_DATA, f"`{other or source}` {split.where(i)}: {len(tokens)} words but "
+                                 f"{len(tags)} tags", hint="every word needs exactly one tag")
+            for t in tags:
+                t = str(t)
+                if t not in index:
+                    counts[t] = counts.get(t, 0) + 1
+                    places = unknown.setdefault(t, [])
+                    if len(places) < _SHOWN and (not places or places[-1] != where):
+                        places.append(where)
+    if unknown:
+        raise StageError(BAD_DATA, _unknown_message(source, unknown, counts, labels), hint=_unknown_hint(unknown, labels))
 
 
 def _unknown_message(source: str, unknown: dict[str, list[str]], counts: dict[str, int], labels: list[str]) -> str:
