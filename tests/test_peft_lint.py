@@ -186,3 +186,27 @@ def test_module_name_table_matches_transformers():
     r = subprocess.run([sys.executable, str(REPO / "tests/golden/regen_module_names.py"), "--check"],
                        capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_adapter_export_needs_an_adapter(tmp_path, capsys):
+    model = "arch = gpt(layers = 2), task = causal_lm()"
+    plain = DATA + f"model m {{ {model} }}\ntrain t {{ model = m, data = d, epochs = 1 }}\n"
+    for fmt in ("adapter", "hf(merge = false)"):
+        diags = _lint(tmp_path, plain + f"export e {{ from = t, format = {fmt}, verify = true }}\n", capsys,
+                      select="FTP243")
+        assert [d["code"] for d in diags] == ["FTP243"] and "not trained with one" in diags[0]["summary"], fmt
+    ok = _train(model, "lora()") + "export e { from = t, format = adapter, verify = true }\n" \
+                                   "export h { from = t, format = hf(merge = false), verify = true }\n"
+    assert _lint(tmp_path, ok, capsys, select="FTP243,FTP25") == []
+
+
+def test_prefix_tuned_model_cannot_be_merged(tmp_path, capsys):
+    body = _train("arch = gpt(layers = 2), task = causal_lm()", "prefix()") + \
+        "export e { from = t, format = hf, verify = true }\n" \
+        "export o { from = t, format = onnx(), verify = true }\n" \
+        "export a { from = t, format = adapter, verify = true }\n" \
+        "train again { model = t, data = d, epochs = 1 }\n"
+    diags = _lint(tmp_path, body, capsys)
+    assert [d["code"] for d in diags] == ["FTP251", "FTP251", "FTP251"]
+    assert "`export e`" in diags[0]["summary"] and "`export o`" in diags[1]["summary"]
+    assert "`train again`" in diags[2]["summary"]

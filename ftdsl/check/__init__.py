@@ -35,6 +35,7 @@ RULES = (
     peft.prefix_support,
     peft.gradient_checkpointing,
     peft.load_in,
+    peft.adapter_exports,
     sweep.sweep_over_paths,
     safety.trust_remote_code,
     safety.pickle_weights,

@@ -61,7 +61,8 @@ __all__ = ["OnnxModel", "ExportedFile", "run", "verify_onnx", "random_batches", 
 DECODING_NOTE = ("logits for every position, no past key values: to generate, feed the whole sequence each "
                  "step and take the next token from the last position's logits")
 DEFAULT_FILES = {"onnx": ONNX_FILE, "torchscript": "model.pt", "pt2": "model.pt2",
-                 "safetensors": "model.safetensors", "hf": "."}  # hf: the folder itself
+                 "safetensors": "model.safetensors", "hf": ".",  # hf: the folder itself
+                 "adapter": "adapter"}  # a PEFT folder (ftdsl.stages.export_adapter)
 
 
 # --------------------------------------------------------------------------------------------

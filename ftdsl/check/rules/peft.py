@@ -8,6 +8,8 @@ FTP251: `prefix(...)` on a model that is not a causal_lm/seq2seq language model;
 `feedforward` outside its `targets`.
 FTP252: `gradient_checkpointing = true` on ftdsl's own nets (not transformers models).
 FTP253: `load_in = 8bit|4bit` on a from-scratch model, or where bitsandbytes or CUDA is missing.
+FTP243 (`format = adapter` of a model without an adapter) and FTP251 (a prefix-tuned model where its
+weights would be merged): `adapter_exports`.
 """
 
 from __future__ import annotations
@@ -222,3 +224,52 @@ def load_in(ctx):
                        label="needs bitsandbytes on CUDA",
                        hint="load_in = full (train adapters on the full-precision base), or run on a CUDA machine "
                             "with `pip install bitsandbytes`")
+
+
+def _adapter_of(prog, name: str) -> str | None | bool:
+    """The adapter method a stage's model carries (`lora`, `prefix`, ...), None for plain weights,
+    False when unknown (a sweep chooses its trial's settings)."""
+    b = prog.blocks.get(name)
+    if b is None or b.kind == "sweep":
+        return False
+    if b.kind not in _MODEL_REF:
+        return None  # a model block, prune, quantize: plain weights
+    call = b.value("lora")
+    return call.name if isinstance(call, CallV) else None
+
+
+_MERGING = {"prune": "prune", "quantize": "quantize", "train": "train further", "distill": "distill into"}
+
+
+def adapter_exports(ctx):
+    """FTP243: `format = adapter` / `hf(merge = false)` of a model trained without an adapter.
+    FTP251: a prefix-tuned model where its weights would be merged (other exports, prune, quantize,
+    a further training stage): prefix-tuning has no weights to merge into."""
+    prog = ctx.program
+    for name, b in prog.blocks.items():
+        if b.kind == "export":
+            src, fmt = b.value("from"), b.value("format")
+            if not isinstance(src, RefV) or not isinstance(fmt, CallV):
+                continue
+            method = _adapter_of(prog, src.target)
+            merge = fmt.get("merge")
+            keeps = fmt.name == "adapter" or (fmt.name == "hf" and isinstance(merge, Lit) and merge.value is False)
+            if keeps and method is None:
+                shown = "format = adapter" if fmt.name == "adapter" else "hf(merge = false)"
+                yield make("FTP243", f"`export {name}`: `{shown}` writes an adapter, but `{src.target}` was not "
+                                     "trained with one", fmt.span or src.span, label="no adapter to write",
+                           hint=f"train `{src.target}` with `lora = lora(...)`, or export `format = hf` "
+                                "(the whole model)")
+            elif not keeps and method == "prefix":
+                yield make("FTP251", f"`export {name}`: `{src.target}` is prefix-tuned, which has no weights to "
+                                     f"merge into a `{fmt.name}` export", fmt.span or src.span,
+                           label="needs merged weights",
+                           hint="export `format = adapter` or `hf(merge = false)`; or train with lora/ia3")
+            continue
+        ref_attr = {"prune": "from", "quantize": "from", "train": "model", "distill": "student"}.get(b.kind)
+        ref = b.value(ref_attr) if ref_attr else None
+        if isinstance(ref, RefV) and _adapter_of(prog, ref.target) == "prefix":
+            yield make("FTP251", f"`{b.kind} {name}`: `{ref.target}` is prefix-tuned, which has no weights to "
+                                 f"merge; it cannot {_MERGING[b.kind]}", ref.span, label="prefix-tuned",
+                       hint="train the earlier stage with lora/ia3 (they merge), or use the prefix-tuned model "
+                            "in evaluate/predict and export it with `format = adapter`")
