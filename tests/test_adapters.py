@@ -509,3 +509,11 @@ export a {{ from = t, format = adapter, verify = true }}
     with torch.no_grad():
         torch.testing.assert_close(reloaded(input_ids=ids, attention_mask=mask).logits,
                                    art.build()(ids, mask))
+
+
+def test_load_in_without_cuda_is_a_stage_error_at_the_model_stage(tmp_path):
+    attrs = {"pretrained": "tiny", "arch": None, "task": {"$call": "causal_lm"}, "init": "default",
+             "trust_remote_code": False, "revision": None, "load_in": "4bit"}
+    with pytest.raises(StageError) as e:
+        model_stage.run({}, attrs, _ctx(tmp_path, "m", "model"))  # device cpu
+    assert e.value.code == "FTP530" and "load_in = 4bit" in e.value.message and "CUDA" in e.value.message

@@ -42,7 +42,7 @@ from torch import nn
 from ftdsl.errors import StageError
 
 __all__ = ["HF_TASK_TYPES", "attach", "adapter_weights", "build", "merged", "check_weights", "is_hf",
-           "peft_config_dict", "save_adapter_folder", "check_load_in"]
+           "peft_config_dict", "save_adapter_folder", "check_load_in", "kbit_kwargs", "is_kbit"]
 
 # ftdsl task -> peft TaskType name, for Hugging Face models
 HF_TASK_TYPES = {"classify": "SEQ_CLS", "regress": "SEQ_CLS", "token_classify": "TOKEN_CLS",
@@ -145,6 +145,8 @@ def attach(module: nn.Module, call: dict, task: str, total_steps: int, *, seed: 
     from ftdsl.stages.pretrained import quiet_transformers
 
     cfg = peft_config(module, call, task, total_steps)
+    if is_kbit(module):  # norms in fp32, input gradients on: what peft needs to train on a k-bit base
+        module.net = peft.prepare_model_for_kbit_training(module.net, use_gradient_checkpointing=False)
     if not is_hf(module):
         _check_scratch_targets(module.net, call)
     info = {"seed": int(seed), "fingerprint": _fingerprint(module.net), "base_weights": base_weights}
@@ -373,6 +375,24 @@ def save_adapter_folder(art, folder) -> nn.Module:
         warnings.simplefilter("ignore")
         net.save_pretrained(str(folder))
     return module
+
+
+def kbit_kwargs(load_in: str) -> dict:
+    """``from_pretrained`` arguments that load a base in 8 or 4 bits (bitsandbytes, on the CUDA
+    device); adapters train on top in bf16 compute (QLoRA's NF4 for 4 bits)."""
+    import transformers
+
+    if load_in == "8bit":
+        q = transformers.BitsAndBytesConfig(load_in_8bit=True)
+    else:
+        q = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                            bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_use_double_quant=True)
+    return {"quantization_config": q, "device_map": {"": torch.cuda.current_device()}}
+
+
+def is_kbit(module: nn.Module) -> bool:
+    net = getattr(module, "net", module)
+    return bool(getattr(net, "is_loaded_in_8bit", False) or getattr(net, "is_loaded_in_4bit", False))
 
 
 def check_load_in(load_in: str | None, device: str) -> None:

@@ -55,6 +55,11 @@ def run(inputs: dict[str, object], attrs: dict, ctx) -> TorchModel:
     pretrained, arch = attrs["pretrained"], attrs["arch"]
     base = {"task": task, "init": attrs["init"], "trust_remote_code": bool(attrs["trust_remote_code"]),
             "revision": attrs["revision"], "seed": int(ctx.seed)}
+    if attrs.get("load_in") not in (None, "full"):  # a k-bit base: bitsandbytes on CUDA (lint: FTP253)
+        from ftdsl.stages.adapters import check_load_in
+
+        check_load_in(attrs["load_in"], str(getattr(ctx, "device", "cpu")))
+        base["load_in"] = attrs["load_in"]
     if arch is not None:
         arch = complete_call(arch, "arch")
         # gpt/llama/t5 take the data's modality (text, instructions, text_pairs) at train time

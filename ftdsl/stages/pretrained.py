@@ -181,14 +181,21 @@ def hf_auto_class(task: dict) -> str:
     return get_task(task["$call"]).auto_class if is_seq_task(task["$call"]) else "AutoModelForSequenceClassification"
 
 
-def load_hf_model(path: str | Path, task: dict, *, trust_remote_code: bool = False, use_safetensors: bool = True) -> nn.Module:
+def load_hf_model(path: str | Path, task: dict, *, trust_remote_code: bool = False, use_safetensors: bool = True,
+                  load_in: str | None = None) -> nn.Module:
     """``AutoModelFor<task>.from_pretrained`` in fp32 (a fresh head for classify, regress and
-    token_classify; the model's own LM head for causal_lm and seq2seq)."""
+    token_classify; the model's own LM head for causal_lm and seq2seq); ``load_in = 8bit|4bit``:
+    quantized by bitsandbytes on the CUDA device (``ftdsl.stages.adapters.kbit_kwargs``)."""
+    extra = {}
+    if load_in and load_in != "full":
+        from ftdsl.stages.adapters import kbit_kwargs
+
+        extra = kbit_kwargs(load_in)
     with quiet_transformers() as transformers:
         try:
             return getattr(transformers, hf_auto_class(task)).from_pretrained(
                 str(path), dtype=torch.float32, use_safetensors=use_safetensors,
-                **_hf_kwargs(task, trust_remote_code),
+                **_hf_kwargs(task, trust_remote_code), **extra,
             )
         except (OSError, ValueError, KeyError) as e:
             raise StageError("FTP520", f"cannot load pretrained model from {path}: {str(e).splitlines()[0]}") from e

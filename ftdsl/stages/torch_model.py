@@ -116,7 +116,7 @@ class TorchModel:
         if spec["source"] == "pretrained" and weights is None:
             net = load_hf_model(spec["pretrained_path"], spec["task"],
                                 trust_remote_code=bool(spec.get("trust_remote_code")),
-                                use_safetensors=spec.get("use_safetensors", True))
+                                use_safetensors=spec.get("use_safetensors", True), load_in=spec.get("load_in"))
             module: FtdslModule = self._wrap_hf(net)
         else:
             module = self._skeleton()

@@ -18,6 +18,7 @@ from ftdsl.stages import train_seq
 from ftdsl.stages.hf_archs import is_hf_arch, materialize as materialize_hf
 from ftdsl.stages.modules import materialize
 from ftdsl.stages.train_factories import call_of
+from ftdsl.stages.adapters import is_kbit
 from ftdsl.stages.train_setup import apply_lora, freeze as freeze_params, to_regression
 
 __all__ = ["setup_data", "check_world", "setup_model"]
@@ -140,7 +141,8 @@ def setup_model(t) -> None:
     if t.seq_task is not None:
         train_seq.encode_splits(t)
     train_seq.gradient_checkpointing(t, module)
-    module.to(t.device)
+    if not is_kbit(module):  # a k-bit base is placed on its CUDA device when it loads (bitsandbytes)
+        module.to(t.device)
     module.train()
     t.module = module
     freeze = list(t.attrs.get("freeze") or [])
@@ -152,7 +154,8 @@ def setup_model(t) -> None:
         t.lora = call_of(t.lora, "lora")
         apply_lora(module, t.lora, t.total_steps, task=t.task, seed=int(ctx.seed),
                    base_weights=art.state_dict() if art.trained else None)
-        module.to(t.device)
+        if not is_kbit(module):
+            module.to(t.device)
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     total = sum(p.numel() for p in module.parameters())
     if trainable == 0:
