@@ -369,3 +369,12 @@ def test_encode_checks_tags_of_data_the_trainer_did_not_check(tok):
     with pytest.raises(StageError) as ei:
         get_task("token_classify").encode(None, split, tok, TASK, 32)
     assert ei.value.code == "FTP510" and "`B-ORG` at row 2 (line 2)" in ei.value.message
+
+
+def test_run_summary_names_each_metric_once():
+    # several tasks list `loss` by default: the summary showed `test.loss` twice and never reached
+    # token_classify's entity_f1 in the three metrics a row shows
+    from ftdsl.ir.schema.metrics import summary_metrics
+
+    paths = summary_metrics(("test", "valid"), loss=True)
+    assert len(paths) == len(set(paths)) and "test.entity_f1" in paths and "valid.loss" in paths

@@ -74,8 +74,8 @@ DEFAULT_EVALUATE: dict[str, tuple[str, ...]] = {
 def summary_metrics(splits: tuple[str, ...] = ("test", "valid"), *, loss: bool = False) -> tuple[str, ...]:
     """`SPLIT.NAME` paths worth showing first for a model (summary tables, `before.*` comparisons):
     each task's default `evaluate` metrics, split by split, then `valid.loss` when ``loss``."""
-    return tuple(f"{s}.{m}" for s in splits for names in DEFAULT_EVALUATE.values() for m in names) + \
-        (("valid.loss",) if loss else ())
+    paths = [f"{s}.{m}" for s in splits for names in DEFAULT_EVALUATE.values() for m in names]
+    return tuple(dict.fromkeys(paths + (["valid.loss"] if loss else [])))  # once each (several tasks list loss)
 
 
 def metrics_for(task: str | None, *, tracked_only: bool = False) -> tuple[str, ...]:
