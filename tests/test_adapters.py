@@ -245,6 +245,49 @@ def test_resume_mid_training_is_bitwise(tmp_path, monkeypatch, method):
         assert torch.equal(v, art.state_dict()[k]), k
 
 
+def _instr_data(root):
+    from ftdsl.stages.tokenizer import train_bpe
+
+    tok = root / "bpe"
+    train_bpe([r["prompt"] + r["response"] for r in INSTR], 300, tok)
+
+    def sp(a, b):
+        return Split(None, None, np.zeros(b - a, np.int64), np.arange(a + 1, b + 1), records=INSTR[a:b])
+
+    return Dataset({"train": sp(0, 32), "valid": sp(32, 40)}, "instructions", None, None, None, None, None, 24,
+                   "shuffle", tok, "instr.jsonl", labeled=False)
+
+
+def test_prefix_resume_mid_training_is_bitwise(tmp_path, monkeypatch):
+    """Prefix-tuning a gpt: stopped at step 5 by SIGTERM and resumed, the prompt encoder ends as
+    in an uninterrupted run."""
+    data = _instr_data(tmp_path)
+    arch = {"$call": "gpt", "layers": 1, "heads": 2, "width": 32, "max_len": 64, "dropout": 0.0}
+    kw = dict(lora={"$call": "prefix", "tokens": 4}, max_steps=8, checkpoint_every=3, loss=None, max_length=None)
+
+    def go(root):
+        return _train(root, _model(root, arch=arch, task={"$call": "causal_lm", "packing": False,
+                                                          "mask_prompt": True}), data, **kw)
+
+    ref, _ = go(tmp_path / "ref")
+    real = train_stage._Trainer._step
+
+    def step_then_signal(self, group, step):
+        out = real(self, group, step)
+        if step == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(train_stage._Trainer, "_step", step_then_signal)
+    with pytest.raises(train_stage.StageInterrupted):
+        go(tmp_path / "run")
+    monkeypatch.undo()
+    art, ctx = go(tmp_path / "run")
+    assert any(line.startswith("resumed from step") for line in ctx.reporter.lines)
+    assert list(ref.state_dict()) == ["adapter.prompt_embeddings"] == list(art.state_dict())
+    assert torch.equal(ref.state_dict()["adapter.prompt_embeddings"], art.state_dict()["adapter.prompt_embeddings"])
+
+
 # ------------------------------------------------------------------------------ exports
 
 
