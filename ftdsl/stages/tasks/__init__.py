@@ -23,6 +23,17 @@ dict of int64 tensors holding the module's ``input_names`` plus ``"y"``: the tok
 the mean loss over labelled tokens. ``y`` is aligned with the logits: ``y[b, i]`` is the target of
 output position ``i`` (a causal LM's labels are shifted at encode time). Shared pieces (collate,
 the token cross-entropy, batches, metric statistics): ``ftdsl.stages.tasks.common``.
+
+Optional hooks a task may define (callers use ``getattr``):
+
+    length_note(split, examples, call, max_length) -> str | None   what max_length did (the trainer logs it)
+    generation_inputs(split, tokenizer, call) -> [(ids, reference, shown)]   generation prompts (seq2seq)
+    references(split) -> [str]                   the texts generations are compared with (seq2seq)
+    prompt_ids(tokenizer, row) -> [int]          a causal LM's generation prefix of one row (or a module function)
+
+and ``token_classify.predict_tags(module, tokenizer, records, call, ...)`` maps predictions back
+to words (predict). A seq2seq batch carries ``decoder_labels`` (the target ids); ``SeqModule``
+turns them into the model's own shifted decoder inputs (``seq2seq.decoder_inputs``).
 """
 
 from __future__ import annotations
