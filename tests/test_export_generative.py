@@ -4,8 +4,8 @@
   chat template): the HF folder's `from_pretrained` + `generate` gives the greedy tokens of the model
   in the cache (computed independently: argmax of its logits, one token at a time);
   `generation_config.json` holds the tokenizer's bos/eos/pad ids and `evaluate`'s defaults; the chat
-  template is in `tokenizer_config.json`. The ONNX graph (logits only, no past key values: its
-  metadata says so) decodes the same tokens in onnxruntime.
+  template is in `tokenizer_config.json`. The ONNX graph takes past key values (Optimum's layout) and
+  decodes the same tokens in onnxruntime, one token per step; a llama with grouped key/value heads too.
 * seq2seq (a tiny `t5` from scratch): `generate` on the HF folder equals the cached model's greedy
   output; `format = onnx` is refused at lint (FTP243) with the alternative.
 * token_classify (a tiny local BERT): the folder's config names the tags; `pipeline("token-classification")`
@@ -140,32 +140,116 @@ def test_causal_lm_generation_config_and_chat_template(lm):
     assert "pipeline_tag: text-generation" in card and "## Generation" in card and "max_new_tokens: `64`" in card
 
 
-def test_causal_lm_onnx_decodes_the_same_tokens(lm):
+def _ort_decode(sess, prompt: list[int], n: int, eos: int | None) -> list[int]:
+    """Greedy decoding the way Optimum's decoders are used: the prompt once with empty pasts, then
+    one token at a time with the previous step's present.* as past_key_values.*."""
+    pasts = {i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
+             for i in sess.get_inputs() if i.name.startswith("past_key_values.")}
+    out_names = [o.name for o in sess.get_outputs()]
+    new, seen, got = list(prompt), 0, []
+    for _ in range(n):
+        seen += len(new)
+        outs = dict(zip(out_names, sess.run(None, {
+            "input_ids": np.array([new], np.int64), "attention_mask": np.ones((1, seen), np.int64),
+            "position_ids": np.arange(seen - len(new), seen, dtype=np.int64)[None], **pasts})))
+        nxt = int(outs["logits"][0, -1].argmax())
+        got.append(nxt)
+        if nxt == eos:
+            break
+        pasts = {k.replace("present.", "past_key_values."): v for k, v in outs.items() if k.startswith("present.")}
+        new = [nxt]
+    return got
+
+
+def test_causal_lm_onnx_decodes_with_past_key_values(lm):
     import onnxruntime as ort
     import torch
 
-    path = lm["root"] / "out" / "o" / "model.onnx"
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    meta = sess.get_modelmeta().custom_metadata_map
-    assert "no past key values" in meta["ftdsl.decoding"] and meta["ftdsl.inputs"] == "input_ids,attention_mask"
-    assert json.loads(meta["ftdsl.task"])["$call"] == "causal_lm"
-    assert json.loads((lm["root"] / "out" / "o" / "verify.json").read_text())["passed"]
-    module, tok = lm["module"], lm["tok"]
+    from ftdsl.stages.export import OnnxModel
+    from ftdsl.stages.tasks.causal_lm import prompt_ids
 
-    def ort_step(ids):
-        return sess.run(None, {"input_ids": np.array([ids], dtype=np.int64),
-                               "attention_mask": np.ones((1, len(ids)), dtype=np.int64)})[0][0, -1]
+    out = lm["root"] / "out" / "o"
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    meta = sess.get_modelmeta().custom_metadata_map
+    assert "past key values" in meta["ftdsl.decoding"] and json.loads(meta["ftdsl.past"])["layers"] == 1
+    assert meta["ftdsl.inputs"].split(",") == [i.name for i in sess.get_inputs()] == [
+        "input_ids", "attention_mask", "position_ids", "past_key_values.0.key", "past_key_values.0.value"]
+    assert [o.name for o in sess.get_outputs()] == ["logits", "present.0.key", "present.0.value"]
+    assert json.loads(meta["ftdsl.task"])["$call"] == "causal_lm"
+    assert json.loads((out / "verify.json").read_text())["passed"]
+    module, tok = lm["module"], lm["tok"]
 
     def torch_step(ids):
         with torch.no_grad():
             return module(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))[0, -1].numpy()
 
-    from ftdsl.stages.tasks.causal_lm import prompt_ids
-
     for prompt in ("add 2 and 5", "add 8 and 1"):
         ids = prompt_ids(tok, {"prompt": prompt})
-        np.testing.assert_allclose(ort_step(ids), torch_step(ids), atol=1e-4)
-        assert _greedy(ort_step, ids, 10, tok.eos_token_id) == _greedy(torch_step, ids, 10, tok.eos_token_id)
+        want = _greedy(torch_step, ids, 10, tok.eos_token_id)
+        assert _ort_decode(sess, ids, 10, tok.eos_token_id) == want and len(want) >= 3
+    # whole sequences (teacher forcing, as evaluate and predict feed them): the artifact fills the pasts
+    art = OnnxModel.load(out)
+    batch = tok(["add 1 and 1 the sum is 2", "add 3"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        want = module(batch["input_ids"], batch["attention_mask"]).numpy()
+    got = art.predict({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})
+    real = batch["attention_mask"].numpy().astype(bool)
+    np.testing.assert_allclose(got[real], want[real], atol=1e-4)
+
+
+def test_causal_lm_without_past_falls_back_to_the_logits_graph(lm, tmp_path, monkeypatch):
+    """A model the decoder-with-past export fails on still exports (logits only, verified), with a
+    warning, and its metadata says how to decode it."""
+    import onnxruntime as ort
+
+    import ftdsl.stages.export_decoder as ed
+    from ftdsl.stages import export
+    from ftdsl.stages.base import Reporter, StageContext
+
+    def refuse(*a, **k):
+        raise RuntimeError("this model's cache does not trace")
+
+    monkeypatch.setattr(ed, "export_decoder", refuse)
+
+    class Log(Reporter):
+        lines: list = []
+
+        def log(self, text):
+            self.lines.append(text)
+
+    ctx = StageContext(name="o2", kind="export", pipeline_dir=tmp_path, out_dir=tmp_path / "o2",
+                       work_dir=tmp_path / "w", reporter=Log())
+    art = export.run({"from": lm["model"]}, {"from": {"$ref": "t"}, "format": {"$call": "onnx", "opset": 18},
+                                               "verify": True}, ctx)
+    assert any("cannot export `t` with past key values" in x and "logits-only" in x for x in Log.lines)
+    sess = ort.InferenceSession(str(art.onnx_path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["input_ids", "attention_mask"]
+    assert "no past key values" in sess.get_modelmeta().custom_metadata_map["ftdsl.decoding"]
+    assert art.metrics["verify.max_abs_diff"] < 1e-4
+
+
+def test_llama_with_grouped_kv_heads_exports_with_past_key_values(tmp_path):
+    """A llama with fewer key/value heads than heads (the cache layout differs from GPT-2's),
+    exported directly: Optimum-style decoding in onnxruntime equals transformers' generate."""
+    import onnxruntime as ort
+    import torch
+    import transformers
+
+    from ftdsl.stages.export_decoder import export_decoder
+    from ftdsl.stages.tasks.module import SeqModule
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=64)
+    module = SeqModule(transformers.LlamaForCausalLM(cfg), task="causal_lm").eval()
+    proto, layout = export_decoder(module, opset=18, max_seq=64, vocab=97)
+    assert (layout["layers"], layout["kv_heads"], layout["head_dim"]) == (2, 1, 8)
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    prompt = [5, 17, 33, 2, 71, 9]
+    with torch.no_grad():
+        want = module.net.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, 6, dtype=torch.long),
+                                   max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert _ort_decode(sess, prompt, 8, None) == want[0, 6:].tolist()
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,6 +23,9 @@ ONNX files carry what a deployment needs in ``metadata_props`` (onnxruntime:
 names), ``ftdsl.max_length``, ``ftdsl.task`` (JSON), ``ftdsl.inputs`` (comma-separated input
 names: a BERT tokenizer's ``token_type_ids`` is not one of them, so call the tokenizer with
 ``return_token_type_ids=False`` or drop it), ``ftdsl.version``, ``ftdsl.stage``, ``ftdsl.source``.
+A causal LM's graph is a decoder with past key values in Optimum's layout
+(:mod:`~ftdsl.stages.export_decoder`; logits-only when its cache does not trace); a seq2seq model has
+no ONNX export (schema ``EXPORT_REFUSED``: FTP243 at lint).
 
 ``verify = true`` compares the export with PyTorch on random but valid inputs (features:
 noise at the scale of the data's normalization; text: token ids within the vocabulary with
@@ -49,15 +52,17 @@ from ftdsl.errors import FtdslError, StageError
 from ftdsl.stages.export_artifacts import (FORMAT_VERSION, ONNX_FILE, TOKENIZER_DIR, ExportedFile, OnnxModel,
                                            copy_tokenizer, copy_tree, guarded_io, link_or_copy, raise_if_resource,
                                            write_bytes, write_json)
-from ftdsl.stages.export_verify import (VERIFY_ATOL, VERIFY_RTOL, verification_batches, verify_metrics,
-                                        verify_onnx, verify_reloaded, verify_settings)
+from ftdsl.stages.export_verify import (VERIFY_ATOL, VERIFY_RTOL, verification_batches, verify_decoder,
+                                        verify_metrics, verify_onnx, verify_reloaded, verify_settings)
 from ftdsl.stages.onnx_utils import OUTPUT_NAME
 from ftdsl.stages.probe_inputs import example_inputs, random_batches, takes_tokens, text_limits
 
 __all__ = ["OnnxModel", "ExportedFile", "run", "verify_onnx", "random_batches", "VERIFY_ATOL", "VERIFY_RTOL",
            "FORMAT_VERSION"]
 
-# A causal LM's graph is logits-only (docs/language.md, "Exports of generative models").
+# How to generate with a causal LM's graph (docs/language.md, "Exports of generative models").
+PAST_NOTE = ("past key values (optimum layout): run the prompt with empty past_key_values.* (length 0), then "
+             "feed each new token with the present.* outputs as the next past_key_values.*")
 DECODING_NOTE = ("logits for every position, no past key values: to generate, feed the whole sequence each "
                  "step and take the next token from the last position's logits")
 DEFAULT_FILES = {"onnx": ONNX_FILE, "torchscript": "model.pt", "pt2": "model.pt2",
@@ -171,12 +176,28 @@ def _run_onnx(src, module, args, meta, settings, inputs, label, ctx) -> OnnxMode
     names = list(module.input_names)
     max_seq = text_limits(src, module)[2] if takes_tokens(module) else None
     t0 = time.perf_counter()
-    try:
-        proto, exporter, log = export_onnx(module, [example[n] for n in names], input_names=names,
-                                           opset=opset, max_seq=max_seq or None)
-    except RuntimeError as e:
-        raise StageError("FTP530", f"cannot export `{label}` to ONNX (opset {opset}): {str(e)[:600]}",
-                         hint="try another opset (`format = onnx(opset = 18)`), or `format = pt2`") from e
+    decoder = None
+    if (meta.get("task") or {}).get("$call") == "causal_lm":  # a decoder with past key values (export_decoder.py)
+        from ftdsl.stages.export_decoder import export_decoder
+
+        try:
+            proto, decoder = export_decoder(module, opset=opset, max_seq=max_seq or None,
+                                            vocab=text_limits(src, module)[0], seed=ctx.seed)
+            exporter, log, names = "dynamo", "", list(decoder["inputs"])
+        except Exception as e:  # noqa: BLE001 - fall back to the logits-only graph, and say so
+            if getattr(e, "signum", None) is not None:
+                raise
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            ctx.reporter.log(f"warning: cannot export `{label}` with past key values ({type(e).__name__}: {first}); "
+                             "exported the logits-only graph (no past key values) instead")
+    if decoder is None:
+        try:
+            proto, exporter, log = export_onnx(module, [example[n] for n in names], input_names=names,
+                                               opset=opset, max_seq=max_seq or None)
+        except RuntimeError as e:
+            raise StageError("FTP530", f"cannot export `{label}` to ONNX (opset {opset}): {str(e)[:600]}",
+                             hint="try another opset (`format = onnx(opset = 18)`), or `format = pt2`") from e
+    meta["inputs"], meta["past"] = names, decoder
     export_s = time.perf_counter() - t0
     if exporter != "dynamo":
         first = (log.splitlines() or ["?"])[0]
@@ -208,7 +229,11 @@ def _run_onnx(src, module, args, meta, settings, inputs, label, ctx) -> OnnxMode
     if settings is not None:
         batches, where = verification_batches(settings, src, module, inputs, ctx)
         t1 = time.perf_counter()
-        p = verify_onnx(art, module, batches, atol=settings["atol"], rtol=settings["rtol"], label=label)
+        if decoder is not None:
+            p = verify_decoder(art, module, batches, decoder, atol=settings["atol"], rtol=settings["rtol"],
+                               label=label)
+        else:
+            p = verify_onnx(art, module, batches, atol=settings["atol"], rtol=settings["rtol"], label=label)
         metrics.update(verify_metrics(p, time.perf_counter() - t1))
         write_json(out / "verify.json", {**p.as_dict(), "data": where, "format": "onnx", "opset": opset,
                                           "exporter": exporter, "onnxruntime": _ort_version()})
@@ -232,7 +257,10 @@ def onnx_metadata(meta: dict, names: list[str], stage: str, label: str) -> dict[
         props["ftdsl.labels"] = json.dumps(labels)
     if meta.get("max_length"):
         props["ftdsl.max_length"] = str(int(meta["max_length"]))
-    if (meta.get("task") or {}).get("$call") == "causal_lm":
+    if meta.get("past"):
+        props["ftdsl.decoding"] = PAST_NOTE
+        props["ftdsl.past"] = json.dumps({k: meta["past"][k] for k in ("layers", "kv_heads", "head_dim")})
+    elif (meta.get("task") or {}).get("$call") == "causal_lm":
         props["ftdsl.decoding"] = DECODING_NOTE
     return props
 

@@ -12,7 +12,7 @@ from ftdsl.stages.agreement import compare_outputs
 from ftdsl.stages.export_artifacts import OnnxModel
 from ftdsl.stages.probe_inputs import random_batches, split_batches
 
-__all__ = ["verify_onnx", "verify_reloaded", "verify_settings", "verification_batches", "verify_metrics",
+__all__ = ["verify_onnx", "verify_decoder", "verify_reloaded", "verify_settings", "verification_batches", "verify_metrics",
            "VERIFY_ATOL", "VERIFY_RTOL", "VERIFY_MAX_ROWS"]
 
 VERIFY_ATOL = 1e-4  # the schema's defaults for `verify = true`
@@ -54,6 +54,25 @@ def verify_onnx(model: OnnxModel, module, batches: list[dict], *, atol: float, r
                  "or another format (pt2, torchscript)") from e
     if not p.ok:
         raise _parity_error("ONNX export", label, p)
+    return p
+
+
+def verify_decoder(model: OnnxModel, module, batches: list[dict], layout: dict, *, atol: float, rtol: float,
+                   label: str = "model"):
+    """The same for a causal LM's graph with past key values (export_decoder.py): the prompt pass
+    and token-by-token decoding through the pasts, against the PyTorch model."""
+    from ftdsl.stages.export_decoder import decoder_parity
+
+    try:
+        p = decoder_parity(model.session(), module, batches, layout, atol=atol, rtol=rtol)
+    except StageError:
+        raise
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:400]
+        raise StageError("FTP502", f"ONNX export of `{label}` fails in onnxruntime on verification inputs: {first}",
+                         hint="the decoder graph may have a size baked in; try another opset") from e
+    if not p.ok:
+        raise _parity_error("ONNX export (with past key values)", label, p)
     return p
 
 

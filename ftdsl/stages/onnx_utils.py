@@ -176,6 +176,10 @@ def ort_feed(sess, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
     the graph declares. A missing input is a KeyError naming the graph's inputs."""
     feed = {}
     for meta in sess.get_inputs():
+        filled = _fills(meta, inputs) if meta.name not in inputs else None
+        if filled is not None:  # a decoder's empty pasts and positions, given whole sequences
+            feed[meta.name] = filled
+            continue
         if meta.name not in inputs:
             raise KeyError(f"the ONNX model needs input `{meta.name}` (it takes "
                            f"{', '.join(i.name for i in sess.get_inputs())}); got {', '.join(inputs)}")
@@ -184,6 +188,22 @@ def ort_feed(sess, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
             v = v.detach().cpu().numpy()
         feed[meta.name] = np.ascontiguousarray(np.asarray(v, dtype=_ORT_TYPES.get(meta.type, None)))
     return feed
+
+
+def _fills(meta, inputs: dict[str, Any]) -> np.ndarray | None:
+    """What a causal LM's graph with past key values (export_decoder.py) takes when it is given
+    whole sequences: empty pasts, and positions counted from the attention mask; else None."""
+    ids, mask = inputs.get("input_ids"), inputs.get("attention_mask")
+    if ids is None or mask is None:
+        return None
+    mask = mask.detach().cpu().numpy() if hasattr(mask, "detach") else np.asarray(mask)
+    if meta.name == "position_ids":
+        return np.where(mask == 0, 0, np.cumsum(mask, axis=1) - 1).astype(np.int64)
+    dims = meta.shape
+    if meta.name.startswith("past_key_values.") and len(dims) == 4 and isinstance(dims[1], int) \
+            and isinstance(dims[3], int):
+        return np.zeros((int(np.shape(ids)[0]), dims[1], 0, dims[3]), dtype=np.float32)
+    return None
 
 
 def parity(sess, module, batches: Iterable[dict], *, atol: float, rtol: float) -> Parity:
