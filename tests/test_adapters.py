@@ -560,3 +560,12 @@ def test_load_in_without_cuda_is_a_stage_error_at_the_model_stage(tmp_path):
     with pytest.raises(StageError) as e:
         model_stage.run({}, attrs, _ctx(tmp_path, "m", "model"))  # device cpu
     assert e.value.code == "FTP530" and "load_in = 4bit" in e.value.message and "CUDA" in e.value.message
+
+
+def test_evaluate_size_of_an_adapter_model_counts_its_base(minilm_lora, tmp_path):
+    from ftdsl.stages import evaluate
+
+    root, art = minilm_lora
+    module, size, params = evaluate._runner(art, "t")
+    assert size() > 80e6 > art.size_bytes  # MiniLM's 90 MB run with it, not only the adapter's bytes
+    assert params == sum(p.numel() for p in module.parameters())

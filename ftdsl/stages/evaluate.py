@@ -121,7 +121,10 @@ def _runner(art, name: str):
         # a quantized model's packed int8 weights are not `parameters()`: it counts them itself
         n = getattr(art, "num_params", None)
         n = n() if callable(n) else n
-        return module, lambda: int(art.size_bytes), int(n if n is not None else sum(p.numel() for p in module.parameters()))
+        size = lambda: int(art.size_bytes)  # noqa: E731
+        if getattr(art, "adapter", None):  # what runs is the base and the adapter (the cache keeps the adapter)
+            size = lambda: sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))  # noqa: E731
+        return module, size, int(n if n is not None else sum(p.numel() for p in module.parameters()))
     # the front end lets only models reach `evaluate.models` (FTP209): anything else is a bug
     raise TypeError(f"`{name}`: evaluate got a {type(art).__name__}, not a model")
 
