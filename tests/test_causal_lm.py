@@ -451,3 +451,44 @@ def test_two_processes_match_one_process(tmp_path):
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
     for k in ("train.loss", "valid.loss", "valid.perplexity", "valid.token_accuracy"):
         assert math.isclose(metrics["one"][k], metrics["two"][k], rel_tol=1e-4), k
+
+
+def test_a_pretrained_folder_loads_with_the_auto_class_of_its_task(tmp_path):
+    """pretrained = FOLDER: the task picks the transformers class (and, for token_classify, the
+    head's size and label maps); the trained artifact rebuilds the same class from hf_config/."""
+    import transformers
+
+    from ftdsl.stages.tasks.module import SeqModule
+    from ftdsl.stages.torch_model import TorchModel
+
+    torch.manual_seed(0)
+    bert = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                   intermediate_size=32, max_position_embeddings=32)
+    transformers.BertModel(bert).save_pretrained(str(tmp_path / "bert"))
+    t5 = transformers.T5Config(vocab_size=50, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+                               decoder_start_token_id=0)
+    transformers.T5ForConditionalGeneration(t5).save_pretrained(str(tmp_path / "t5"))
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2,
+                                                         n_positions=32)).save_pretrained(str(tmp_path / "gpt2"))
+    cases = [("bert", {"$call": "token_classify", "labels": ["O", "B-PER", "I-PER"]}, "BertForTokenClassification"),
+             ("t5", {"$call": "seq2seq", "max_target_length": 8}, "T5ForConditionalGeneration"),
+             ("gpt2", {"$call": "causal_lm", "packing": False, "mask_prompt": True}, "GPT2LMHeadModel"),
+             ("bert", {"$call": "classify", "labels": 2}, "BertForSequenceClassification")]
+    for folder, task, cls in cases:
+        spec = {"source": "pretrained", "pretrained": folder, "pretrained_path": str(tmp_path / folder),
+                "task": task, "modality": "text", "init": "default", "use_safetensors": True}
+        module = TorchModel(spec).build()
+        assert type(module.net).__name__ == cls
+        assert isinstance(module, SeqModule) == (task["$call"] != "classify")
+        if task["$call"] == "token_classify":
+            assert module.net.config.id2label == {0: "O", 1: "B-PER", 2: "I-PER"}
+            assert module.net.classifier.out_features == 3
+        trained = TorchModel(spec).with_module(module)
+        trained.save(tmp_path / f"art-{folder}-{task['$call']}")
+        again = TorchModel.load(tmp_path / f"art-{folder}-{task['$call']}").build()
+        assert type(again.net).__name__ == cls
+        ids = torch.tensor([[3, 4, 5, 6]])
+        kw = {"decoder_input_ids": torch.tensor([[0, 7]])} if task["$call"] == "seq2seq" else {}
+        with torch.no_grad():
+            assert torch.equal(module(input_ids=ids, attention_mask=torch.ones_like(ids), **kw),
+                               again(input_ids=ids, attention_mask=torch.ones_like(ids), **kw))
