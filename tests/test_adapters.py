@@ -313,6 +313,9 @@ def test_adapter_export_loads_with_peft_to_the_cache_logits(minilm_lora, tmp_pat
     with torch.no_grad():
         got = peft_model(input_ids=ids, attention_mask=mask).logits
     torch.testing.assert_close(got, _logits(art.build(), ids, mask))
+    from ftdsl.stages.export_adapter import reload_export  # what predict loads
+
+    torch.testing.assert_close(_logits(reload_export(out), ids, mask), got)
 
 
 def test_hf_merge_export_equals_the_adapter_model(minilm_lora, tmp_path):
@@ -474,6 +477,14 @@ def test_token_task_adapters_through_run(tmp_path, capsys, arch, task, adapter):
         bare = auto.from_pretrained(str(folder)).eval()(**kw).logits
     torch.testing.assert_close(got, want)
     assert not torch.allclose(bare, want, atol=1e-4)  # the adapter is applied, not ignored
+    from ftdsl.stages.export_adapter import reload_export
+    from ftdsl.stages.export_artifacts import ExportedFile
+
+    for stage in ("e", "a"):  # hf(merge = false) and format = adapter, as predict loads them
+        out = tmp_path / "out" / stage
+        exported = ExportedFile(out, json.loads((out / "export.json").read_text()))
+        with torch.no_grad():
+            torch.testing.assert_close(reload_export(exported).net(**kw).logits, want)
 
 
 def test_pretrained_causal_folder_adapter_round_trip(tmp_path, capsys):

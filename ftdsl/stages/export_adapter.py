@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ftdsl.errors import FtdslError, StageError
 
-__all__ = ["wants_adapter", "plain_source", "run"]
+__all__ = ["wants_adapter", "plain_source", "run", "reload_export"]
 
 ADAPTER_DIR = "adapter"
 
@@ -98,9 +98,11 @@ def run(fmt: str, src, args: dict, attrs: dict, inputs: dict, label: str, ctx):
             copy_tokenizer(src.tokenizer_dir, out / TOKENIZER_DIR):
         files.append(TOKENIZER_DIR)
     meta = _base_meta(src, module, label, ctx)
+    base_spec = adapters.base_artifact(src).spec
     meta.update({"format": fmt, "main": main, "files": files, "merge": False,
-                 "adapter": {"method": src.adapter["method"]["$call"],
-                             "folder": ADAPTER_DIR}})
+                 "adapter": {"method": src.adapter["method"]["$call"], "folder": ADAPTER_DIR,
+                             # what rebuilds the base of a `format = adapter` folder (reload_export)
+                             "base_spec": base_spec, "base_stored": bool(src.adapter["base"].get("weights"))}})
     art = ExportedFile(out, meta)
     metrics = {"size_mb": art.size_bytes / 1e6, "export_s": export_s}
     if settings is not None:
@@ -189,3 +191,35 @@ def _verify_seq(fmt: str, label: str, module, candidate, batches, settings):
         raise _parity_error(f"`{fmt}` export", label, p, hint="the reloaded adapter does not compute what the "
                                                                "model in the cache computes")
     return p
+
+
+def reload_export(art):
+    """The FtdslModule of an ExportedFile this module wrote (``format = adapter`` or
+    ``hf(merge = false)``): the base rebuilt (the Hugging Face folder, or what the model's spec
+    names: the pretrained folder, the seeded from-scratch init) with the adapter loaded by peft.
+    For `predict` and tests; a base trained by an earlier stage is not in an adapter folder (FTP530)."""
+    import warnings
+
+    import peft
+
+    from ftdsl.stages.pretrained import quiet_transformers
+    from ftdsl.stages.torch_model import TorchModel
+
+    info = art.meta.get("adapter") or {}
+    spec = info.get("base_spec") or {}
+    if art.format == "hf":
+        from ftdsl.stages.export_hf import reload_hf
+
+        module, adapter = reload_hf(art.path, spec), art.path / ADAPTER_DIR
+    else:
+        if info.get("base_stored"):
+            raise StageError("FTP530", "this adapter's base was trained by an earlier stage and is not in the "
+                                       "adapter folder", hint="predict the train stage itself, or export "
+                                                              "`hf(merge = false)` (base + adapter)")
+        from ftdsl.stages import adapters
+
+        module, adapter = adapters._fresh_base(TorchModel(spec)), art.path
+    with quiet_transformers(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module.net = peft.PeftModel.from_pretrained(module.net, str(adapter))
+    return module.eval()
