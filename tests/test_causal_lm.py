@@ -305,6 +305,21 @@ def test_a_pretrained_folder_fine_tunes(tmp_path, tok):
     assert (spec.parent / "hf_config" / "config.json").is_file() and art.load_tokenizer().chat_template
 
 
+def test_chat_data_on_a_pretrained_folder_without_a_template_is_ftp510(tmp_path, tok, capsys):
+    folder = _tiny_gpt2_folder(tmp_path / "tiny-gpt2", tok)
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
+    msgs = [{"role": "user", "content": "Double 2?"}, {"role": "assistant", "content": "4"}]
+    _jsonl(tmp_path / "chat.jsonl", [{"messages": msgs}] * 10)
+    p = _pipeline(tmp_path, 'pretrained = "tiny-gpt2", task = causal_lm()',
+                  'source = jsonl("chat.jsonl")\n  messages = "messages"')
+    assert main(["run", str(p), "--cache", str(tmp_path / "cache")]) == 3
+    err = capsys.readouterr().err
+    assert "FTP510" in err and "no chat template" in err and "prompt" in err and "Traceback" not in err
+
+
 # --- perplexity against transformers' own loss -------------------------------------------------------
 
 
