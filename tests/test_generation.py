@@ -121,14 +121,21 @@ def test_beam_search_equals_hf_beam_search():
         assert g == (ids[:ids.index(EOS)] if EOS in ids else ids)
 
 
-def test_a_prompt_longer_than_the_positions_keeps_its_end():
+def test_positions_limit_each_row_by_its_own_prompt():
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, vocab_size=100, n_positions=16,
                                   bos_token_id=BOS, eos_token_id=EOS)
     model = transformers.GPT2LMHeadModel(cfg).eval()
-    long = list(range(3, 40))  # 37 tokens, 16 positions
-    got = G.generate_ids(model, [long], pad_id=PAD, eos_id=EOS, settings=G.Settings(max_new_tokens=4))
-    assert got == _hf_one_by_one(model, [long[-12:]], 4)
+    long, mid, short = list(range(3, 40)), list(range(40, 54)), [5, 6, 7]  # 37, 14 and 3 tokens; 16 positions
+    got = G.generate_ids(model, [long, mid, short], pad_id=PAD, eos_id=EOS, settings=G.Settings(max_new_tokens=6))
+    # the long prompt keeps its last 15 tokens and gets 1 new token, the 14-token one 2, the short one all 6:
+    # the same as each row alone, so a row's text does not depend on its batch mates
+    assert got == _hf_one_by_one(model, [long[-15:]], 1) + _hf_one_by_one(model, [mid], 2) \
+        + _hf_one_by_one(model, [short], 6)
+    assert all(len(r) <= b for r, b in zip(got, [1, 2, 6])) and len(got[2]) > 2
+    alone = [G.generate_ids(model, [p], pad_id=PAD, eos_id=EOS, settings=G.Settings(max_new_tokens=6))[0]
+             for p in (long, mid, short)]
+    assert got == alone
 
 
 def test_settings_and_max_new_tokens():

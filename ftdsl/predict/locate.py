@@ -78,7 +78,7 @@ def locate(compiled, cache, file: str, stage: str, *, device: str | None = None,
     from ftdsl.predict.seq import generate_settings
 
     return Located(stage, st.kind, st.artifact, art, dataset, data_stage, data_config, int(plan.seed),
-                   generate_settings(plan.stages, stage))
+                   generate_settings(compiled.program, stage))
 
 
 def _nearest_data_stage(stage: str, by_name) -> str | None:

@@ -200,12 +200,16 @@ def flat(rec: dict) -> dict:
     return {k: (json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else v) for k, v in rec.items()}
 
 
-def generate_settings(plan_stages, stage: str) -> dict | None:
-    """The `generate` of the first evaluate stage that evaluates ``stage`` (None: none does)."""
-    for st in plan_stages:
-        if st.kind != "evaluate":
+def generate_settings(program, stage: str) -> dict | None:
+    """The `generate` of the first evaluate block (in file order) that evaluates ``stage`` and
+    sets it (None: none does)."""
+    from ftdsl.ir.lower import stage_config
+
+    for b in program.blocks.values():
+        if b.kind != "evaluate":
             continue
-        refs = [m.get("$ref") for m in (st.config.get("models") or []) if isinstance(m, dict)]
-        if stage in refs and st.config.get("generate"):
-            return dict(st.config["generate"])
+        cfg = stage_config(b, program)
+        refs = [m.get("$ref") for m in (cfg.get("models") or []) if isinstance(m, dict)]
+        if stage in refs and cfg.get("generate"):
+            return dict(cfg["generate"])
     return None

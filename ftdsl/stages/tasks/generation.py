@@ -10,8 +10,10 @@
 - decoder-only models get the batch left-padded (the new tokens follow every prompt directly;
   the attention mask hides the pads), encoder-decoder models right-padded (the encoder masks);
 - a generation stops at the tokenizer's end-of-sequence token or after ``max_new_tokens``
-  (for ``seq2seq`` at most the task's ``max_target_length``); a decoder's prompt is cut from the
-  left when prompt + new tokens would pass the model's positions.
+  (for ``seq2seq`` at most the task's ``max_target_length``). A decoder with learned positions
+  (``n_positions`` / ``max_position_embeddings``) keeps a prompt's last ``positions - 1``
+  tokens and generates at most what fits after it; each row's budget depends on its own prompt
+  only, so a row generates the same text whatever batch it is in.
 
 ``task_rows`` / ``prompt_of`` / ``reference_of`` turn a split's rows into prompts and references:
 through the task's own hooks when it has them (``prompt_ids(tokenizer, row)``: the prefix it
@@ -98,10 +100,7 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], *, tokenizer=None, pad
     enc_dec = _is_encoder_decoder(model)
     new = int(max_new_tokens or settings.max_new_tokens)
     limit = None if enc_dec else _max_positions(model)
-    if limit is not None:
-        new = max(1, min(new, limit - 1))
-    kwargs: dict[str, Any] = {"max_new_tokens": new, "num_beams": settings.num_beams, "pad_token_id": pad_id,
-                              "do_sample": settings.sampling}
+    kwargs: dict[str, Any] = {"num_beams": settings.num_beams, "pad_token_id": pad_id, "do_sample": settings.sampling}
     if eos_id is not None:
         kwargs["eos_token_id"] = eos_id
     if settings.sampling:
@@ -115,28 +114,42 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], *, tokenizer=None, pad
     try:
         with torch.inference_mode(), _quiet():
             for start in range(0, len(prompts), max(1, batch)):
-                chunk = [list(p) for p in prompts[start:start + batch]]
-                if limit is not None:  # keep the end of a prompt that leaves no room for new tokens
-                    chunk = [p[-(limit - new):] if len(p) > limit - new else p for p in chunk]
-                chunk = [p if p else [eos_id if eos_id is not None else pad_id] for p in chunk]
-                width = max(len(p) for p in chunk)
-                ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for i, p in enumerate(chunk):
-                    if enc_dec:
-                        ids[i, :len(p)], mask[i, :len(p)] = torch.tensor(p), 1
-                    else:
-                        ids[i, width - len(p):], mask[i, width - len(p):] = torch.tensor(p), 1
-                res = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs).cpu()
-                # decoder-only: the output repeats the (padded) prompt; encoder-decoder: the decoder
-                # start token comes first
-                res = res[:, width:] if not enc_dec else res[:, 1:]
-                for row in res.tolist():
-                    out.append(_cut(row, eos_id, pad_id))
+                chunk = [list(p) or [eos_id if eos_id is not None else pad_id] for p in prompts[start:start + batch]]
+                if limit is not None:  # a prompt keeps its last `limit - 1` tokens: one new token fits
+                    chunk = [p[-(limit - 1):] for p in chunk]
+                # a row's budget depends on its own prompt only (batch mates change nothing): all
+                # `new` tokens, or what fits in the positions after its prompt; rows of one budget
+                # generate together
+                budgets = [new if limit is None else min(new, limit - len(p)) for p in chunk]
+                got: dict[int, list[int]] = {}
+                for budget in sorted(set(budgets), reverse=True):
+                    idx = [i for i, b in enumerate(budgets) if b == budget]
+                    for i, row in zip(idx, _generate([chunk[i] for i in idx], model, budget, enc_dec, pad_id,
+                                                     device, kwargs)):
+                        got[i] = _cut(row, eos_id, pad_id)
+                out.extend(got[i] for i in range(len(chunk)))
     finally:
         if was_training:
             model.train()
     return out
+
+
+def _generate(chunk: list[list[int]], model, new: int, enc_dec: bool, pad_id: int, device: str, kwargs: dict):
+    """transformers' generate on one padded batch: the new tokens of each row."""
+    import torch
+
+    width = max(len(p) for p in chunk)
+    ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(chunk), width), dtype=torch.long)
+    for i, p in enumerate(chunk):
+        if enc_dec:
+            ids[i, :len(p)], mask[i, :len(p)] = torch.tensor(p), 1
+        else:
+            ids[i, width - len(p):], mask[i, width - len(p):] = torch.tensor(p), 1
+    res = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=new, **kwargs).cpu()
+    # decoder-only: the output repeats the (padded) prompt; encoder-decoder: the decoder start token comes first
+    res = res[:, width:] if not enc_dec else res[:, 1:]
+    return res.tolist()
 
 
 def _cut(row: list[int], eos_id: int | None, pad_id: int | None) -> list[int]:
