@@ -74,7 +74,8 @@ data d {
 model m { arch = gpt(layers = 1, heads = 2, width = 32, max_len = 64), task = causal_lm() }
 train t { model = m, data = d, epochs = 2, batch = 8, optimizer = adamw(lr = 0.01) }
 export h { from = t, format = hf, verify = true }
-export o { from = t, format = onnx(opset = 18), verify = true }
+export o { from = t, format = onnx(opset = 18), verify = { data = d.valid } }
+quantize q { from = o, method = dynamic() }
 """
 
 
@@ -176,7 +177,10 @@ def test_causal_lm_onnx_decodes_with_past_key_values(lm):
         "input_ids", "attention_mask", "position_ids", "past_key_values.0.key", "past_key_values.0.value"]
     assert [o.name for o in sess.get_outputs()] == ["logits", "present.0.key", "present.0.value"]
     assert json.loads(meta["ftdsl.task"])["$call"] == "causal_lm"
-    assert json.loads((out / "verify.json").read_text())["passed"]
+    v = json.loads((out / "verify.json").read_text())  # real rows, encoded as the task trains on them
+    assert v["passed"] and v["data"] == "d.valid" and v["rows"] > 0
+    q = json.loads((lm["root"] / "out" / "q" / "quantize.json").read_text())
+    assert q["parity"]["rows"] > 0  # the int8 decoder was compared with the float one
     module, tok = lm["module"], lm["tok"]
 
     def torch_step(ids):

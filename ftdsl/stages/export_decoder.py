@@ -48,16 +48,31 @@ def cache_layout(net) -> tuple[int, int, int]:
 
     with torch.no_grad():
         out = net(input_ids=torch.ones(1, 2, dtype=torch.long), use_cache=True)
-    cache = out.past_key_values
+    cache = _cache_of(out)
     layers = getattr(cache, "layers", None)
     keys = [layer.keys for layer in layers] if layers is not None else [k for k, _ in cache]
     _, heads, _, dim = keys[0].shape
     return len(keys), int(heads), int(dim)
 
 
+def _cache_arg(net) -> str:
+    """The forward argument that takes the cache: `cache` (transformers >= 5.25), else `past_key_values`."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(net.forward).parameters else "past_key_values"
+
+
+def _cache_of(out):
+    """The cache a forward pass returned (`out.cache`; `past_key_values` before transformers 5.25)."""
+    keys = out.keys()
+    return out["cache"] if "cache" in keys else out["past_key_values"]
+
+
 def _wrapper(net, layers: int):
     import torch
     from transformers import DynamicCache
+
+    arg = _cache_arg(net)
 
     class Decoder(torch.nn.Module):
         def __init__(self):
@@ -69,9 +84,9 @@ def _wrapper(net, layers: int):
             for i in range(layers):
                 cache.update(past[2 * i], past[2 * i + 1], i)
             out = self.net(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                           past_key_values=cache, use_cache=True)
+                           use_cache=True, **{arg: cache})
             present = []
-            for layer in out.past_key_values.layers[:layers]:
+            for layer in _cache_of(out).layers[:layers]:
                 present += [layer.keys, layer.values]
             return (out.logits.float(), *present)
 

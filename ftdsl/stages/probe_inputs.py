@@ -184,7 +184,7 @@ def onnx_random_batches(src, proto, seed: int) -> list[dict]:
     graph's normalization), text token ids within the vocabulary with random lengths."""
     rng = np.random.default_rng(int(seed) + 11)
     meta = src.meta
-    if (meta.get("modality") or "features") == "text":
+    if (meta.get("modality") or "features") == "text" or "input_ids" in (meta.get("inputs") or ()):
         vocab, pad = _text_vocab(src, proto)
         if vocab < 2:
             return []
@@ -219,6 +219,11 @@ def split_batches(src, dataset, split_name: str, where: str, *, what: str, rows:
     else:
         idx = np.arange(n)
     sub = split.subset(idx)
+    task = src.spec.get("task") or {}
+    from ftdsl.stages.tasks import is_seq_task
+
+    if is_seq_task(task.get("$call")):
+        return _task_batches(src, dataset, sub, task, where, what, n, batch_sizes, as_numpy)
     modality = src.spec.get("modality") or "features"
     tokenizer = max_length = None
     if modality == "text":
@@ -248,4 +253,30 @@ def split_batches(src, dataset, split_name: str, where: str, *, what: str, rows:
     for part, bs in zip(parts, sizes):
         for b in iter_batches(part, batch_size=bs, shuffle=False, tokenizer=tokenizer, max_length=max_length):
             out.append({k: (v.numpy() if as_numpy else v) for k, v in b.items() if k in MODEL_INPUTS})
+    return out
+
+
+def _task_batches(src, dataset, sub, task: dict, where: str, what: str, n: int, batch_sizes: Sequence[int],
+                  as_numpy: bool) -> list[dict]:
+    """Rows of a token task (causal_lm, seq2seq, token_classify) encoded as the task trains on
+    them (its ``encode`` / ``collate``), without packing: the module's inputs, batched."""
+    from ftdsl.stages.tasks import get_task
+
+    t = get_task(task["$call"])
+    tokenizer = src.load_tokenizer()
+    if tokenizer is None:
+        raise StageError("FTP510", f"{what}: the model has no tokenizer to read the rows of `{where}`")
+    examples = t.encode(dataset, sub, tokenizer, {**task, "packing": False}, src.spec.get("max_length"))
+    pad = src.spec.get("pad_id")
+    if pad is None:
+        pad = getattr(tokenizer, "pad_token_id", None) or 0
+    keep = set(t.input_names)
+    sizes = [min(n, int(batch_sizes[0]))] + [int(batch_sizes[-1])] * n
+    out, i = [], 0
+    for bs in sizes:
+        if i >= len(examples):
+            break
+        b = t.collate(examples[i:i + bs], int(pad))
+        out.append({k: (v.numpy() if as_numpy else v) for k, v in b.items() if k in keep})
+        i += bs
     return out

@@ -193,9 +193,10 @@ def _to_fp16(proto, probe: list[dict]) -> tuple[Any, str, str | None]:
             so.log_severity_level = 3
             sess = ort.InferenceSession(converted.SerializeToString(), sess_options=so,
                                         providers=["CPUExecutionProvider"])
-            names = [i.name for i in sess.get_inputs()]
-            for b in probe[:2]:
-                sess.run(None, {n: b[n] for n in names})
+            from ftdsl.stages.onnx_utils import ort_feed
+
+            for b in probe[:2]:  # (ort_feed fills a causal LM decoder's empty pasts and positions)
+                sess.run(None, ort_feed(sess, b))
         return converted, "graph", None
     except Exception as e:  # noqa: BLE001 - CPU kernels missing for some fp16 op: weights only
         why = f"{type(e).__name__}: {first_line(e)}"
@@ -370,7 +371,8 @@ def run_onnx(src, method: dict, inputs: dict, attrs: dict, ctx):
         try:
             names = [i.name for i in checked.session().get_inputs()]
             for b in probe:
-                agreement.add(src.predict({n: b[n] for n in names}), checked.predict({n: b[n] for n in names}))
+                feed = {n: b[n] for n in names if n in b}  # predict fills a decoder's pasts and positions
+                agreement.add(src.predict(feed), checked.predict(feed))
         except StageError:
             raise
         except Exception as e:
