@@ -153,10 +153,11 @@ _ALL = [
          "takes every method. The table lives in the schema (`QUANTIZE_SUPPORT`).",
          "quantize q { from = fit, method = dynamic(dtype = uint8) }   # fit is a TorchModel",
          "method = dynamic(dtype = int8), or export to ONNX and quantize the export"),
-    Code("FTP243", "export-unsupported", _E, "an export format the model's origin does not support",
-         "`hf` writes a Hugging Face folder with `save_pretrained`, which only a pretrained model has, and "
-         "whose config has one attention-head count for every layer (so not after `structured(...)` pruning "
-         "removed heads).",
+    Code("FTP243", "export-unsupported", _E, "an export format the model's origin or task does not support",
+         "`hf` writes a Hugging Face folder with `save_pretrained`, which only a pretrained model (or a `gpt`, "
+         "`llama` or `t5`) has, and whose config has one attention-head count for every layer (so not after "
+         "`structured(...)` pruning removed heads). `onnx` of a `seq2seq` model is refused: on torch 2.13 an "
+         "encoder-decoder graph does not export correctly (export `hf` and use transformers or Optimum).",
          "export e { from = fit, format = hf }   # fit trains an `arch = mlp(...)` model",
          "format = safetensors()"),
     Code("FTP245", "prune-unsupported", _E, "`structured(...)` pruning of a model that has no such structure",
