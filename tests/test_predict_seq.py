@@ -58,6 +58,14 @@ data chat {
 model l { arch = llama(layers = 1, heads = 2, width = 32, max_len = 128), task = causal_lm() }
 train tl { model = l, data = chat, max_steps = 30, batch = 8, precision = fp32, optimizer = adamw(lr = 0.02) }
 evaluate el { models = [tl], data = chat.test, metrics = [perplexity, rouge_l], generate = { max_new_tokens = 5, samples = 1000 } }
+export eh { from = tl, format = hf, verify = true }
+train ta {
+  model = l, data = chat, lora = lora(r = 4, targets = ["q_proj", "v_proj"])
+  max_steps = 4, batch = 8, precision = fp32, optimizer = adamw(lr = 0.02)
+}
+evaluate eva { models = [ta], data = chat.test, metrics = [perplexity], generate = { max_new_tokens = 5, temperature = 1.0, samples = 1000 } }
+export ea { from = ta, format = adapter, verify = true }
+export eam { from = ta, format = hf(merge = false), verify = true }
 
 data sm {
   source = jsonl("sum.jsonl")
@@ -77,7 +85,7 @@ data ner {
 }
 model b { pretrained = "bert_tiny", task = token_classify(labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]) }
 train tb { model = b, data = ner, max_steps = 15, batch = 8, precision = fp32, optimizer = adamw(lr = 0.01) }
-evaluate eb { models = [tb], data = ner.test, metrics = [entity_f1, entity_precision, entity_recall, token_accuracy] }
+evaluate eb { models = [tb], data = ner.test, metrics = [entity_f1, entity_precision, entity_recall, token_accuracy, latency, size] }
 """
 
 
@@ -156,7 +164,7 @@ def env(tmp_path_factory):
     _write_jsonl(root / "ner.jsonl", ner)
     _tiny_bert(root / "bert_tiny", [w for r in ner for w in r["tokens"]])
     assert main(["run", str(e.pipe), "--cache", str(e.cache), "--quiet"]) == 0
-    for r in ("eg", "el", "es", "eb"):
+    for r in ("eg", "el", "es", "eb", "eva"):
         e.reports.update({row["model"]: row for row in json.loads((root / "out" / r / "report.json").read_text())["rows"]})
         s = root / "out" / r / "samples.jsonl"
         if s.exists():
@@ -173,7 +181,7 @@ def _read_jsonl(p: Path) -> list[dict]:
 
 
 def test_samples_jsonl_is_written_and_well_formed(env):
-    assert set(env.samples) == {"eg", "el", "es"}  # the generative evaluations; not token_classify
+    assert set(env.samples) == {"eg", "el", "es", "eva"}  # the generative evaluations; not token_classify
     for stage, model, data, ref_key in (("eg", "tg", "qa", "response"), ("es", "ts", "sm", "target")):
         recs = env.samples[stage]
         test = env.test_records(data)
@@ -257,6 +265,29 @@ def test_one_row_equals_transformers_generate_called_directly(env, tmp_path):
     with open(out, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert rows == [{"row": "1", "line": "2", "generated": want}]
+
+
+def test_exports_predict_what_the_model_they_came_from_predicts(env, tmp_path):
+    """An hf folder export of `tl` (greedy), and the adapter (`format = adapter`, and
+    `hf(merge = false)`: base + adapter) of the lora-trained `ta` (sampled with `eva`'s settings,
+    which its exports inherit): predict gives the texts evaluate generated."""
+    test = env.test_records("chat")
+    inp = tmp_path / "in.jsonl"
+    _write_jsonl(inp, [{"messages": r["messages"][:-1]} for r in test])
+    for stages, eval_stage in ((("tl", "eh"), "el"), (("ta", "ea", "eam"), "eva")):
+        want = [s["generated"] for s in env.samples[eval_stage]]
+        assert sum(bool(g) for g in want) >= len(want) // 2, want
+        for stage in stages:
+            out = tmp_path / f"{stage}.jsonl"
+            assert env.predict(stage, "--input", str(inp), "--output", str(out)) == 0
+            assert [r["generated"] for r in _read_jsonl(out)] == want, stage
+
+
+def test_latency_and_size_of_a_token_model(env):
+    row = env.reports["tb"]
+    assert row["latency_ms"] > 0 and row["latency_ms_per_row"] > 0
+    assert row["params"] == sum(p.numel() for p in env.artifact("tb").build().parameters())
+    assert row["size_mb"] > 0
 
 
 def test_tags_equal_evaluates_entity_scores(env, tmp_path):

@@ -141,7 +141,8 @@ def _seq_batches(loc, runner, device: str, opts: Options, file: str) -> Batches:
         raise FtdslError("FTP562", f"predict runs {call['$call']} models in PyTorch, and `{loc.stage}` is a "
                          f"{loc.artifact_type} ({runner.what})",
                          hint="predict the train stage it comes from, or export with format = hf")
-    tokenizer = runner.tokenizer if loc.artifact_type == "ExportedFile" else seq_tokenizer(loc.artifact, loc.dataset)
+    tokenizer = runner.tokenizer if loc.artifact_type == "ExportedFile" else None
+    tokenizer = tokenizer or seq_tokenizer(loc.artifact, loc.dataset)
     ds = loc.dataset
     max_length = runner.info.get("max_length") or (ds.max_length if ds is not None else None)
     spec_in = SQ.seq_input(call["$call"], loc.data_config)

@@ -87,8 +87,22 @@ def _onnx(art, device: str) -> Runner:
     return Runner(run, spec_of(art), art.load_tokenizer(), "onnxruntime" + (" (quantized)" if q else ""))
 
 
+def _exported_seq(art, info: dict) -> Runner:
+    """A token-task model from its export (hf folder or adapter), loaded as `evaluate` loads it."""
+    from ftdsl.stages.evaluate_seq import seq_module
+
+    module, tokenizer = seq_module(art)
+    what = "peft adapter" if art.format == "adapter" or art.meta.get("adapter") else "transformers (hf folder)"
+    return Runner(lambda inputs: None, info, tokenizer, what, {"module": module})
+
+
 def _exported(art, device: str) -> Runner:
+    from ftdsl.stages.tasks import is_seq_task
+
     fmt = art.format
+    info = spec_of(art)
+    if fmt in ("hf", "adapter") and is_seq_task((info.get("task") or {}).get("$call")):
+        return _exported_seq(art, info)
     if fmt != "hf":
         src = (art.meta.get("source") or {}).get("stage")
         raise UsageError("FTP562", f"predict does not load `{fmt}` exports (they need the code that wrote them)",
@@ -97,7 +111,6 @@ def _exported(art, device: str) -> Runner:
     from ftdsl.stages.modules import TextModule
     from ftdsl.stages.pretrained import load_hf_model, quiet_transformers
 
-    info = spec_of(art)
     module = TextModule(load_hf_model(art.path, info.get("task") or {"$call": "classify"}), hf=True).eval()
     with quiet_transformers() as transformers:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(art.path))

@@ -12,8 +12,8 @@ Input rows (the data stage's column names where the pipeline has them, else thes
 Records: ``{"row", "line", "generated"}`` and ``{"row", "line", "tokens", "tags"}``; CSV cells
 hold the tokens and tags as JSON lists. A row whose columns are missing or of the wrong type is a
 BadRow with its line (skipped or fatal per ``--on-error``). Generation settings: the `generate`
-of the first `evaluate` stage that evaluates the predicted stage, else the defaults; sampling is
-seeded with the pipeline seed.
+of the first `evaluate` stage that evaluates the predicted stage (for an export: the stage it
+was exported from), else the defaults; sampling is seeded with the pipeline seed.
 """
 
 from __future__ import annotations
@@ -202,14 +202,26 @@ def flat(rec: dict) -> dict:
 
 def generate_settings(program, stage: str) -> dict | None:
     """The `generate` of the first evaluate block (in file order) that evaluates ``stage`` and
-    sets it (None: none does)."""
+    sets it; for an export (or another stage with `from`), else its source's, and so on up the
+    lineage (None: no evaluate sets it)."""
     from ftdsl.ir.lower import stage_config
+    from ftdsl.ir.nodes import RefV
 
+    settings: dict[str, dict] = {}
     for b in program.blocks.values():
         if b.kind != "evaluate":
             continue
         cfg = stage_config(b, program)
-        refs = [m.get("$ref") for m in (cfg.get("models") or []) if isinstance(m, dict)]
-        if stage in refs and cfg.get("generate"):
-            return dict(cfg["generate"])
+        for m in cfg.get("models") or []:
+            if isinstance(m, dict) and cfg.get("generate"):
+                settings.setdefault(m.get("$ref"), dict(cfg["generate"]))
+    seen: set[str] = set()
+    cur: str | None = stage
+    while cur is not None and cur not in seen:
+        if cur in settings:
+            return settings[cur]
+        seen.add(cur)
+        b = program.blocks.get(cur)
+        src = b.value("from") if b is not None and "from" in getattr(b, "attrs", {}) else None
+        cur = src.target if isinstance(src, RefV) else None
     return None

@@ -188,7 +188,7 @@ def run(inputs: dict, attrs: dict, ctx) -> Report:
 def _task_name(art) -> str:
     task = getattr(art, "task", None)
     if task is None:
-        task = (getattr(art, "spec", None) or {}).get("task")
+        task = (getattr(art, "spec", None) or getattr(art, "meta", None) or {}).get("task")
     return task.get("$call", "classify") if isinstance(task, dict) else "classify"
 
 
@@ -199,11 +199,11 @@ def _seq_model(art, name: str, data, split, attrs: dict, wanted: list[str], ctx)
     from ftdsl.stages.artifacts import runs_in_onnxruntime
     from ftdsl.stages.tasks.generation import settings
 
-    if runs_in_onnxruntime(art) or not hasattr(art, "build"):
+    if runs_in_onnxruntime(art):
         raise StageError("FTP510", f"`{name}`: evaluate runs {_task_name(art)} models in PyTorch, and this one is "
-                         f"a {type(art).__name__}", hint="evaluate the train stage it comes from")
-    module = art.build()
-    q, got = evaluate_seq.evaluate_model(art, module, name, data, split, attrs, wanted, ctx)
+                         f"a {type(art).__name__}", hint="evaluate the stage it was exported from")
+    module, tokenizer = evaluate_seq.seq_module(art)
+    q, got = evaluate_seq.evaluate_model(art, module, name, data, split, attrs, wanted, ctx, tokenizer)
     row: dict = {"model": name, **q}
     if MEASURED[1] in wanted:
         row["size_mb"] = int(art.size_bytes) / 1e6

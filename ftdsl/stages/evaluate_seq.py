@@ -12,8 +12,8 @@
 - latency: the fastest teacher-forced forward pass per row (as for the other models); size: the
   weights' bytes.
 
-Models run in PyTorch; an ONNX graph of a token task is refused with FTP510 (evaluate the stage
-it was exported from).
+Models run in PyTorch (a TorchModel, or an `hf` / `adapter` export loaded back: ``seq_module``);
+an ONNX graph of a token task is refused with FTP510 (evaluate the stage it was exported from).
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ GENERATION_METRICS = ("exact_match", "rouge_l", "bleu")
 def task_call(art) -> dict:
     from ftdsl.ir.lower import complete_call
 
-    return complete_call(art.spec["task"], "task")
+    spec = getattr(art, "spec", None) or getattr(art, "meta", None) or {}
+    return complete_call(spec["task"], "task")
 
 
 def seq_tokenizer(art, data=None):
@@ -46,6 +47,35 @@ def seq_tokenizer(art, data=None):
         raise StageError("FTP510", f"the {spec.get('task', {}).get('$call', 'token')} model has no tokenizer",
                          hint="give the data block `tokenizer = bpe(...)`, or use a pretrained folder with one")
     return tok
+
+
+def seq_module(art):
+    """(module, tokenizer or None) of a token-task model artifact: ``build()`` of a TorchModel;
+    a ``format = hf`` export loaded by transformers (the Auto class of its task), an adapter export
+    (``format = adapter`` / ``hf(merge = false)``) as its base with the peft adapter, each with
+    the tokenizer written beside it. Anything else (an ONNX graph) is FTP510."""
+    if hasattr(art, "build"):
+        return art.build(), None
+    fmt = getattr(art, "format", None)
+    if fmt not in ("hf", "adapter"):
+        raise StageError("FTP510", f"{((getattr(art, 'meta', None) or {}).get('task') or {}).get('$call', 'this')} "
+                         f"models are evaluated and predicted in PyTorch, and this one is a "
+                         f"{fmt or type(art).__name__} export",
+                         hint="use the stage it was exported from, or export with format = hf or adapter")
+    from ftdsl.stages.tasks.common import load_seq_tokenizer
+
+    if fmt == "adapter" or art.meta.get("adapter"):
+        from ftdsl.stages.export_adapter import reload_export
+
+        module = reload_export(art)
+    else:
+        from ftdsl.stages.export_hf import reload_hf
+
+        module = reload_hf(art.path, dict(art.meta))
+    for d in (art.path, art.root / "tokenizer", art.path / "tokenizer"):
+        if d.is_dir() and ((d / "tokenizer.json").is_file() or (d / "tokenizer_config.json").is_file()):
+            return module, load_seq_tokenizer(d, pretrained=True)
+    return module, None
 
 
 def _encoded(task, data, split, tokenizer, call: dict, max_length):
@@ -104,8 +134,10 @@ def generate_rows(module, task, call: dict, data, split, tokenizer, gen_attrs: d
             for i, (r, (_, shown), t) in enumerate(zip(rows, inputs, texts))]
 
 
-def evaluate_model(art, module, name: str, data, split, attrs: dict, wanted: list[str], ctx) -> tuple[dict, list]:
-    """(metrics of one model, its sample records) on ``split``."""
+def evaluate_model(art, module, name: str, data, split, attrs: dict, wanted: list[str], ctx,
+                   tokenizer=None) -> tuple[dict, list]:
+    """(metrics of one model, its sample records) on ``split`` (``tokenizer``: the model's, when
+    it came with one; else :func:`seq_tokenizer`)."""
     from ftdsl.ir.schema.metrics import metrics_for
     from ftdsl.stages import metrics as M
     from ftdsl.stages.tasks import get_task
@@ -115,9 +147,9 @@ def evaluate_model(art, module, name: str, data, split, attrs: dict, wanted: lis
     tname = call["$call"]
     task = get_task(tname)
     task.check_data(data, call)
-    tokenizer = seq_tokenizer(art, data)
+    tokenizer = tokenizer or seq_tokenizer(art, data)
     pad_id = special_ids(tokenizer)["pad"]
-    max_length = getattr(data, "max_length", None) or art.spec.get("max_length")
+    max_length = getattr(data, "max_length", None) or (getattr(art, "spec", None) or getattr(art, "meta", {})).get("max_length")
     row: dict[str, Any] = {}
     tracked = set(metrics_for(tname, tracked_only=True))
     enc = None
