@@ -580,3 +580,20 @@ def test_evaluate_size_of_an_adapter_model_counts_its_base(minilm_lora, tmp_path
     module, size, params = evaluate._runner(art, "t")
     assert size() > 80e6 > art.size_bytes  # MiniLM's 90 MB run with it, not only the adapter's bytes
     assert params == sum(p.numel() for p in module.parameters())
+
+
+def test_every_fresh_head_of_a_pretrained_classifier_is_trained():
+    """DistilBERT's classification head is pre_classifier + classifier, both fresh: both train
+    (peft's SEQ_CLS default would leave pre_classifier random and frozen)."""
+    import transformers
+
+    from ftdsl.stages import adapters
+    from ftdsl.stages.modules import TextModule
+
+    cfg = transformers.DistilBertConfig(dim=16, n_layers=1, n_heads=2, hidden_dim=32, vocab_size=99, num_labels=2)
+    module = TextModule(transformers.DistilBertForSequenceClassification(cfg), hf=True)
+    adapters.attach(module, {"$call": "lora", "r": 2, "alpha": 4, "dropout": 0.0, "targets": ["q_lin"]}, "classify",
+                    4, seed=0)
+    trainable = {n.split(".modules_to_save")[0].rsplit(".", 1)[-1] for n, p in module.named_parameters()
+                 if p.requires_grad and "modules_to_save" in n}
+    assert trainable == {"pre_classifier", "classifier"}

@@ -47,7 +47,10 @@ __all__ = ["HF_TASK_TYPES", "attach", "adapter_weights", "build", "merged", "che
 # ftdsl task -> peft TaskType name, for Hugging Face models
 HF_TASK_TYPES = {"classify": "SEQ_CLS", "regress": "SEQ_CLS", "token_classify": "TOKEN_CLS",
                  "causal_lm": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM"}
-_HEADS = ("classifier", "score", "head")  # trainable heads: not part of the base's fingerprint
+# the task heads a pretrained model gets fresh (DistilBERT's pre_classifier, BART's
+# classification_head too): trained with the adapter, and not part of the base's fingerprint
+HF_HEADS = ("classifier", "score", "pre_classifier", "classification_head")
+_HEADS = (*HF_HEADS, "head")
 _PROMPT = ("prefix",)  # prompt-learning methods: no merge, no modules to adapt
 
 
@@ -84,6 +87,8 @@ def peft_config(module: nn.Module, call: dict, task: str, total_steps: int):
     common: dict[str, Any] = {"task_type": tt}
     if not hf:
         common["modules_to_save"] = ["head"]
+    elif task in ("classify", "regress", "token_classify"):
+        common["modules_to_save"] = list(HF_HEADS)  # peft's SEQ_CLS default has classifier and score only
     if method == "lora":
         return peft.LoraConfig(r=int(call["r"]), lora_alpha=float(call["alpha"]), lora_dropout=float(call["dropout"]),
                                target_modules=targets, **common)
