@@ -50,8 +50,9 @@ from typing import Any, Callable
 
 from ftdsl.errors import FtdslError, StageError
 from ftdsl.stages.export_artifacts import (FORMAT_VERSION, ONNX_FILE, TOKENIZER_DIR, ExportedFile, OnnxModel,
-                                           copy_tokenizer, copy_tree, guarded_io, link_or_copy, raise_if_resource,
-                                           write_bytes, write_json)
+                                           copy_tokenizer, guarded_io, raise_if_resource, write_bytes, write_json)
+from ftdsl.stages.export_common import base_meta, summary_line, write_user_copy
+from ftdsl.stages.export_common import replace_dir as _replace_dir  # noqa: F401 - tests/faults call it
 from ftdsl.stages.export_verify import (VERIFY_ATOL, VERIFY_RTOL, verification_batches, verify_decoder,
                                         verify_metrics, verify_onnx, verify_reloaded, verify_settings)
 from ftdsl.stages.onnx_utils import OUTPUT_NAME
@@ -85,41 +86,6 @@ def _format(v) -> tuple[str, dict]:
 def _label(attrs: dict) -> str:
     ref = attrs.get("from")
     return ref.get("$ref", "model") if isinstance(ref, dict) else str(ref or "model")
-
-
-def _transformer_shape(module) -> dict | None:
-    """A Hugging Face transformer's heads and width (read by `quantize`'s graph fusion), or None."""
-    cfg = getattr(getattr(module, "net", None), "config", None)
-    heads, hidden = getattr(cfg, "num_attention_heads", None), getattr(cfg, "hidden_size", None)
-    if not isinstance(heads, int) or not isinstance(hidden, int):
-        return None
-    return {"model_type": str(getattr(cfg, "model_type", "") or ""), "num_heads": heads, "hidden_size": hidden}
-
-
-def _base_meta(src, module, label: str, ctx) -> dict:
-    spec = src.spec
-    meta = {
-        "inputs": list(module.input_names),
-        "output": "logits",
-        "modality": module.modality,
-        "task": spec.get("task"),
-        "input_shape": spec.get("input_shape"),
-        "max_length": spec.get("max_length"),
-        "label_names": spec.get("label_names"),
-        "vocab_size": spec.get("vocab_size"),
-        "pad_id": spec.get("pad_id"),
-        "source": {"stage": label, "trained_by": spec.get("trained_by"), "kind": spec.get("source"),
-                   "arch": (spec.get("arch") or {}).get("$call") if spec.get("source") == "arch" else None,
-                   "pretrained": spec.get("pretrained")},
-        "source_kind": spec.get("source"),
-        "transformer": _transformer_shape(module),
-        "stage": ctx.name,
-        "key": getattr(ctx, "key", ""),
-    }
-    import torch
-
-    meta["torch"] = torch.__version__
-    return meta
 
 
 def run(inputs: dict, attrs: dict, ctx):
@@ -156,14 +122,14 @@ def run(inputs: dict, attrs: dict, ctx):
     module.eval()
     out = Path(ctx.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    meta = _base_meta(src, module, label, ctx)
+    meta = base_meta(src, module, label, ctx)
     ctx.reporter.start(None, f"export {label} ({fmt})")
     if fmt == "onnx":
         art = _run_onnx(src, module, args, meta, settings, inputs, label, ctx)
     else:
         art = _run_file(fmt, src, module, meta, settings, inputs, label, ctx, args, attrs)
     if attrs.get("path"):
-        _write_user_copy(art, attrs["path"], ctx)
+        write_user_copy(art, attrs["path"], ctx)
     return art
 
 
@@ -239,7 +205,7 @@ def _run_onnx(src, module, args, meta, settings, inputs, label, ctx) -> OnnxMode
                                           "exporter": exporter, "onnxruntime": _ort_version()})
     art.metrics = metrics
     write_json(out / "onnx.json", {**meta, "format_version": FORMAT_VERSION, "metrics": metrics})
-    ctx.reporter.log(_summary_line(label, f"{ONNX_FILE} (opset {opset}, {exporter})", art.size_bytes, metrics))
+    ctx.reporter.log(summary_line(label, f"{ONNX_FILE} (opset {opset}, {exporter})", art.size_bytes, metrics))
     return art
 
 
@@ -263,16 +229,6 @@ def onnx_metadata(meta: dict, names: list[str], stage: str, label: str) -> dict[
     elif (meta.get("task") or {}).get("$call") == "causal_lm":
         props["ftdsl.decoding"] = DECODING_NOTE
     return props
-
-
-def _summary_line(label: str, what: str, size: int, metrics: dict) -> str:
-    from ftdsl.runtime.atomic import format_bytes
-
-    line = f"exported `{label}` to {what}, {format_bytes(size)} in {metrics.get('export_s', 0):.1f}s"
-    if "verify.rows" in metrics:
-        line += (f"; verified on {metrics['verify.rows']} rows: max abs diff {metrics['verify.max_abs_diff']:.3g}, "
-                 f"max rel diff {metrics['verify.max_rel_diff']:.3g}")
-    return line
 
 
 def _ort_version() -> str:
@@ -395,52 +351,5 @@ def _run_file(fmt, src, module, meta, settings, inputs, label, ctx, args=None, a
         write_json(out / "verify.json", {**p.as_dict(), "data": where, "format": fmt})
     art.metrics = metrics
     write_json(out / "export.json", {**meta, "format_version": FORMAT_VERSION, "metrics": metrics})
-    ctx.reporter.log(_summary_line(label, main, art.size_bytes, metrics))
+    ctx.reporter.log(summary_line(label, main, art.size_bytes, metrics))
     return art
-
-
-# -- the user's `path` --------------------------------------------------------------------------
-
-
-def _write_user_copy(art, path: str, ctx) -> None:
-    """Write the main file (or folder) at ``path`` (relative to the pipeline's folder), atomically;
-    a text model's tokenizer goes beside it as ``<stem>.tokenizer/``. FTP303 if it escapes."""
-    from ftdsl.paths import resolve_output
-
-    root = Path(ctx.pipeline_dir)
-    src_main = art.onnx_path if isinstance(art, OnnxModel) else art.path
-    if (str(path).endswith("/") or resolve_output(root, path).is_dir()) and not src_main.is_dir():
-        path = str(path).rstrip("/") + "/" + src_main.name  # a folder: the file goes inside it
-    dest = resolve_output(root, path)
-    guarded_io(lambda: dest.parent.mkdir(parents=True, exist_ok=True), dest.parent)
-    dest = resolve_output(root, path)  # again, right before writing: the folder may have changed
-    if isinstance(art, ExportedFile) and art.format == "hf":  # the HF folder: its files, not export.json
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix=".hf-copy-", dir=Path(ctx.out_dir).parent) as d:
-            for rel in art.meta["files"]:
-                (link_or_copy if (art.root / rel).is_file() else copy_tree)(art.root / rel, Path(d) / rel)
-            _replace_dir(Path(d), dest)
-    elif src_main.is_dir():
-        _replace_dir(src_main, dest)
-    else:
-        from ftdsl.runtime import outdir
-
-        outdir.publish_file(src_main, dest, f"export `{ctx.name}`")
-        data = src_main.with_name(src_main.name + ".data")
-        if data.is_file():  # pragma: no cover - > 2 GB models only
-            outdir.publish_file(data, dest.with_name(dest.name + ".data"), f"export `{ctx.name}`")
-    tok = art.tokenizer_dir if isinstance(art, OnnxModel) else (
-        art.root / TOKENIZER_DIR if (art.root / TOKENIZER_DIR).is_dir() else None)
-    if tok is not None and not src_main.is_dir():
-        _replace_dir(tok, dest.with_name(dest.stem + ".tokenizer"))
-    ctx.reporter.log(f"wrote {dest}")
-
-
-def _replace_dir(src: Path, dest: Path) -> None:
-    """Copy folder ``src`` to ``dest`` (a user's `path`) under the rules of `out/` (runtime/outdir.py):
-    built beside it and swapped in whole; a folder in the way that ftdsl did not create (no ownership
-    marker, a symlink, files added by hand) is FTP516 and left untouched; disk full is FTP505."""
-    from ftdsl.runtime import outdir
-
-    outdir.publish(dest.parent, dest.name, src, None)  # no key: always copied (the stage just ran)

@@ -42,7 +42,7 @@ def plain_source(src):
 def run(fmt: str, src, args: dict, attrs: dict, inputs: dict, label: str, ctx):
     """Write the adapter folder (``format = adapter``) or base + adapter (``hf(merge = false)``)."""
     from ftdsl.stages import adapters
-    from ftdsl.stages.export import _base_meta, _summary_line
+    from ftdsl.stages.export_common import base_meta as _base_meta, summary_line as _summary_line
     from ftdsl.stages.export_artifacts import (FORMAT_VERSION, TOKENIZER_DIR, ExportedFile, copy_tokenizer,
                                                guarded_io, raise_if_resource, write_json)
     from ftdsl.stages.export_verify import verification_batches, verify_metrics, verify_reloaded, verify_settings
@@ -122,7 +122,7 @@ def run(fmt: str, src, args: dict, attrs: dict, inputs: dict, label: str, ctx):
     ctx.reporter.log(_summary_line(label, "a PEFT adapter folder" if fmt == "adapter" else
                                    "a Hugging Face folder + adapter/", art.size_bytes, metrics))
     if attrs.get("path"):
-        from ftdsl.stages.export import _write_user_copy
+        from ftdsl.stages.export_common import write_user_copy as _write_user_copy
 
         _write_user_copy(art, attrs["path"], ctx)
     return art
@@ -178,7 +178,7 @@ def _verify_seq(fmt: str, label: str, module, candidate, batches, settings):
     import torch
 
     from ftdsl.stages.agreement import compare_outputs
-    from ftdsl.stages.export_verify import _parity_error
+    from ftdsl.stages.export_verify import parity_error as _parity_error
 
     def call(m):
         def f(b):

@@ -12,7 +12,7 @@ from ftdsl.stages.agreement import compare_outputs
 from ftdsl.stages.export_artifacts import OnnxModel
 from ftdsl.stages.probe_inputs import random_batches, split_batches
 
-__all__ = ["verify_onnx", "verify_decoder", "verify_reloaded", "verify_settings", "verification_batches", "verify_metrics",
+__all__ = ["parity_error", "verify_onnx", "verify_decoder", "verify_reloaded", "verify_settings", "verification_batches", "verify_metrics",
            "VERIFY_ATOL", "VERIFY_RTOL", "VERIFY_MAX_ROWS"]
 
 VERIFY_ATOL = 1e-4  # the schema's defaults for `verify = true`
@@ -24,7 +24,7 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}"
 
 
-def _parity_error(what: str, label: str, p, hint: str | None = None) -> StageError:
+def parity_error(what: str, label: str, p, hint: str | None = None) -> StageError:
     extra = f"; {p.nonfinite} non-finite values differ" if p.nonfinite else ""
     return StageError(
         "FTP502",
@@ -53,7 +53,7 @@ def verify_onnx(model: OnnxModel, module, batches: list[dict], *, atol: float, r
             hint="the graph may have a fixed batch size or sequence length baked in; try another opset, "
                  "or another format (pt2, torchscript)") from e
     if not p.ok:
-        raise _parity_error("ONNX export", label, p)
+        raise parity_error("ONNX export", label, p)
     return p
 
 
@@ -72,7 +72,7 @@ def verify_decoder(model: OnnxModel, module, batches: list[dict], layout: dict, 
         raise StageError("FTP502", f"ONNX export of `{label}` fails in onnxruntime on verification inputs: {first}",
                          hint="the decoder graph may have a size baked in; try another opset") from e
     if not p.ok:
-        raise _parity_error("ONNX export (with past key values)", label, p)
+        raise parity_error("ONNX export (with past key values)", label, p)
     return p
 
 
@@ -99,7 +99,7 @@ def verify_reloaded(what: str, label: str, reference, candidate, batches, atol, 
                          hint="the file may have a fixed batch size or sequence length baked in; "
                               "try `format = pt2` or `onnx`") from e
     if not p.ok:
-        raise _parity_error(what, label, p, hint="the reloaded export does not compute what the PyTorch model "
+        raise parity_error(what, label, p, hint="the reloaded export does not compute what the PyTorch model "
                                                  "computes; try another format")
     return p
 
