@@ -150,11 +150,14 @@ def attach(module: nn.Module, call: dict, task: str, total_steps: int, *, seed: 
     from ftdsl.stages.pretrained import quiet_transformers
 
     cfg = peft_config(module, call, task, total_steps)
-    if is_kbit(module):  # norms in fp32, input gradients on: what peft needs to train on a k-bit base
+    kbit = is_kbit(module)
+    if kbit:  # norms in fp32, input gradients on: what peft needs to train on a k-bit base
         module.net = peft.prepare_model_for_kbit_training(module.net, use_gradient_checkpointing=False)
     if not is_hf(module):
         _check_scratch_targets(module.net, call)
-    info = {"seed": int(seed), "fingerprint": _fingerprint(module.net), "base_weights": base_weights}
+    # a k-bit base's packed weights are bitsandbytes tensors: its folder is not fingerprinted
+    info = {"seed": int(seed), "fingerprint": None if kbit else _fingerprint(module.net),
+            "base_weights": base_weights}
     try:
         with quiet_transformers(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # transformers deprecations peft triggers
@@ -339,6 +342,9 @@ def merged(art):
     if method in _PROMPT:
         raise StageError("FTP530", f"a {method}-tuned model has no weights to merge its adapter into",
                          hint="export it with `format = adapter` (or `hf(merge = false)`), or train with lora/ia3")
+    if art.spec.get("load_in"):  # a k-bit base: merge into the full-precision weights (QLoRA's practice)
+        art = TorchModel({k: v for k, v in art.spec.items() if k != "load_in"}, art.state_dict(),
+                         tokenizer_dir=art.tokenizer_dir, hf_config=art.hf_config, metrics=art.metrics)
     module = build(art)
     with quiet_transformers(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
