@@ -59,6 +59,7 @@ model l { arch = llama(layers = 1, heads = 2, width = 32, max_len = 128), task =
 train tl { model = l, data = chat, max_steps = 30, batch = 8, precision = fp32, optimizer = adamw(lr = 0.02) }
 evaluate el { models = [tl], data = chat.test, metrics = [perplexity, rouge_l], generate = { max_new_tokens = 5, samples = 1000 } }
 export eh { from = tl, format = hf, verify = true }
+export eo { from = tl, format = onnx(), verify = true }
 train ta {
   model = l, data = chat, lora = lora(r = 4, targets = ["q_proj", "v_proj"])
   max_steps = 4, batch = 8, precision = fp32, optimizer = adamw(lr = 0.02)
@@ -268,19 +269,59 @@ def test_one_row_equals_transformers_generate_called_directly(env, tmp_path):
 
 
 def test_exports_predict_what_the_model_they_came_from_predicts(env, tmp_path):
-    """An hf folder export of `tl` (greedy), and the adapter (`format = adapter`, and
+    """An hf folder export and an ONNX export (greedy decoding in onnxruntime) of `tl`, and the adapter (`format = adapter`, and
     `hf(merge = false)`: base + adapter) of the lora-trained `ta` (sampled with `eva`'s settings,
     which its exports inherit): predict gives the texts evaluate generated."""
     test = env.test_records("chat")
     inp = tmp_path / "in.jsonl"
     _write_jsonl(inp, [{"messages": r["messages"][:-1]} for r in test])
-    for stages, eval_stage in ((("tl", "eh"), "el"), (("ta", "ea", "eam"), "eva")):
+    for stages, eval_stage in ((("tl", "eh", "eo"), "el"), (("ta", "ea", "eam"), "eva")):
         want = [s["generated"] for s in env.samples[eval_stage]]
         assert sum(bool(g) for g in want) >= len(want) // 2, want
         for stage in stages:
             out = tmp_path / f"{stage}.jsonl"
             assert env.predict(stage, "--input", str(inp), "--output", str(out)) == 0
             assert [r["generated"] for r in _read_jsonl(out)] == want, stage
+
+
+def test_onnx_decoding_with_past_equals_a_greedy_loop_in_pytorch(env):
+    """Token by token through the graph's past key values, left-padded batches, no stop token:
+    the arg-max of a full forward pass of the PyTorch model at every step (no cache)."""
+    import torch
+
+    from ftdsl.predict import onnx_generate
+    from ftdsl.stages.tasks import generation as G
+    from ftdsl.stages.tasks import get_task
+    from ftdsl.stages.tasks.common import load_seq_tokenizer
+
+    art, onnx = env.artifact("tl"), env.artifact("eo")
+    assert onnx.meta.get("past"), "the causal LM graph has past key values"
+    tok = load_seq_tokenizer(art.tokenizer_dir, pretrained=False)
+    module = art.build().eval()
+    task = get_task("causal_lm")
+    prompts = [G.prompt_of(task, {"$call": "causal_lm"}, tok, r)[0] for r in env.test_records("chat")[:4]]
+    assert len({len(p) for p in prompts}) > 1  # padding is exercised
+    got = onnx_generate.generate_ids(onnx, prompts, eos_id=None, pad_id=tok.pad_token_id, max_new_tokens=6, batch=4)
+    want = []
+    for p in prompts:
+        seq = list(p)
+        with torch.inference_mode():
+            for _ in range(6):
+                seq.append(int(module(torch.tensor([seq]))[0, -1].argmax()))
+        want.append(seq[len(p):])
+    assert got == want
+
+
+def test_onnx_generation_is_greedy_only():
+    from ftdsl.errors import UsageError
+    from ftdsl.predict import onnx_generate
+    from ftdsl.stages.tasks.generation import Settings
+
+    onnx_generate.check_settings(Settings(), "t")
+    for s in (Settings(temperature=0.7), Settings(num_beams=3)):
+        with pytest.raises(UsageError) as e:
+            onnx_generate.check_settings(s, "t")
+        assert e.value.code == "FTP562" and "`t`" in (e.value.hint or "")
 
 
 def test_latency_and_size_of_a_token_model(env):

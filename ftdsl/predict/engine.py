@@ -137,7 +137,14 @@ def _seq_batches(loc, runner, device: str, opts: Options, file: str) -> Batches:
 
     call = complete_call(runner.info["task"], "task")
     module = runner.extra.get("module")
-    if module is None:
+    onnx = None
+    if module is None and call["$call"] == "causal_lm" and loc.artifact_type == "OnnxModel":
+        from ftdsl.predict import onnx_generate
+        from ftdsl.stages.tasks.generation import settings
+
+        onnx_generate.check_settings(settings(loc.generate), (loc.artifact.meta.get("source") or {}).get("stage"))
+        onnx = loc.artifact
+    elif module is None:
         raise FtdslError("FTP562", f"predict runs {call['$call']} models in PyTorch, and `{loc.stage}` is a "
                          f"{loc.artifact_type} ({runner.what})",
                          hint="predict the train stage it comes from, or export with format = hf")
@@ -147,7 +154,7 @@ def _seq_batches(loc, runner, device: str, opts: Options, file: str) -> Batches:
     max_length = runner.info.get("max_length") or (ds.max_length if ds is not None else None)
     spec_in = SQ.seq_input(call["$call"], loc.data_config)
     predictor = SQ.SeqPredictor(module, tokenizer, call, generate=loc.generate, seed=loc.seed, max_length=max_length,
-                                device=device)
+                                device=device, onnx=onnx)
     def flush(pending, writer):
         recs = predictor.records([v for _, v in pending], opts.batch)
         writer.write([{"row": r.number, "line": r.line, **rec} for (r, _), rec in zip(pending, recs)])

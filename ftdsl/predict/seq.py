@@ -163,10 +163,13 @@ class SeqPredictor:
     """Rows (converted) -> records, with the model's module, tokenizer and task."""
 
     def __init__(self, module, tokenizer, call: dict, *, generate: dict | None, seed: int, max_length,
-                 device: str = "cpu"):
+                 device: str = "cpu", onnx=None):
         from ftdsl.stages.tasks import get_task
 
-        self.module = module.to(device).eval() if device != "cpu" else module.eval()
+        self.onnx = onnx  # an OnnxModel of a causal LM: greedy decoding in onnxruntime (onnx_generate)
+        if module is not None:
+            module = module.to(device).eval() if device != "cpu" else module.eval()
+        self.module = module
         self.tokenizer = tokenizer
         self.call = call
         self.task = get_task(call["$call"])
@@ -185,6 +188,14 @@ class SeqPredictor:
 
         settings = G.settings(self.generate)
         prompts = [G.prompt_of(self.task, self.call, self.tokenizer, v, max_length=self.max_length)[0] for v in values]
+        if self.onnx is not None:
+            from ftdsl.predict import onnx_generate
+            from ftdsl.stages.tasks.common import special_ids
+
+            ids = special_ids(self.tokenizer)
+            got = onnx_generate.generate_ids(self.onnx, prompts, eos_id=ids["eos"], pad_id=ids["pad"],
+                                             max_new_tokens=G.max_new_tokens(self.call, settings), batch=batch)
+            return [G.decode(self.tokenizer, r).strip() for r in got]
         return G.generate_texts(self.module, self.tokenizer, prompts, settings=settings, seed=self.seed, batch=batch,
                                 device=self.device, max_new_tokens=G.max_new_tokens(self.call, settings))
 
