@@ -135,6 +135,7 @@ def test_causal_lm_generation_config_and_chat_template(lm):
     assert gc.max_new_tokens == 64 and gc.do_sample is False and gc.num_beams == 1  # evaluate's defaults
     cfg = json.loads((folder / "tokenizer_config.json").read_text())
     assert cfg["chat_template"] == data_tok.chat_template and cfg["model_max_length"] == 64
+    assert cfg["tokenizer_class"] == "PreTrainedTokenizerFast"  # a class transformers 4 has too
     messages = [{"role": "user", "content": "add 1 and 2"}, {"role": "assistant", "content": "the sum is 3"}]
     assert tok.apply_chat_template(messages, tokenize=False) == data_tok.apply_chat_template(messages, tokenize=False)
     card = (folder / "README.md").read_text()

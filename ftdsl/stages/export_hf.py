@@ -89,6 +89,23 @@ def _set_generation(net, tk, task: str) -> dict | None:
     return {k: v for k, v in settings.items() if v is not None}
 
 
+def _portable_tokenizer_class(folder: Path) -> None:
+    """transformers 5 names a tokenizer.json-only tokenizer ``TokenizersBackend``, a class transformers
+    4 does not have; ``PreTrainedTokenizerFast`` loads the same files in both (5 maps it to the same
+    class)."""
+    import json
+
+    from ftdsl.stages.export_artifacts import write_json
+
+    cfg_path = folder / "tokenizer_config.json"
+    if not cfg_path.is_file():
+        return
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    if cfg.get("tokenizer_class") == "TokenizersBackend":
+        cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+        write_json(cfg_path, cfg)
+
+
 def write_hf(src, module, folder: Path, *, stage: str, key: str, where: str, label: str) -> dict:
     """Write the Hugging Face folder of ``src`` (its built ``module``) into the fresh ``folder``.
 
@@ -120,6 +137,7 @@ def write_hf(src, module, folder: Path, *, stage: str, key: str, where: str, lab
             if max_length:
                 tk.model_max_length = int(max_length)
             guarded_io(lambda: tk.save_pretrained(str(folder), save_jinja_files=False), folder)
+            _portable_tokenizer_class(folder)
     card = render_card(spec=spec, metrics=dict(getattr(src, "metrics", None) or {}), labels=names,
                        max_length=max_length, stage=stage, key=key, version=ftdsl.__version__, where=where,
                        generation=generation, adapter=spec.get("merged_adapter"))
