@@ -120,23 +120,24 @@ def peft_config(module: nn.Module, call: dict, task: str, total_steps: int):
 
 
 def _fingerprint(net: nn.Module) -> str:
-    """A digest of the base's weights (names, shapes, dtypes and a sample of the values), heads
-    excluded (peft trains its own copy; a pretrained model's fresh head is random)."""
+    """A digest of the base's weights: names, shapes, dtypes and the exact bytes of a sample of
+    each tensor (its ends, its middle and an even stride through it), taken where the tensor lives
+    (no copy of a large model to the host). Heads are left out (peft trains its own copy; a
+    pretrained model's fresh head is random)."""
     h = hashlib.sha256()
     for k, v in sorted(net.state_dict().items()):
         if not isinstance(v, torch.Tensor) or any(p in _HEADS for p in k.split(".")):
             continue
-        t = v.detach().to("cpu").contiguous().reshape(-1)
         h.update(f"{k}:{tuple(v.shape)}:{v.dtype};".encode())
-        if t.numel() == 0:
+        t = v.detach().reshape(-1)
+        n = t.numel()
+        if n == 0:
             continue
-        if t.is_floating_point():
-            t = t.float()
-        sample = t if t.numel() <= 65536 else torch.cat([t[:4096], t[t.numel() // 2:t.numel() // 2 + 4096],
-                                                           t[-4096:], t[:: max(1, t.numel() // 4096)]])
-        h.update(sample.numpy().tobytes())
-        if t.is_floating_point():
-            h.update(repr(round(float(t.double().sum()), 6)).encode())
+        if n > 65536:
+            t = torch.cat([t[:4096], t[n // 2:n // 2 + 4096], t[-4096:], t[:: n // 4096]])
+        t = t.to("cpu").contiguous()
+        h.update((t.view(torch.uint8) if t.element_size() == 1 else t.float() if t.dtype == torch.bfloat16
+                  else t).numpy().tobytes())
     return h.hexdigest()
 
 
