@@ -193,3 +193,36 @@ def test_ftp255_generation_without_references_or_on_a_classifier(tmp_path, capsy
     # rouge_l of a causal_lm on plain text (line 6); generate on a classifier (line 12). Not: a
     # continuation of plain text with no generation metric (line 7), prompt/response data (line 8)
     assert got == [("FTP255", 6), ("FTP255", 12)]
+
+
+TASK_METRICS = """\
+data qa { source = jsonl("qa.jsonl"), prompt = "q", response = "a", tokenizer = bpe(vocab = 300) }
+model m { arch = gpt(layers = 1, heads = 2, width = 32), task = causal_lm() }
+train t { model = m, data = qa, max_steps = 2 }
+evaluate e1 { models = [t], data = qa.test, metrics = [perplexity, accuracy, entity_f1, latency] }
+data f { source = synthetic(task = classify, n = 50, features = 4, classes = 2) }
+model c { arch = mlp(), task = classify(labels = 2) }
+train tc { model = c, data = f, max_steps = 2, early_stop = { metric = "valid.rouge_l" } }
+evaluate e2 { models = [tc], data = f.test, metrics = [accuracy, rouge_l, bleu] }
+train t2 { model = m, data = qa, max_steps = 2, early_stop = { metric = "valid.rouge_l" } }
+"""
+
+
+def test_metrics_that_do_not_fit_a_token_task_or_a_classifier(tmp_path, capsys):
+    """The metric registry's task table at lint: accuracy / entity_f1 of a causal LM and ROUGE /
+    BLEU of a classifier are FTP232 (in evaluate and in early_stop: a classifier has no ROUGE at
+    all); ROUGE watched while training a causal LM is FTP210 (evaluate-only); perplexity and
+    latency of a causal LM are fine."""
+    import json
+
+    from ftdsl.cli import main
+
+    (tmp_path / "qa.jsonl").write_text('{"q": "a", "a": "b"}\n')
+    p = tmp_path / "m.ftp"
+    p.write_text(TASK_METRICS)
+    assert main(["lint", str(p), "--format", "json"]) == 1
+    diags = json.loads(capsys.readouterr().out)["diagnostics"]
+    got = sorted((d["code"], d["range"]["start"]["line"], d["summary"].split("`")[3] if d["code"] == "FTP232" else "")
+                 for d in diags if d["code"] in ("FTP232", "FTP210"))
+    assert got == [("FTP210", 9, ""), ("FTP232", 4, "accuracy"), ("FTP232", 4, "entity_f1"),
+                   ("FTP232", 7, "rouge_l"), ("FTP232", 8, "bleu"), ("FTP232", 8, "rouge_l")], got

@@ -86,6 +86,7 @@ data ner {
 }
 model b { pretrained = "bert_tiny", task = token_classify(labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]) }
 train tb { model = b, data = ner, max_steps = 15, batch = 8, precision = fp32, optimizer = adamw(lr = 0.01) }
+export ebo { from = tb, format = onnx(), verify = true }
 evaluate eb { models = [tb], data = ner.test, metrics = [entity_f1, entity_precision, entity_recall, token_accuracy, latency, size] }
 """
 
@@ -339,6 +340,9 @@ def test_tags_equal_evaluates_entity_scores(env, tmp_path):
     _write_jsonl(inp, [{"tokens": r["tokens"]} for r in test])
     assert env.predict("tb", "--input", str(inp), "--output", str(out), "--batch", "5") == 0
     recs = _read_jsonl(out)
+    onnx = tmp_path / "onnx.jsonl"  # the ONNX export in onnxruntime tags the same
+    assert env.predict("ebo", "--input", str(inp), "--output", str(onnx)) == 0
+    assert [r["tags"] for r in _read_jsonl(onnx)] == [r["tags"] for r in recs]
     assert [r["tokens"] for r in recs] == [r["tokens"] for r in test]
     pred = [r["tags"] for r in recs]
     true = [[str(t) for t in r["tags"]] for r in test]

@@ -144,6 +144,8 @@ def _seq_batches(loc, runner, device: str, opts: Options, file: str) -> Batches:
 
         onnx_generate.check_settings(settings(loc.generate), (loc.artifact.meta.get("source") or {}).get("stage"))
         onnx = loc.artifact
+    elif module is None and call["$call"] == "token_classify" and loc.artifact_type == "OnnxModel":
+        module = SQ.OrtTagger(loc.artifact)
     elif module is None:
         raise FtdslError("FTP562", f"predict runs {call['$call']} models in PyTorch, and `{loc.stage}` is a "
                          f"{loc.artifact_type} ({runner.what})",

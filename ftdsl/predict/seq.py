@@ -206,6 +206,35 @@ class SeqPredictor:
                             device=self.device)
 
 
+class OrtTagger:
+    """An OnnxModel of a token-classification model called like its PyTorch module
+    (``input_ids``, ``attention_mask`` -> logits ``[B, S, labels]`` as a torch tensor), for
+    ``predict_tags``."""
+
+    training = False
+
+    def __init__(self, art):
+        import torch
+
+        self.art = art
+        self.threads = torch.get_num_threads()
+        art.session(self.threads)
+
+    def eval(self):
+        return self
+
+    def to(self, device):
+        return self
+
+    def __call__(self, input_ids, attention_mask):
+        import numpy as np
+        import torch
+
+        out = self.art.predict({"input_ids": input_ids.cpu().numpy(), "attention_mask": attention_mask.cpu().numpy()},
+                               threads=self.threads)
+        return torch.from_numpy(np.asarray(out, dtype=np.float32))
+
+
 def flat(rec: dict) -> dict:
     """A record as CSV cells (tokens and tags as JSON lists)."""
     return {k: (json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else v) for k, v in rec.items()}

@@ -32,7 +32,7 @@ def _check_metric(ctx, text: str, span, data_name: str | None, task: str | None,
         return
     if metric not in known:
         m = METRIC_REGISTRY.get(metric)
-        if task and m is not None and m.tracked:
+        if task and m is not None and (m.tracked or (m.tasks and task not in m.tasks)):
             yield make("FTP232", f"`{where}`: `{metric}` does not apply to a {task} model", span,
                        label="wrong metric for the task", hint=f"{task} models produce: {', '.join(known)}")
         elif m is not None:
