@@ -4,8 +4,9 @@
 turns one batch of raw model outputs into one JSON-ready record per row and ``flat`` turns a
 record into CSV cells. Today: ``classify`` (label name + probabilities, softmax of the logits)
 and ``regress`` (the values, named by the target columns). The generative and token-level
-families of issue 9 (``causal_lm``/``seq2seq``: generated text; ``token_classify``: tags) plug
-in as new entries; the engine and the file writers do not change.
+families (``causal_lm``/``seq2seq``: generated text; ``token_classify``: tags) make their records
+from rows rather than from an output array: ``ftdsl.predict.seq`` (its ``flat`` writes tokens and
+tags as JSON lists in CSV); they share the file writers.
 
 Every record starts with ``row`` (the 1-based data row of the input) and ``line`` (its file
 line), so a prediction can be joined back to its input even when bad rows were skipped.
