@@ -597,3 +597,18 @@ def test_every_fresh_head_of_a_pretrained_classifier_is_trained():
     trainable = {n.split(".modules_to_save")[0].rsplit(".", 1)[-1] for n, p in module.named_parameters()
                  if p.requires_grad and "modules_to_save" in n}
     assert trainable == {"pre_classifier", "classifier"}
+
+
+def test_rnn_without_targets_says_what_to_adapt(tmp_path):
+    arch = {"$call": "rnn", "cell": "gru", "hidden": 16, "layers": 1, "bidirectional": False, "embed": 16,
+            "dropout": 0.0}
+    data = _text_data(tmp_path)
+    with pytest.raises(StageError) as e:
+        _train(tmp_path, _model(tmp_path, arch=arch), data,
+               lora={"$call": "lora", "r": 2, "alpha": 4, "dropout": 0.0, "targets": None})
+    assert e.value.code == "FTP510" and 'targets = ["embed"]' in e.value.hint
+    art, _ = _train(tmp_path, _model(tmp_path, arch=arch), data, name="t2",
+                    lora={"$call": "lora", "r": 2, "alpha": 4, "dropout": 0.0, "targets": ["embed"]})
+    ids, mask = _encode(art, ["the film was great"])
+    torch.testing.assert_close(_logits(art.merged().build(), ids, mask), _logits(art.build(), ids, mask),
+                               atol=1e-5, rtol=1e-4)

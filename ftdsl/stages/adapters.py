@@ -84,6 +84,12 @@ def peft_config(module: nn.Module, call: dict, task: str, total_steps: int):
     hf = is_hf(module)
     tt = _task_type(module, task)
     targets = list(call.get("targets") or []) or (None if hf else _linear_targets(module.net))
+    if targets == [] and method != "prefix":
+        embeds = [n for n, m in module.net.named_modules() if isinstance(m, nn.Embedding)]
+        raise StageError("FTP510", f"{method}(...): this model has no Linear layer to adapt besides its head "
+                                   "(recurrent cells are not adapted)",
+                         hint=(f"name `targets = [\"{embeds[0]}\"]` (the token embedding; lora only)" if embeds
+                               else "train all weights (drop `lora`)"))
     common: dict[str, Any] = {"task_type": tt}
     if not hf:
         common["modules_to_save"] = ["head"]
