@@ -210,3 +210,10 @@ def test_prefix_tuned_model_cannot_be_merged(tmp_path, capsys):
     assert [d["code"] for d in diags] == ["FTP251", "FTP251", "FTP251"]
     assert "`export e`" in diags[0]["summary"] and "`export o`" in diags[1]["summary"]
     assert "`train again`" in diags[2]["summary"]
+
+
+def test_rnn_lora_without_targets(tmp_path, capsys):
+    diags = _lint(tmp_path, _train("arch = rnn(), task = classify(labels = 2)", "lora()"), capsys)
+    assert [d["code"] for d in diags] == ["FTP251"] and 'targets = ["embed"]' in diags[0]["detail"]
+    ok = _train("arch = rnn(), task = classify(labels = 2)", 'lora(targets = ["embed"])')
+    assert _lint(tmp_path, ok, capsys) == []

@@ -138,6 +138,12 @@ def adapter_targets(ctx):
         targets, ff = _strings(call.get("targets")), _strings(call.get("feedforward"))
         names = module_names(prog, o, cache) if (targets or ff) else None
         secondary = (Label(o.span, "the model"),) if o.span is not None else ()
+        arch = prog.blocks[o.name].value("arch") if o.source == "arch" else None
+        if not targets and call.name != "prefix" and isinstance(arch, CallV) and arch.name == "rnn":
+            yield make("FTP251", f"`{b.kind} {name}`: an `rnn` has no Linear layer for {call.name} to adapt "
+                                 "besides its head (recurrent cells are not adapted)", call.span,
+                       label="nothing to adapt by default", secondary=secondary,
+                       hint='name `targets = ["embed"]` (the token embedding; lora only), or train all weights')
         if names is not None:
             for what, items in (("targets", targets), ("feedforward", ff)):
                 for t, span in items:
