@@ -194,7 +194,10 @@ _ALL = [
          "Prefix-tuning prepends virtual keys and values to every attention layer through the model's past key "
          "values: decoders (`gpt`, `llama`, GPT-2/Llama/Mistral/Qwen2 folders) and encoder-decoders (`t5`, T5/BART "
          "folders) take them; encoder classifiers (BERT-like) and ftdsl's own `mlp`/`cnn`/`rnn`/`transformer` nets "
-         "do not. `ia3`'s `feedforward` modules are scaled on their input and must be among its `targets`.",
+         "do not. `ia3`'s `feedforward` modules are scaled on their input and must be among its `targets`. An `rnn` has "
+         "no Linear layer to adapt besides its head unless `targets` names its embedding. A prefix-tuned model has no "
+         "weights to merge the adapter into: it exports as `format = adapter` or `hf(merge = false)` only, and "
+         "cannot be pruned, quantized or trained further.",
          'model m { arch = transformer(), task = classify(labels = 2) }\ntrain t { model = m, data = d, '
          'lora = prefix(tokens = 16) }',
          'lora = lora(r = 8)   # or ia3(); prefix-tuning on a causal_lm or seq2seq model'),
