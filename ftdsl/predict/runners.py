@@ -96,6 +96,19 @@ def _exported_seq(art, info: dict) -> Runner:
     return Runner(lambda inputs: None, info, tokenizer, what, {"module": module})
 
 
+def _exported_adapter(art, info: dict, device: str) -> Runner:
+    """A classify/regress model from `format = adapter` or `hf(merge = false)`: its base rebuilt and
+    the adapter loaded by peft (ftdsl.stages.export_adapter.reload_export)."""
+    from ftdsl.stages.artifacts import load_tokenizer_dir
+    from ftdsl.stages.export_adapter import reload_export
+
+    module = reload_export(art)
+    base = (art.meta.get("adapter") or {}).get("base_spec") or {}
+    tok_dir = art.path if art.format == "hf" else art.root / "tokenizer"
+    tokenizer = load_tokenizer_dir(tok_dir, pretrained=base.get("source") == "pretrained")
+    return Runner(_torch_call(module, device), info, tokenizer, "peft adapter", {"module": module})
+
+
 def _exported(art, device: str) -> Runner:
     from ftdsl.stages.tasks import is_seq_task
 
@@ -103,6 +116,8 @@ def _exported(art, device: str) -> Runner:
     info = spec_of(art)
     if fmt in ("hf", "adapter") and is_seq_task((info.get("task") or {}).get("$call")):
         return _exported_seq(art, info)
+    if fmt == "adapter" or art.meta.get("adapter"):  # the base with its peft adapter, not the base alone
+        return _exported_adapter(art, info, device)
     if fmt != "hf":
         src = (art.meta.get("source") or {}).get("stage")
         raise UsageError("FTP562", f"predict does not load `{fmt}` exports (they need the code that wrote them)",
