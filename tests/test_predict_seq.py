@@ -41,7 +41,7 @@ data qa {
   split = { train = 0.75, test = 0.25 }
   tokenizer = bpe(vocab = 300)
 }
-model g { arch = gpt(layers = 1, heads = 2, width = 32, max_len = 64), task = causal_lm() }
+model g { arch = gpt(layers = 1, heads = 2, width = 32, max_len = 40), task = causal_lm() }   # some rows are longer
 train tg { model = g, data = qa, max_steps = 12, batch = 8, precision = fp32, optimizer = adamw(lr = 0.005) }
 evaluate eg {
   models = [tg], data = qa.test
@@ -213,6 +213,25 @@ def test_generation_metrics_in_the_report_recompute_from_the_samples(env):
     # the defaults of a seq2seq evaluate: loss, rouge_l, exact_match
     assert {"loss", "rouge_l", "exact_match"} <= set(env.reports["ts"])
     assert env.reports["tg"]["perplexity"] == pytest.approx(math.exp(env.reports["tg"]["loss"]))
+
+
+def test_teacher_forced_metrics_equal_the_trainers_on_the_test_split(env):
+    """evaluate encodes the split as train did (truncated to the length the model was trained
+    with: `g` has 40 positions and longer rows; reading the data's unset max_length instead ran
+    past the positions), so its loss / perplexity / token accuracy are the train stage's test.*."""
+    from ftdsl.stages.tasks.common import load_seq_tokenizer
+
+    art = env.artifact("tg")
+    tok = load_seq_tokenizer(art.tokenizer_dir, pretrained=False)
+    assert art.spec["max_length"] == 40
+    assert any(len(tok(r["prompt"] + r["response"])["input_ids"]) > 40 for r in env.test_records("qa"))
+    for model in ("tg", "tl", "ts", "tb"):
+        m = env.artifact(model).metrics
+        row = env.reports[model]
+        for k in ("loss", "perplexity", "token_accuracy", "entity_f1"):
+            if k in row and f"test.{k}" in m:
+                assert row[k] == pytest.approx(m[f"test.{k}"], rel=1e-6), (model, k)
+    assert {"loss", "perplexity", "token_accuracy"} <= set(env.reports["tg"])
 
 
 # --- predict equals evaluate -------------------------------------------------------------------

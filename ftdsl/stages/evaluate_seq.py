@@ -149,7 +149,8 @@ def evaluate_model(art, module, name: str, data, split, attrs: dict, wanted: lis
     task.check_data(data, call)
     tokenizer = tokenizer or seq_tokenizer(art, data)
     pad_id = special_ids(tokenizer)["pad"]
-    max_length = getattr(data, "max_length", None) or (getattr(art, "spec", None) or getattr(art, "meta", {})).get("max_length")
+    # the length the model was trained with (train caps the data's by the model's positions), as predict uses
+    max_length = (getattr(art, "spec", None) or getattr(art, "meta", {})).get("max_length") or getattr(data, "max_length", None)
     row: dict[str, Any] = {}
     tracked = set(metrics_for(tname, tracked_only=True))
     enc = None
