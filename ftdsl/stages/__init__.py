@@ -28,7 +28,7 @@ ENGINE_VERSION: dict[str, int] = {
     "evaluate": 1,
     "prune": 2,  # 2: structured(...) removes units (a smaller model); prune.json states the storage
     "distill": 2,  # 2: a student trained with `lora = ...` keeps its adapter apart from the base (ftdsl.stages.adapters)
-    "export": 4,  # 2: hf is the folder itself (label maps, tokenizer max length, README.md); ONNX metadata_props; 3: causal LM ONNX with past key values; 4: hf card base_model only for hub ids, portable tokenizer_class
+    "export": 5,  # 2: hf is the folder itself (label maps, tokenizer max length, README.md); ONNX metadata_props; 3: causal LM ONNX with past key values; 4: hf card base_model only for hub ids, portable tokenizer_class; 5: a decoder's verify counts sequences
     "quantize": 3,  # 2: int8 ONNX weights in 7 bits (reduce_range), the same on CPUs with and without VNNI; 3: fused transformer graphs
     "sweep": 1,
 }

@@ -154,8 +154,8 @@ def decoder_parity(sess, module, batches: list[dict], layout: dict, *, atol: flo
         with torch.inference_mode():
             ref = module(b["input_ids"], b["attention_mask"]).float().numpy()
         got = _run(sess, ids, mask, None, layout)[0]
-        real = mask.astype(bool)
-        p.add(ref[real], got[real])
+        real = mask.astype(bool)[..., None]  # padded positions are not compared (rows stay sequences)
+        p.add(np.where(real, ref, 0.0), np.where(real, got, 0.0))
         n = int(mask[0].sum())
         k = max(1, n // 2)
         outs = _run(sess, ids[:1, :k], mask[:1, :k], None, layout)
@@ -163,5 +163,5 @@ def decoder_parity(sess, module, batches: list[dict], layout: dict, *, atol: flo
         for t in range(k, n):
             outs = _run(sess, ids[:1, t:t + 1], mask[:1, :t + 1], list(outs[1:]), layout)
             steps.append(outs[0][:, -1])
-        p.add(ref[0, k - 1:n], np.concatenate(steps[:n - k + 1], axis=0))
+        p.add(ref[:1, k - 1:n], np.concatenate(steps[:n - k + 1], axis=0)[None])  # one more row: decoded
     return p
