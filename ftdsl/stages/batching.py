@@ -204,6 +204,20 @@ def _generate(split, batches, text, token_ids, max_length, pid, with_index):
         yield out
 
 
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """An image batch ``[N, C, H, W]`` in channels-last (NHWC) memory order; other tensors as
+    they are. oneDNN's CPU convolution and max-pool run faster on it: the quickstart CNN's step
+    took 22-25 % less CPU time (bench/train_overhead.py). With one channel the two layouts hold
+    the same bytes and only the channel's stride differs, so that case is a free view (which
+    ``Tensor.contiguous(memory_format=...)`` would not make: it already counts as contiguous)."""
+    if x.dim() != 4:
+        return x
+    if x.shape[1] == 1 and x.is_contiguous():
+        _, _, h, w = x.shape
+        return x.as_strided(x.shape, (h * w, 1, w, 1), x.storage_offset())
+    return x.contiguous(memory_format=torch.channels_last)
+
+
 def truncate(seq: list[int], max_length: int | None) -> list[int]:
     if max_length is None or len(seq) <= max_length:
         return seq

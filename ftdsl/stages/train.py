@@ -36,6 +36,7 @@ from ftdsl.errors import StageError
 from ftdsl.runtime import checkpoint as ckpt
 from ftdsl.runtime.device import resolve_device, resolve_precision
 from ftdsl.stages.torch_model import TorchModel
+from ftdsl.stages.batching import channels_last
 from ftdsl.stages.outputs import MetricsWriter
 from ftdsl.stages import train_checkpoint, train_prepare, train_results, train_seq
 from ftdsl.stages.train_early_stop import early_stop
@@ -119,6 +120,10 @@ class _Trainer:
             train_labels=self.splits["train"].labels if self.task == "classify" else None)
         self.clip = attrs.get("clip")
         self.balanced = self.data.sampler == "balanced" and self.task == "classify"
+        # image batches in NHWC order for a model with 2-D convolutions on the CPU (batching.
+        # channels_last: oneDNN's faster layout; a CUDA run keeps NCHW, it was not measured there)
+        self.channels_last = self.seq_task is None and self.device == "cpu" and any(
+            isinstance(m, torch.nn.Conv2d) for m in self.module.modules())
 
     # -- batches ---------------------------------------------------------------------------
 
@@ -135,7 +140,10 @@ class _Trainer:
     def _inputs(self, b: dict) -> dict[str, torch.Tensor]:
         if self.seq_task is not None:
             return train_seq.inputs(self, b)
-        return {k: b[k].to(self.device, non_blocking=True) for k in self.module.input_names}
+        out = {k: b[k].to(self.device, non_blocking=True) for k in self.module.input_names}
+        if self.channels_last and "x" in out:
+            out["x"] = channels_last(out["x"])
+        return out
 
     def _autocast(self):
         return autocast(self.device, self.amp_dtype)
