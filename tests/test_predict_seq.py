@@ -64,7 +64,7 @@ train ta {
   model = l, data = chat, lora = lora(r = 4, targets = ["q_proj", "v_proj"])
   max_steps = 4, batch = 8, precision = fp32, optimizer = adamw(lr = 0.02)
 }
-evaluate eva { models = [ta], data = chat.test, metrics = [perplexity], generate = { max_new_tokens = 5, temperature = 1.0, samples = 1000 } }
+evaluate eva { models = [ta], data = chat.test, metrics = [perplexity, size], generate = { max_new_tokens = 5, temperature = 1.0, samples = 1000 } }
 export ea { from = ta, format = adapter, verify = true }
 export eam { from = ta, format = hf(merge = false), verify = true }
 
@@ -349,6 +349,12 @@ def test_latency_and_size_of_a_token_model(env):
     assert row["latency_ms"] > 0 and row["latency_ms_per_row"] > 0
     assert row["params"] == sum(p.numel() for p in env.artifact("tb").build().parameters())
     assert row["size_mb"] > 0
+    # an adapter-trained model's size is what runs: base + adapter (fp32 here), not the adapter's bytes
+    ta = env.artifact("ta")
+    module = ta.build()
+    assert env.reports["ta"]["size_mb"] * 1e6 == pytest.approx(sum(t.numel() * t.element_size()
+                                                                   for t in (*module.parameters(), *module.buffers())))
+    assert env.reports["ta"]["size_mb"] * 1e6 > ta.size_bytes
 
 
 def test_tags_equal_evaluates_entity_scores(env, tmp_path):

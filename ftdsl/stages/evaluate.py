@@ -206,7 +206,10 @@ def _seq_model(art, name: str, data, split, attrs: dict, wanted: list[str], ctx)
     q, got = evaluate_seq.evaluate_model(art, module, name, data, split, attrs, wanted, ctx, tokenizer)
     row: dict = {"model": name, **q}
     if MEASURED[1] in wanted:
-        row["size_mb"] = int(art.size_bytes) / 1e6
+        size = int(art.size_bytes)
+        if getattr(art, "adapter", None):  # what runs is the base and the adapter, as for the other models
+            size = sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+        row["size_mb"] = size / 1e6
         row["params"] = int(sum(p.numel() for p in module.parameters()))
     if not got:
         return row, None
