@@ -178,6 +178,7 @@ def attach(module: nn.Module, call: dict, task: str, total_steps: int, *, seed: 
     module._ftdsl_adapter = info
     _no_fast_path(module.net)
     if call["$call"] in _PROMPT:
+        _quiet_prefix()
         _probe(module, call)
 
 
@@ -201,6 +202,12 @@ def _no_fast_path(net: nn.Module) -> None:
     for m in net.modules():
         if isinstance(m, nn.TransformerEncoderLayer):
             m.activation_relu_or_gelu = 0
+
+
+def _quiet_prefix() -> None:
+    """peft hands prefix-tuning's virtual keys/values to the model as `past_key_values`, which
+    transformers 5 calls deprecated on every forward: not the user's concern."""
+    warnings.filterwarnings("ignore", message=r".*`past_key_values` is deprecated.*", category=FutureWarning)
 
 
 def _probe(module: nn.Module, call: dict) -> None:
@@ -297,6 +304,8 @@ def build(art) -> nn.Module:
                          hint="rerun the train stage with --force")
     cfg = _peft_config_from(ad["peft"])
     cfg.inference_mode = False
+    if cfg.is_prompt_learning:
+        _quiet_prefix()
     # AdaLoRA's final rank pattern resizes the modules when the state loads, not when they are made
     pattern = getattr(cfg, "rank_pattern", None) if cfg.peft_type == peft.PeftType.ADALORA else None
     if pattern is not None:
