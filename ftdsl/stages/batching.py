@@ -109,8 +109,11 @@ def _default_generator(generator: torch.Generator | None) -> torch.Generator:
 
 def batch_indices(n: int, *, batch_size: int, shuffle: bool, generator: torch.Generator | None,
                   lengths: Sequence[int] | np.ndarray | None = None, length_grouped: bool = True,
-                  labels: np.ndarray | None = None, balanced: bool = False) -> list[np.ndarray]:
-    """The epoch's batches as arrays of row indices. All random draws happen here, up front."""
+                  labels: np.ndarray | None = None, balanced: bool = False,
+                  by_length: bool = False) -> list[np.ndarray]:
+    """The epoch's batches as arrays of row indices. All random draws happen here, up front.
+    ``by_length`` (unshuffled text only): the rows longest first, so each batch pads to little
+    more than its own rows; for passes whose result does not depend on the row order (metrics)."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     if n == 0:
@@ -126,6 +129,8 @@ def batch_indices(n: int, *, batch_size: int, shuffle: bool, generator: torch.Ge
         order = torch.multinomial(weights, n, replacement=True, generator=g).numpy()
     elif shuffle:
         order = torch.randperm(n, generator=g).numpy()
+    elif by_length and lengths is not None:
+        order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
     else:
         order = np.arange(n)
     if randomized and length_grouped and lengths is not None:
@@ -159,13 +164,15 @@ def _pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor
 def iter_batches(split, *, batch_size: int, shuffle: bool, generator: torch.Generator | None = None,
                  tokenizer: Any = None, max_length: int | None = None, length_grouped: bool = True,
                  balanced: bool = False, skip: int = 0, token_ids: list[list[int]] | None = None,
-                 pad_id: int | None = None, with_index: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+                 pad_id: int | None = None, with_index: bool = False,
+                 by_length: bool = False) -> Iterator[dict[str, torch.Tensor]]:
     """Yield `{"x": float32 [B, *shape], "y"}` or `{"input_ids", "attention_mask", "y"}` (int64,
     padded to the longest sequence in the batch, right side). `y` is int64 [B] (classify) or
     float32 [B, k] (regress). `skip` leaves out the first k batches of the epoch without changing
     the random draws. `generator=None` with shuffle/balanced uses a fresh generator seeded 0.
     `token_ids` gives pre-tokenized ids (else `tokenize_split`, cached on the split);
-    `with_index` adds "index" (int64 positions in the split)."""
+    `with_index` adds "index" (int64 positions in the split); `by_length` (unshuffled): text
+    rows longest first (see `batch_indices`)."""
     text = split.features is None and split.texts is not None
     if text and token_ids is None:
         token_ids = tokenize_split(split, tokenizer, max_length)
@@ -176,6 +183,7 @@ def iter_batches(split, *, batch_size: int, shuffle: bool, generator: torch.Gene
     batches = batch_indices(
         len(split), batch_size=batch_size, shuffle=shuffle, generator=generator, lengths=lengths,
         length_grouped=length_grouped, labels=split.labels if balanced else None, balanced=balanced,
+        by_length=by_length,
     )
     # Resolve the pad id lazily, but only for text.
     pid = None
