@@ -58,7 +58,7 @@ def distributed_modes() -> tuple[str, ...]:
     return tuple(m for m in DISTRIBUTED if distributed_supported(m))
 
 
-# `model { load_in = 8bit | 4bit }`: a k-bit base needs bitsandbytes and a CUDA device.
+# `model { load_in = int8 | int4 }`: a k-bit base needs bitsandbytes and a CUDA device.
 @functools.lru_cache(maxsize=None)
 def _torch_cuda_build() -> bool | None:
     """Whether the installed torch is a CUDA build (torch/version.py read, torch not imported);
@@ -87,7 +87,7 @@ def _has_module(name: str) -> bool:
 
 
 def kbit_problem(device: str | None) -> str | None:
-    """Why `load_in = 8bit|4bit` cannot run here (None: it can). `device`: the pipeline's
+    """Why `load_in = int8|int4` cannot run here (None: it can). `device`: the pipeline's
     `device` (`auto`, `cpu`, `cuda`)."""
     if device == "cpu":
         return "k-bit loading (bitsandbytes) runs on CUDA only, and this pipeline has `device = cpu`"

@@ -567,10 +567,10 @@ export a {{ from = t, format = adapter, verify = true }}
 
 def test_load_in_without_cuda_is_a_stage_error_at_the_model_stage(tmp_path):
     attrs = {"pretrained": "tiny", "arch": None, "task": {"$call": "causal_lm"}, "init": "default",
-             "trust_remote_code": False, "revision": None, "load_in": "4bit"}
+             "trust_remote_code": False, "revision": None, "load_in": "int4"}
     with pytest.raises(StageError) as e:
         model_stage.run({}, attrs, _ctx(tmp_path, "m", "model"))  # device cpu
-    assert e.value.code == "FTP530" and "load_in = 4bit" in e.value.message and "CUDA" in e.value.message
+    assert e.value.code == "FTP530" and "load_in = int4" in e.value.message and "CUDA" in e.value.message
 
 
 def test_evaluate_size_of_an_adapter_model_counts_its_base(minilm_lora, tmp_path):

@@ -142,7 +142,7 @@ def test_gradient_checkpointing_on_own_nets(tmp_path, capsys):
 
 
 def test_load_in_needs_bitsandbytes_and_cuda(tmp_path, capsys, monkeypatch):
-    model = 'pretrained = "folder", task = causal_lm(), load_in = "4bit"'
+    model = 'pretrained = "folder", task = causal_lm(), load_in = int4'
     (tmp_path / "folder").mkdir()
     (tmp_path / "folder" / "config.json").write_text(json.dumps({"model_type": "llama"}))
     cpu = "pipeline p { device = cpu }\n" + _train(model, "lora()")
@@ -155,7 +155,7 @@ def test_load_in_needs_bitsandbytes_and_cuda(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(capabilities, "_has_module", lambda name: True)
     monkeypatch.setattr(capabilities, "_torch_cuda_build", lambda: True)
     assert _lint(tmp_path, auto, capsys) == []
-    scratch = _train('arch = gpt(layers = 2), task = causal_lm(), load_in = "8bit"', "lora()")
+    scratch = _train('arch = gpt(layers = 2), task = causal_lm(), load_in = int8', "lora()")
     diags = _lint(tmp_path, scratch, capsys)
     assert [d["code"] for d in diags] == ["FTP253"] and "from scratch" in diags[0]["summary"]
 
@@ -166,7 +166,7 @@ def test_load_in_is_a_stage_error_at_run_time(monkeypatch):
 
     check_load_in("full", "cpu")
     with pytest.raises(StageError) as e:
-        check_load_in("8bit", "cpu")
+        check_load_in("int8", "cpu")
     assert e.value.code == "FTP530" and "CUDA" in e.value.message
 
 

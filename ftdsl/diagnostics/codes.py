@@ -208,10 +208,10 @@ _ALL = [
          'model m { arch = mlp(), task = classify(labels = 3) }\ntrain t { model = m, data = d, '
          'gradient_checkpointing = true }',
          "drop the setting, or use a pretrained model or `gpt`/`llama`/`t5`"),
-    Code("FTP253", "kbit-unavailable", _E, "`load_in = 8bit|4bit` where bitsandbytes or a CUDA device is missing",
+    Code("FTP253", "kbit-unavailable", _E, "`load_in = int8|int4` where bitsandbytes or a CUDA device is missing",
          "Loading a base model in 8 or 4 bits goes through bitsandbytes' CUDA kernels: without the package, with "
          "a CPU-only torch, or with `device = cpu`, the model could not load.",
-         'pipeline p { device = cpu }\nmodel m { pretrained = "models/llama", task = causal_lm(), load_in = "4bit" }',
+         'pipeline p { device = cpu }\nmodel m { pretrained = "models/llama", task = causal_lm(), load_in = int4 }',
          "load_in = full (train adapters on the full-precision base), or run on a CUDA machine with "
          "`pip install bitsandbytes`"),
     Code("FTP255", "generation-mismatch", _E, "generation asked of models that do not generate, or with nothing to "

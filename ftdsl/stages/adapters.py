@@ -409,7 +409,7 @@ def kbit_kwargs(load_in: str) -> dict:
     device); adapters train on top in bf16 compute (QLoRA's NF4 for 4 bits)."""
     import transformers
 
-    if load_in == "8bit":
+    if load_in == "int8":
         q = transformers.BitsAndBytesConfig(load_in_8bit=True)
     else:
         q = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
@@ -423,7 +423,7 @@ def is_kbit(module: nn.Module) -> bool:
 
 
 def check_load_in(load_in: str | None, device: str) -> None:
-    """`load_in = 8bit|4bit` needs bitsandbytes and a CUDA device: FTP530 otherwise (lint: FTP253)."""
+    """`load_in = int8|int4` needs bitsandbytes and a CUDA device: FTP530 otherwise (lint: FTP253)."""
     if not load_in or load_in == "full":
         return
     from ftdsl.capabilities import kbit_problem

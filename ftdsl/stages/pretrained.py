@@ -184,7 +184,7 @@ def hf_auto_class(task: dict) -> str:
 def load_hf_model(path: str | Path, task: dict, *, trust_remote_code: bool = False, use_safetensors: bool = True,
                   load_in: str | None = None) -> nn.Module:
     """``AutoModelFor<task>.from_pretrained`` in fp32 (a fresh head for classify, regress and
-    token_classify; the model's own LM head for causal_lm and seq2seq); ``load_in = 8bit|4bit``:
+    token_classify; the model's own LM head for causal_lm and seq2seq); ``load_in = int8|int4``:
     quantized by bitsandbytes on the CUDA device (``ftdsl.stages.adapters.kbit_kwargs``)."""
     extra = {}
     if load_in and load_in != "full":

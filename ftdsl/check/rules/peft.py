@@ -7,7 +7,7 @@ own names). A model type not in that table is not checked here (the run reports 
 FTP251: `prefix(...)` on a model that is not a causal_lm/seq2seq language model; `ia3`'s
 `feedforward` outside its `targets`.
 FTP252: `gradient_checkpointing = true` on ftdsl's own nets (not transformers models).
-FTP253: `load_in = 8bit|4bit` on a from-scratch model, or where bitsandbytes or CUDA is missing.
+FTP253: `load_in = int8|int4` on a from-scratch model, or where bitsandbytes or CUDA is missing.
 FTP243 (`format = adapter` of a model without an adapter) and FTP251 (a prefix-tuned model where its
 weights would be merged): `adapter_exports`.
 """
@@ -216,7 +216,7 @@ def load_in(ctx):
             continue
         v = b.value("load_in")
         bits = v.value if isinstance(v, Lit) else (v.name if isinstance(v, Sym) else None)
-        if bits not in ("8bit", "4bit"):
+        if bits not in ("int8", "int4"):
             continue
         pre = b.value("pretrained")
         if isinstance(b.value("arch"), CallV) and not (isinstance(pre, Lit) and isinstance(pre.value, str)):

@@ -472,7 +472,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in [
           "default", "weight initialization of from-scratch models"),
         F("trust_remote_code", Bool(), False, "run Python code shipped with a pretrained model"),
         F("revision", Str(), None, "pin a pretrained model's revision (a commit SHA)"),
-        F("load_in", Enum(("full", "8bit", "4bit")), "full", "load a pretrained base in 8 or 4 bits (bitsandbytes, CUDA "
+        F("load_in", Enum(("full", "int8", "int4")), "full", "load a pretrained base in 8 bits (`int8`) or 4 bits (`int4`, NF4) (bitsandbytes, CUDA "
           "only) to train adapters on it"),
     ), "TorchModel", "A model, pretrained or built from an architecture, with a task head."),
     Kind("train", (F("model", TORCH_MODEL, REQUIRED, "the model to train"),) + _TRAIN_FIELDS,
