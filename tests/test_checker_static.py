@@ -227,7 +227,7 @@ def test_ranges_appear_in_the_generated_reference():
     ref = reference_markdown()
     assert "an integer in [1, 100000]" in ref  # epochs
     assert "a list of integers in [1, 65536]" in ref  # mlp hidden
-    assert "| `valid.loss`" not in ref and "| `loss` | `classify`, `regress` | lower (`min`)" in ref
+    assert "| `valid.loss`" not in ref and "| `loss` | `classify`, `regress`, `causal_lm`, `seq2seq`, `token_classify` | lower (`min`)" in ref
 
 
 # --- through the CLI: lint no longer says "All checks passed" ------------------------------------

@@ -42,7 +42,7 @@ from torch import nn
 from ftdsl.errors import StageError
 
 __all__ = ["HF_TASK_TYPES", "attach", "adapter_weights", "build", "merged", "check_weights", "is_hf",
-           "peft_config_dict", "save_adapter_folder", "check_load_in", "kbit_kwargs", "is_kbit"]
+           "peft_config_dict", "save_adapter_folder", "check_load_in", "is_kbit"]
 
 # ftdsl task -> peft TaskType name, for Hugging Face models
 HF_TASK_TYPES = {"classify": "SEQ_CLS", "regress": "SEQ_CLS", "token_classify": "TOKEN_CLS",
@@ -263,8 +263,7 @@ def _parts(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Ten
 
 def base_artifact(art):
     """The TorchModel of the adapter's base (the spec without ``adapter``)."""
-    from ftdsl.stages.torch_model import TorchModel
-
+    TorchModel = type(art)  # not imported: torch_model imports this module
     ad = art.spec["adapter"]
     spec = {k: v for k, v in art.spec.items() if k != "adapter"}
     spec["seed"] = int(ad["base"].get("seed", spec.get("seed", 0)))
@@ -351,8 +350,8 @@ def merged(art):
     """A plain TorchModel (no adapter): the adapter folded into the base's weights. Prefix-tuning
     has no weights to fold into: FTP530."""
     from ftdsl.stages.pretrained import quiet_transformers
-    from ftdsl.stages.torch_model import TorchModel
 
+    TorchModel = type(art)  # not imported: torch_model imports this module
     ad = art.spec["adapter"]
     method = ad["method"]["$call"]
     if method in _PROMPT:
@@ -373,10 +372,10 @@ def merged(art):
     return TorchModel(spec, state, tokenizer_dir=art.tokenizer_dir, hf_config=hf_config, metrics=art.metrics)
 
 
-def check_weights(art, weights: dict[str, torch.Tensor], path) -> None:
+def check_weights(art, weights: dict[str, torch.Tensor], path, check_finite) -> None:
     """What ``TorchModel.load`` can check of an adapter artifact without building it: the adapter
-    tensors are there (FTP503) and finite (FTP507); their shapes are checked when it is built."""
-    from ftdsl.stages.torch_model import check_finite
+    tensors are there (FTP503) and finite (FTP507, ``check_finite`` of torch_model); their shapes
+    are checked when it is built."""
 
     if not any(k.startswith("adapter.") for k in weights):
         raise StageError("FTP503", f"weights {path} hold no adapter tensors",
@@ -402,19 +401,6 @@ def save_adapter_folder(art, folder) -> nn.Module:
         warnings.simplefilter("ignore")
         net.save_pretrained(str(folder))
     return module
-
-
-def kbit_kwargs(load_in: str) -> dict:
-    """``from_pretrained`` arguments that load a base in 8 or 4 bits (bitsandbytes, on the CUDA
-    device); adapters train on top in bf16 compute (QLoRA's NF4 for 4 bits)."""
-    import transformers
-
-    if load_in == "int8":
-        q = transformers.BitsAndBytesConfig(load_in_8bit=True)
-    else:
-        q = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                            bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_use_double_quant=True)
-    return {"quantization_config": q, "device_map": {"": torch.cuda.current_device()}}
 
 
 def is_kbit(module: nn.Module) -> bool:

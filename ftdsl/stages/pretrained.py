@@ -16,7 +16,7 @@ from torch import nn
 from ftdsl.errors import StageError
 from ftdsl.stages import OFFLINE_MODELS
 
-__all__ = ["OFFLINE_PACKAGES", "PICKLE_WEIGHTS", "quiet_transformers", "resolve_pretrained", "check_pickle_weights",
+__all__ = ["kbit_kwargs", "OFFLINE_PACKAGES", "PICKLE_WEIGHTS", "quiet_transformers", "resolve_pretrained", "check_pickle_weights",
            "weights_format", "load_hf_model", "hf_auto_class"]
 
 # Packages that ship a hub model for offline use: hub id -> (import name, folder in the package);
@@ -185,11 +185,9 @@ def load_hf_model(path: str | Path, task: dict, *, trust_remote_code: bool = Fal
                   load_in: str | None = None) -> nn.Module:
     """``AutoModelFor<task>.from_pretrained`` in fp32 (a fresh head for classify, regress and
     token_classify; the model's own LM head for causal_lm and seq2seq); ``load_in = int8|int4``:
-    quantized by bitsandbytes on the CUDA device (``ftdsl.stages.adapters.kbit_kwargs``)."""
+    quantized by bitsandbytes on the CUDA device (``kbit_kwargs``)."""
     extra = {}
     if load_in and load_in != "full":
-        from ftdsl.stages.adapters import kbit_kwargs
-
         extra = kbit_kwargs(load_in)
     with quiet_transformers() as transformers:
         try:
@@ -199,3 +197,16 @@ def load_hf_model(path: str | Path, task: dict, *, trust_remote_code: bool = Fal
             )
         except (OSError, ValueError, KeyError) as e:
             raise StageError("FTP520", f"cannot load pretrained model from {path}: {str(e).splitlines()[0]}") from e
+
+
+def kbit_kwargs(load_in: str) -> dict:
+    """``from_pretrained`` arguments that load a base in 8 or 4 bits (bitsandbytes, on the CUDA
+    device); adapters train on top in bf16 compute (QLoRA's NF4 for 4 bits)."""
+    import transformers
+
+    if load_in == "int8":
+        q = transformers.BitsAndBytesConfig(load_in_8bit=True)
+    else:
+        q = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                            bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_use_double_quant=True)
+    return {"quantization_config": q, "device_map": {"": torch.cuda.current_device()}}

@@ -291,7 +291,7 @@ class TorchModel:
             if spec.get("adapter"):
                 from ftdsl.stages import adapters
 
-                adapters.check_weights(art, art._weights, weights_path)
+                adapters.check_weights(art, art._weights, weights_path, check_finite)
             else:
                 art._check_weights(art._weights, weights_path)
         return art
