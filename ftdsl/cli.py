@@ -180,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # OpenMP threads that spin while waiting cost 4x the CPU of the same job on a shared machine
+    # (docs/benchmarks.md, "Where the time goes"); passive waiting changes no result. Set before
+    # torch (and its OpenMP runtime) is imported; a user's own setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = getattr(args, "debug", False) or os.environ.get("FTDSL_DEBUG") == "1"
