@@ -467,3 +467,12 @@ def test_every_emitted_code_is_registered():
         for d in lint(s):
             assert d.code in CODES, d
             assert d.severity == CODES[d.code].severity or d.code == "FTP090"
+
+
+
+def test_evaluate_of_an_untrained_model_block_is_ftp209_at_lint():
+    """The engine refuses an untrained model in `evaluate` (FTP510 at run time); lint says so first."""
+    text = "ftp 1\n" + BASE + TRAIN + "evaluate r { models = [m, t], data = d.test }\n"
+    d = only(lint(text), "FTP209")
+    assert len(d) == 1 and "`m` is an untrained model" in d[0].message
+    assert pos(d[0]) == at(text, "m, t") and "(t)" in d[0].hint

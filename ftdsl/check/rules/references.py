@@ -54,6 +54,13 @@ def reference_types(ctx):
         elif e.ref.split is not None:
             yield make("FTP204", f"`{e.src}.{e.ref.split}`: only data blocks have splits", e.ref.span,
                        label="not a data block", hint=f"write `{e.src}`")
+        if e.dst in prog.blocks and prog.blocks[e.dst].kind == "evaluate" and src.kind == "model":
+            trained = [n for n, b in prog.blocks.items() if b.kind in ("train", "distill")
+                       and getattr(b.value("model" if b.kind == "train" else "student"), "target", None) == e.src]
+            yield make("FTP209", f"`{where}`: `{e.src}` is an untrained model; evaluate compares trained models",
+                       e.ref.span, label="untrained",
+                       hint=(f"evaluate a stage that trains it ({', '.join(trained)})" if trained else
+                             f"add a `train` stage with `model = {e.src}` and evaluate that"))
         if e.attr == "target" and src.kind not in ("train", "distill"):
             yield make("FTP209", f"`{where}` must be a `train` or `distill` stage, not `{src.kind} {e.src}`",
                        e.ref.span, label="not a training stage")
