@@ -292,7 +292,7 @@ def build(art) -> nn.Module:
     if weights is None:
         raise StageError("FTP503", "an adapter-trained model has no weights")
     base = base_artifact(art)
-    module = base.build(load_weights=True) if base.trained else _fresh_base(base)
+    module = base.build(load_weights=True) if base.trained else fresh_base(base)
     extras = _parts(weights, "module.")
     if extras:
         module.load_state_dict({**module.state_dict(), **extras}, strict=True)
@@ -333,7 +333,7 @@ def _adapter_key(k: str) -> bool:
     return any(s in k for s in ("lora_", "ia3_", "prompt_encoder", "modules_to_save"))
 
 
-def _fresh_base(base) -> nn.Module:
+def fresh_base(base) -> nn.Module:
     """An untrained base: the pretrained folder's weights, or the seeded from-scratch init."""
     if base.spec["source"] == "pretrained":
         return base.build(load_weights=False)

@@ -15,7 +15,6 @@ generated texts.
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,14 +81,10 @@ def _latency(module, split, *, batch: int, tokenizer, max_length) -> dict:
         _predict(module, split, batch=batch, tokenizer=tokenizer, max_length=max_length, timings=timings)
         if len(timings) >= 12:
             break
-    steady = timings[2:] or timings
-    # Per row, the fastest of the timed batches (as timeit does): other processes only ever add
-    # time, so the minimum is the stable number; the median is kept for the curious.
-    per_row = [t / max(1, n) for t, n in steady]
-    rows = statistics.median(n for _, n in steady)
-    best = min(per_row)
-    return {"latency_ms": best * rows * 1000, "latency_ms_per_row": best * 1000,
-            "latency_ms_median": statistics.median(t for t, _ in steady) * 1000}
+    from ftdsl.stages.metrics import latency_summary
+
+    return latency_summary(timings)
+
 
 
 class _OrtRunner:

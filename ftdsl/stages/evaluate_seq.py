@@ -18,7 +18,6 @@ an ONNX graph of a token task is refused with FTP510 (evaluate the stage it was 
 
 from __future__ import annotations
 
-import statistics
 import time
 from typing import Any
 
@@ -112,12 +111,9 @@ def latency(module, task, call, enc, *, batch: int, pad_id: int) -> dict:
         teacher_forced(module, task, call, enc, batch=batch, pad_id=pad_id, timings=timings)
         if len(timings) >= 12:
             break
-    steady = timings[2:] or timings
-    per_row = [t / max(1, n) for t, n in steady]
-    rows = statistics.median(n for _, n in steady)
-    best = min(per_row)
-    return {"latency_ms": best * rows * 1000, "latency_ms_per_row": best * 1000,
-            "latency_ms_median": statistics.median(t for t, _ in steady) * 1000}
+    from ftdsl.stages.metrics import latency_summary
+
+    return latency_summary(timings)
 
 
 def generate_rows(module, task, call: dict, data, split, tokenizer, gen_attrs: dict | None, *, seed: int,

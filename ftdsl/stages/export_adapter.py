@@ -72,7 +72,7 @@ def run(fmt: str, src, args: dict, attrs: dict, inputs: dict, label: str, ctx):
             from ftdsl.stages.export_hf import write_hf
 
             base = adapters.base_artifact(src)
-            base_module = base.build(load_weights=True) if base.trained else adapters._fresh_base(base)
+            base_module = base.build(load_weights=True) if base.trained else adapters.fresh_base(base)
             if not adapters.is_hf(base_module):
                 raise StageError("FTP530", f"`{label}`'s base is not a Hugging Face model; hf cannot describe it",
                                  hint="export `format = adapter` or `safetensors`")
@@ -139,7 +139,7 @@ def reload(src, folder: Path, fmt: str):
 
     base = adapters.base_artifact(src)
     if fmt == "adapter":
-        module = base.build(load_weights=True) if base.trained else adapters._fresh_base(base)
+        module = base.build(load_weights=True) if base.trained else adapters.fresh_base(base)
         adapter = folder
     else:  # the folder as transformers loads it
         from ftdsl.stages.export_hf import reload_hf
@@ -218,7 +218,7 @@ def reload_export(art):
                                                               "`hf(merge = false)` (base + adapter)")
         from ftdsl.stages import adapters
 
-        module, adapter = adapters._fresh_base(TorchModel(spec)), art.path
+        module, adapter = adapters.fresh_base(TorchModel(spec)), art.path
     with quiet_transformers(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         module.net = peft.PeftModel.from_pretrained(module.net, str(adapter))

@@ -20,9 +20,12 @@ always had.
 
 from __future__ import annotations
 
+import statistics
+
 import numpy as np
 
 __all__ = [
+    "latency_summary",
     "accuracy",
     "confusion_matrix",
     "precision_recall_f1",
@@ -184,3 +187,15 @@ def quality_metrics(task: str, outputs, y_true) -> dict[str, float]:
     """The registry's tracked quality metrics of ``task`` (``metrics_for(task, tracked_only=True)``
     less latency and size)."""
     return BY_TASK[task](outputs, y_true)
+
+
+def latency_summary(timings: list) -> dict:
+    """`latency` from (seconds, rows) per timed batch, after two warm-up batches. Per row, the
+    fastest of the timed batches (as timeit does): other processes only ever add time, so the
+    minimum is the stable number; the median is kept for the curious."""
+    steady = timings[2:] or timings
+    per_row = [t / max(1, n) for t, n in steady]
+    rows = statistics.median(n for _, n in steady)
+    best = min(per_row)
+    return {"latency_ms": best * rows * 1000, "latency_ms_per_row": best * 1000,
+            "latency_ms_median": statistics.median(t for t, _ in steady) * 1000}

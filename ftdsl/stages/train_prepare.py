@@ -8,7 +8,6 @@ loop that uses them.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from torch import nn
@@ -71,16 +70,10 @@ def setup_data(t) -> None:
                          hint="use mlp/cnn for numeric features, rnn/transformer or a pretrained model for text")
     t.batch = int(t.attrs.get("batch") or 32)  # the global batch, all ranks together
     t.accumulate = max(1, int(t.attrs.get("accumulate") or 1))
-    n = len(t.splits["train"])
-    t.batches_per_epoch = math.ceil(n / t.batch)
-    t.steps_per_epoch = math.ceil(t.batches_per_epoch / t.accumulate)
-    epochs, max_steps = t.attrs.get("epochs"), t.attrs.get("max_steps")
-    if epochs is None and max_steps is None:
-        epochs = 1
-    totals = [int(max_steps)] if max_steps is not None else []
-    if epochs is not None:
-        totals.append(int(epochs) * t.steps_per_epoch)
-    t.total_steps = max(1, min(totals))
+    from ftdsl.stages.train_state import plan_steps
+
+    plan_steps(t, len(t.splits["train"]))
+
 
 
 def setup_model(t) -> None:

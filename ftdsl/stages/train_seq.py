@@ -15,7 +15,6 @@ the loop itself (resume, accumulation, precision, early stopping, DDP) is the tr
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -83,16 +82,9 @@ def encode_splits(t) -> None:
         t.log(f"packing: {len(t.data.splits['train'])} train rows into {len(encoded['train'])} rows of "
               f"{t.max_length} tokens")
     t.splits = encoded
-    n = len(encoded["train"])
-    t.batches_per_epoch = math.ceil(n / t.batch)
-    t.steps_per_epoch = math.ceil(t.batches_per_epoch / t.accumulate)
-    epochs, max_steps = t.attrs.get("epochs"), t.attrs.get("max_steps")
-    if epochs is None and max_steps is None:
-        epochs = 1
-    totals = [int(max_steps)] if max_steps is not None else []
-    if epochs is not None:
-        totals.append(int(epochs) * t.steps_per_epoch)
-    t.total_steps = max(1, min(totals))
+    from ftdsl.stages.train_state import plan_steps
+
+    plan_steps(t, len(encoded["train"]))
 
 
 def batches(t, split, *, shuffle: bool, generator=None, skip: int = 0):

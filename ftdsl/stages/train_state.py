@@ -8,11 +8,13 @@ resumed run continues exactly where the saved one was.
 
 from __future__ import annotations
 
+import math
+
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["LoopState"]
+__all__ = ["plan_steps", "LoopState"]
 
 
 def _zero_eval() -> dict:
@@ -66,3 +68,16 @@ class LoopState:
         st.last_eval = saved.get("last_eval")
         st.stopped = bool(saved.get("stopped", False))
         return st
+
+
+def plan_steps(t, n: int) -> None:
+    """Batches and optimizer steps per epoch and in total for ``n`` training rows (or packed rows)."""
+    t.batches_per_epoch = math.ceil(n / t.batch)
+    t.steps_per_epoch = math.ceil(t.batches_per_epoch / t.accumulate)
+    epochs, max_steps = t.attrs.get("epochs"), t.attrs.get("max_steps")
+    if epochs is None and max_steps is None:
+        epochs = 1
+    totals = [int(max_steps)] if max_steps is not None else []
+    if epochs is not None:
+        totals.append(int(epochs) * t.steps_per_epoch)
+    t.total_steps = max(1, min(totals))
