@@ -80,7 +80,7 @@ train finetune {{
   optimizer = adamw(lr = {lr}, weight_decay = {wd})
   schedule = linear(warmup = {warmup})
   precision = auto
-  checkpoint_every = 1000000
+  checkpoint_every = 1000000{extra}
 }}
 """
 # No `evaluate` stage: with no `valid` split the train stage itself scores the final weights on
@@ -130,9 +130,14 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def run_ftdsl(work: Path, seed: int = SEED) -> dict:
-    (work / "sst2.ftp").write_text(PIPELINE.format(seed=seed, max_len=MAX_LEN, model=MODEL, batch=BATCH, lr=LR,
-                                                   wd=WD, warmup=WARMUP), encoding="utf-8")
+def pipeline_text(seed: int = SEED, clip: float | None = None) -> str:
+    """The job as a `.ftp` file (``clip``: gradient-norm clipping, off unless given)."""
+    return PIPELINE.format(seed=seed, max_len=MAX_LEN, model=MODEL, batch=BATCH, lr=LR, wd=WD, warmup=WARMUP,
+                           extra=f"\n  clip = {clip}" if clip else "")
+
+
+def run_ftdsl(work: Path, seed: int = SEED, clip: float | None = None) -> dict:
+    (work / "sst2.ftp").write_text(pipeline_text(seed, clip), encoding="utf-8")
     env = {**os.environ, "FTDSL_CACHE": str(work / "cache"), "NO_COLOR": "1", "COLUMNS": "120"}
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "ftdsl", "run", "sst2.ftp"], cwd=work, env=env,
@@ -212,6 +217,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", type=int, default=8000, help="shuffled train rows (seed 0); 60614 = all")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--only", choices=("ftdsl", "trainer"))
+    ap.add_argument("--clip", type=float, default=None,
+                    help="ftdsl side: `clip = X` (gradient-norm clipping; the Trainer clips at 1.0 by default)")
     ap.add_argument("--seeds", default=None,
                     help="comma-separated training seeds, one round each (overrides --rounds); default: seed 0")
     ap.add_argument("--out", default=None, help="results JSON (default bench/results/sst2_<rows>.json)")
@@ -237,7 +244,7 @@ def main(argv=None) -> int:
                 work = Path(tmp)
                 write_tsv(work / "train.tsv", train_rows)
                 write_tsv(work / "test.tsv", test_rows)
-                res = (run_ftdsl(work, seed) if side == "ftdsl"
+                res = (run_ftdsl(work, seed, args.clip) if side == "ftdsl"
                        else run_trainer(work, train_rows, test_rows, precision, seed))
             res["seed"] = seed
             results[side].append(res)
@@ -259,7 +266,8 @@ def main(argv=None) -> int:
         summary["accuracy_points_vs_trainer"] = 100 * (summary["ftdsl"]["accuracy"] - summary["trainer"]["accuracy"])
         summary["mean_accuracy_points_vs_trainer"] = 100 * (summary["ftdsl"]["accuracy_mean"]
                                                             - summary["trainer"]["accuracy_mean"])
-    out = {"rows": len(train_rows), "seeds": seeds, "precision": precision, "machine": machine(), "summary": summary, "runs": results}
+    out = {"rows": len(train_rows), "seeds": seeds, "ftdsl_clip": args.clip, "precision": precision,
+           "machine": machine(), "summary": summary, "runs": results}
     dest = Path(args.out) if args.out else RESULTS / f"sst2_{len(train_rows)}.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(out, indent=1, default=str), encoding="utf-8")

@@ -24,20 +24,20 @@ def _bench():
     return mod
 
 
-def _write_job(mod, work: Path, rows: list[tuple[str, int]]) -> Path:
+def _write_job(mod, work: Path, rows: list[tuple[str, int]], clip=None) -> Path:
     mod.write_tsv(work / "train.tsv", rows)
     mod.write_tsv(work / "test.tsv", rows)
     p = work / "sst2.ftp"
-    p.write_text(mod.PIPELINE.format(seed=3, max_len=mod.MAX_LEN, model=mod.MODEL, batch=mod.BATCH, lr=mod.LR,
-                                     wd=mod.WD, warmup=mod.WARMUP), encoding="utf-8")
+    p.write_text(mod.pipeline_text(3, clip), encoding="utf-8")
     return p
 
 
-def test_bench_pipeline_is_the_issue_job(tmp_path, monkeypatch):
+@pytest.mark.parametrize("clip", [None, 1.0])
+def test_bench_pipeline_is_the_issue_job(tmp_path, monkeypatch, clip):
     mod = _bench()
     # SST-2's sentences (no quotes, no backslashes) must survive the bench's TSV round trip.
     rows = [("it 's a fine , moving film", 1), ("-lrb- bad -rrb- ` trash '", 0)]
-    p = _write_job(mod, tmp_path, rows)
+    p = _write_job(mod, tmp_path, rows, clip)
     assert mod.read_tsv(tmp_path / "train.tsv") == rows
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("FTDSL_CACHE", str(tmp_path / "cache"))
@@ -56,6 +56,7 @@ def test_bench_pipeline_is_the_issue_job(tmp_path, monkeypatch):
     opt = t["optimizer"]
     assert (opt["$call"], opt["lr"], opt["weight_decay"]) == ("adamw", 1e-4, 0.01)
     assert t["schedule"]["$call"] == "linear" and t["schedule"]["warmup"] == 0.1
+    assert t["clip"] == clip  # off unless asked: the Trainer's default max_grad_norm is 1.0
 
 
 @pytest.mark.slow  # the full 60,614-row SST-2 train set: ~15-25 min on 2 CPU cores
