@@ -74,7 +74,7 @@ data d {
 model m { arch = gpt(layers = 1, heads = 2, width = 32, max_len = 64), task = causal_lm() }
 train t { model = m, data = d, epochs = 2, batch = 8, optimizer = adamw(lr = 0.01) }
 export h { from = t, format = hf, verify = true }
-export o { from = t, format = onnx(opset = 18), verify = { data = d.valid } }
+export o { from = t, format = onnx(), verify = { data = d.valid } }  # opset 17: Split legalized
 quantize q { from = o, method = dynamic() }
 """
 

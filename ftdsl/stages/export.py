@@ -171,6 +171,9 @@ def _run_onnx(src, module, args, meta, settings, inputs, label, ctx) -> OnnxMode
                          "deprecated TorchScript-based exporter instead")
     import onnx
 
+    from ftdsl.stages.onnx_legalize import legalize
+
+    legalize(proto)  # opset < 18: Split sizes as an input, where torch's down-conversion left an attribute
     for k, v in onnx_metadata(meta, names, ctx.name, label).items():
         p = proto.metadata_props.add()
         p.key, p.value = k, v
@@ -351,5 +354,6 @@ def _run_file(fmt, src, module, meta, settings, inputs, label, ctx, args=None, a
         write_json(out / "verify.json", {**p.as_dict(), "data": where, "format": fmt})
     art.metrics = metrics
     write_json(out / "export.json", {**meta, "format_version": FORMAT_VERSION, "metrics": metrics})
-    ctx.reporter.log(summary_line(label, main, art.size_bytes, metrics))
+    where_to = "a Hugging Face folder" if main == "." else main  # hf: the folder is the artifact itself
+    ctx.reporter.log(summary_line(label, where_to, art.size_bytes, metrics))
     return art
