@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ftdsl.check.context import CheckContext
 from ftdsl.check.rules import compat, generate, hygiene, inputs, metrics, order, prune, references, safety, structure, sweep
-from ftdsl.check.rules import peft, tracking
+from ftdsl.check.rules import peft, tokenizer, tracking
 from ftdsl.diagnostics import Diagnostic
 from ftdsl.ir.nodes import Program
 
@@ -24,6 +24,7 @@ RULES = (
     compat.data_columns,
     compat.arch_task,
     compat.token_task_loss,
+    tokenizer.from_scratch_vocabulary,
     compat.modality_and_labels,
     compat.quantize_support,
     compat.export_support,

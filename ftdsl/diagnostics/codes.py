@@ -179,6 +179,19 @@ _ALL = [
          "classification and regression heads and would not apply. The run would stop at the stage.",
          "model m { arch = gpt(), task = causal_lm() }\ntrain t { model = m, data = d, loss = cross_entropy() }",
          "train t { model = m, data = d }   # the task's token cross-entropy"),
+    Code("FTP248", "tokenizer-missing", _E, "a text model built from scratch on data that trains no tokenizer",
+         "A model built from scratch (`rnn`, `transformer`, `gpt`, `llama`, `t5`) has no vocabulary of its own: it "
+         "takes the one the data block trains (`tokenizer = wordpiece(...)` or `bpe(...)`). Without one the train "
+         "stage would stop. A pretrained model, or a train stage that continues a trained model, uses its own.",
+         "data d { source = jsonl(\"chat.jsonl\"), prompt = \"q\", response = \"a\" }\n"
+         "model m { arch = gpt(), task = causal_lm() }\ntrain t { model = m, data = d }",
+         "data d { source = jsonl(\"chat.jsonl\"), prompt = \"q\", response = \"a\", tokenizer = bpe(vocab = 4000) }"),
+    Code("FTP249", "chat-template-missing", _E, "chat `messages` for a model from scratch whose tokenizer has no "
+         "chat template",
+         "Chat rows are rendered into one token sequence by the tokenizer's chat template. The data stage trains "
+         "`bpe(...)` with one (and with `<bos>`/`<eos>`); `wordpiece(...)` has none, so the train stage would stop.",
+         "data d { source = jsonl(\"chat.jsonl\"), messages = \"messages\", tokenizer = wordpiece(vocab = 400) }",
+         "data d { source = jsonl(\"chat.jsonl\"), messages = \"messages\", tokenizer = bpe(vocab = 400) }"),
     Code("FTP244", "not-on-this-install", _E, "a setting the engine of this install cannot honour",
          "The engine's capabilities (`ftdsl/capabilities.py`) are known without running; a run would stop at the "
          "stage.", "distributed = fsdp", "distributed = none"),

@@ -53,6 +53,9 @@ MODALITY_COLUMNS: dict[str, tuple[str, ...]] = {
     TEXT_PAIRS: ("target",),
     TAGGED: ("tokens", "tags"),
 }
+# Tokenizers the data stage trains with a chat template (ftdsl/stages/tokenizer.py): a model built from
+# scratch on chat `messages` needs one of these (FTP249).
+CHAT_TOKENIZERS: tuple[str, ...] = ("bpe",)
 # The roles a chat message (`messages` column) may have; the data stage refuses others.
 CHAT_ROLES: tuple[str, ...] = ("system", "user", "assistant")
 # Pretrained models are Hugging Face models: the Auto class follows the task
