@@ -40,7 +40,7 @@ from torch import nn
 
 __all__ = ["FAMILIES", "Family", "Group", "family_of", "plan", "mask", "shrink", "apply_record", "PARTS"]
 
-PARTS = ("heads", "ffn", "units", "channels")
+PARTS = ("heads", "ffn", "units", "channels", "vocab")  # vocab: ftdsl.stages.prune_vocab
 _ELEMENTWISE = (nn.ReLU, nn.GELU, nn.Tanh, nn.SiLU, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.Dropout, nn.Identity)
 _POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -269,6 +269,8 @@ def _sync_attrs(m: nn.Module) -> None:
         m.out_channels, m.in_channels = m.weight.shape[0], m.weight.shape[1] * m.groups
     elif isinstance(m, _BN):
         m.num_features = (m.weight if m.weight is not None else m.running_mean).shape[0]
+    elif isinstance(m, nn.Embedding):  # a trimmed vocabulary (prune_vocab)
+        m.num_embeddings, m.embedding_dim = m.weight.shape
 
 
 def shrink(module: nn.Module, groups: list[Group]) -> dict:

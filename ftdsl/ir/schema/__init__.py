@@ -196,7 +196,7 @@ class Ctor:
 # --- shared pieces ------------------------------------------------------------------------
 
 FRACTION = Float(min=0, max=1, min_open=True, max_open=True)  # (0, 1)
-PRUNE_PARTS = ("heads", "ffn", "units", "channels")  # = ftdsl.stages.prune_shrink.PARTS
+PRUNE_PARTS = ("heads", "ffn", "units", "channels", "vocab")  # = ftdsl.stages.prune_shrink.PARTS
 PROB = Float(min=0, max=1, max_open=True)  # [0, 1)
 TRACKERS = ("tensorboard", "mlflow", "wandb")  # = ftdsl.runtime.tracking.BACKENDS
 SPLIT = RefT(("Dataset",), split="required")
@@ -326,10 +326,14 @@ _CTORS: list[Ctor] = [
     C("global_magnitude", "prune_method", (F("amount", FRACTION, REQUIRED, "fraction of all weights to zero"),),
       "L1 unstructured pruning across all layers at once."),
     C("structured", "prune_method", (
-        F("amount", FRACTION, REQUIRED, "fraction of the units of each layer to remove"),
-        F("what", OneOf((Enum(("all",) + PRUNE_PARTS), ListT(Enum(PRUNE_PARTS), min_len=1, max_len=4))), "all",
+        F("amount", FRACTION, REQUIRED, "fraction of the units of each layer to remove (not used by `vocab`)"),
+        F("what", OneOf((Enum(("all",) + PRUNE_PARTS), ListT(Enum(PRUNE_PARTS), min_len=1, max_len=len(PRUNE_PARTS)))),
+          "all",
           "what to remove: attention `heads` and `ffn` rows (BERT-like encoders), hidden `units` (mlp) and "
-          "`channels` (cnn); `all`: every kind the model has"),
+          "`channels` (cnn); `vocab`: keep only the embedding rows of tokens the training data uses, plus every "
+          "special and single-character token (pretrained WordPiece models; needs `recover.data`, whose train "
+          "split decides; rewrites the tokenizer; `amount` does not apply); `all`: every kind of unit the model "
+          "has, never `vocab` (it changes the tokenizer, so it is asked for by name)"),
         F("criterion", Enum(("l2", "l1")), "l2", "rank units by the norm of their weights")),
       "Remove whole attention heads, FFN rows, units or channels: the model gets smaller and faster."),
     # quantization
