@@ -208,3 +208,20 @@ def test_lint_vocab_on_an_mlp_is_ftp245(tmp_path, capsys):
     out = capsys.readouterr()
     text = out.out + out.err
     assert text.count("FTP245") == 1 and "no vocab" in text and "what = [units]" in text
+
+
+def test_lint_vocab_without_recover_is_ftp256(tmp_path, capsys):
+    p = tmp_path / "p.ftp"
+    (tmp_path / "sst2.csv").write_text("sentence,label\ngood,1\nbad,0\n")
+    p.write_text(textwrap.dedent("""\
+        data d { source = csv("sst2.csv"), text = "sentence" }
+        model m { pretrained = "minilm", task = classify(labels = 2) }
+        train t { model = m, data = d, epochs = 1 }
+        prune a { from = t, method = structured(amount = 0.3, what = [heads, vocab]) }
+        prune b { from = t, method = structured(amount = 0.3, what = [heads, vocab]), recover = { epochs = 1 } }
+        prune c { from = t, method = structured(amount = 0.3) }
+        """))
+    main(["lint", str(p)])
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert text.count("FTP256") == 1 and "`prune a`" in text and "recover = { epochs = 1 }" in text

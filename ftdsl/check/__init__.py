@@ -31,6 +31,7 @@ RULES = (
     compat.install_capabilities,
     compat.constructor_constraints,
     prune.structured_support,
+    prune.vocab_needs_data,
     prune.hf_export_after_head_pruning,
     peft.adapter_targets,
     peft.prefix_support,

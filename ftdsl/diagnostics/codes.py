@@ -235,6 +235,12 @@ _ALL = [
          'data d { source = jsonl("notes.jsonl"), text = "text" }\nevaluate e { models = [fit], data = d.test, '
          'metrics = [rouge_l] }   # fit: causal_lm',
          'data d { source = jsonl("qa.jsonl"), prompt = "question", response = "answer" }   # or metrics = [perplexity]'),
+    Code("FTP256", "prune-vocab-without-data", _E, "`structured(what = [..., vocab])` on a prune stage without `recover`",
+         "Vocabulary trimming keeps the tokens the train split of the data uses; a prune stage sees that data "
+         "only through `recover` (whose `data` defaults to the data the model was trained on). Without it the "
+         "stage would stop after everything upstream ran.",
+         "prune p { from = fit, method = structured(amount = 0.3, what = [heads, vocab]) }",
+         "prune p { from = fit, method = structured(amount = 0.3, what = [heads, vocab]), recover = { epochs = 1 } }"),
     # 3xx: safety
     Code("FTP301", "trust-remote-code", _W, "`trust_remote_code = true` runs Python code shipped with the model",
          "The model's repository can run arbitrary code on your machine; pin a `revision` you have reviewed.",

@@ -56,6 +56,19 @@ def structured_support(ctx):
                        hint=f"what = [{', '.join(has)}]")
 
 
+def vocab_needs_data(ctx):
+    """FTP256: `what = [..., vocab]` keeps the tokens of `recover`'s data; without `recover` the
+    stage has none (it would stop at run time, FTP510, after the stages upstream)."""
+    prog = ctx.program
+    for name, src, method in sourced_calls(prog, "prune", "method"):
+        what = _what(method) if method.name == "structured" else None
+        if what is None or not what[0] or "vocab" not in what[0] or prog.blocks[name].written("recover"):
+            continue
+        yield make("FTP256", f"`prune {name}`: `vocab` keeps the tokens the training data uses, but the stage has "
+                             "no `recover` (the only data a prune stage sees)", what[1] or method.span,
+                   label="needs data", hint="add `recover = { epochs = 1 }` (its data defaults to the data the "
+                                            "model was trained on), or leave `vocab` out of `what`")
+
 def hf_export_after_head_pruning(ctx):
     """FTP243: an `hf` export of a model whose attention heads `structured(...)` removes (a Hugging
     Face config has one head count for every layer, so the folder could not be loaded)."""
