@@ -225,3 +225,19 @@ def test_lint_vocab_without_recover_is_ftp256(tmp_path, capsys):
     out = capsys.readouterr()
     text = out.out + out.err
     assert text.count("FTP256") == 1 and "`prune a`" in text and "recover = { epochs = 1 }" in text
+
+
+def test_a_model_with_a_tied_output_layer_is_refused(src):
+    """A masked-LM head reads the embedding as its output layer: trimming would change what it can
+    predict, so it is FTP530 (checked before anything changes)."""
+    from ftdsl.stages import prune_vocab
+    from ftdsl.stages.modules import TextModule
+
+    art, _ = src
+    cfg = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=32, max_position_embeddings=16)
+    module = TextModule(transformers.BertForMaskedLM(cfg), hf=True)
+    with pytest.raises(StageError) as e:
+        prune_vocab.prepare(module, art.tokenizer_dir, _data())
+    assert e.value.code == "FTP530" and "output layer" in e.value.message
+    assert module.net.get_input_embeddings().num_embeddings == 50
