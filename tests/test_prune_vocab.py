@@ -117,6 +117,41 @@ def test_unseen_words_tokenize_into_kept_pieces_never_unk(src, tmp_path):
     assert "extraordinary" not in tok1.get_vocab() and "extraordinary" in tok0.get_vocab()
 
 
+def test_byte_level_bpe_keeps_the_parts_of_its_merges_and_computes_the_same(tmp_path):
+    """A RoBERTa-like model with a byte-level BPE tokenizer: merges whose result is removed go, the
+    parts of every kept token stay, train texts give the same logits, unseen text is never unknown."""
+    from ftdsl.stages import model as model_stage
+    from ftdsl.stages.tokenizer import train_bpe
+
+    folder = tmp_path / "rob"
+    train_bpe(ALL_TEXTS * 3, 400, folder, max_length=32)
+    tj = json.loads((folder / "tokenizer.json").read_text())
+    cfg = transformers.RobertaConfig(vocab_size=len(tj["model"]["vocab"]), hidden_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=32, max_position_embeddings=64,
+                                     pad_token_id=0, num_labels=2)
+    torch.manual_seed(0)
+    transformers.RobertaForSequenceClassification(cfg).save_pretrained(folder)
+    ctx = StageContext(name="m", kind="model", pipeline_dir=tmp_path, out_dir=tmp_path / "o-m", work_dir=tmp_path / "w")
+    base = model_stage.run({}, {"pretrained": "rob", "task": {"$call": "classify", "labels": 2}}, ctx)
+    art = base.with_module(base.build())
+    small, pctx = _prune(art, tmp_path, ["vocab"], "bpe")
+    small.save(tmp_path / "a")
+    back = TorchModel.load(tmp_path / "a")
+    report = json.loads((pctx.out_dir / "prune.json").read_text())["vocab"]
+    assert report["tokenizer"] == "BPE" and report["after"] < 0.8 * report["before"] and report["chars_without_piece"] == 0
+    tj1 = json.loads((tmp_path / "a" / "tokenizer" / "tokenizer.json").read_text())
+    assert 0 < len(tj1["model"]["merges"]) < len(tj["model"]["merges"])
+    tok0, tok1 = art.load_tokenizer(), back.load_tokenizer()
+    tok0.pad_token = tok1.pad_token = "<pad>"
+    assert tok0(TRAIN)["input_ids"] != tok1(TRAIN)["input_ids"]
+    assert [tok0.convert_ids_to_tokens(x) for x in tok0(TRAIN)["input_ids"]] == [
+        tok1.convert_ids_to_tokens(x) for x in tok1(TRAIN)["input_ids"]]
+    torch.testing.assert_close(_logits(back, TRAIN), _logits(art, TRAIN), atol=1e-5, rtol=1e-5)
+    unseen = "zany überquirky jukebox!"
+    assert "<unk>" not in tok1.tokenize(unseen) and tok1.decode(tok1(unseen)["input_ids"]) == unseen
+    assert len(tok1.tokenize("extraordinary masterpiece")) > len(tok0.tokenize("extraordinary masterpiece"))
+
+
 def test_what_all_does_not_trim_the_vocabulary(src, tmp_path):
     art, _ = src
     rows0 = art.build().net.get_input_embeddings().num_embeddings
@@ -132,12 +167,12 @@ def test_a_tokenizer_ftdsl_cannot_rewrite_is_ftp530_before_anything_is_written(s
     tok_dir = tmp_path / "bpe_tok"
     tok_dir.mkdir()
     tj = json.loads((art.tokenizer_dir / "tokenizer.json").read_text())
-    tj["model"] = {"type": "BPE", "vocab": tj["model"]["vocab"], "merges": [], "dropout": None, "unk_token": "[UNK]"}
+    tj["model"] = {"type": "Unigram", "unk_id": 1, "vocab": [[t, -1.0] for t in tj["model"]["vocab"]]}
     (tok_dir / "tokenizer.json").write_text(json.dumps(tj))
     other = TorchModel(art.spec, art.state_dict(), tokenizer_dir=tok_dir, hf_config=art.hf_config)
     with pytest.raises(StageError) as e:
         _prune(other, tmp_path, ["heads", "vocab"], "b")
-    assert e.value.code == "FTP530" and "`BPE` tokenizer" in e.value.message
+    assert e.value.code == "FTP530" and "`Unigram` tokenizer" in e.value.message
     assert not (tmp_path / "o-b").exists() and not (tmp_path / "w-b").exists()
 
 

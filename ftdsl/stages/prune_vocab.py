@@ -12,19 +12,24 @@ fine-tuned on one domain uses a small part of a 30k WordPiece vocabulary; trimmi
   train split never had still tokenizes into kept pieces (WordPiece falls back to shorter pieces)
   and never into ``[UNK]`` where the original tokenizer had none, as long as the original vocabulary
   spells each of its characters as a piece of its own (``prune.json`` counts the characters it
-  does not: ``chars_without_piece``).
+  does not: ``chars_without_piece``);
+* for BPE, every token a kept token is merged from (a merge's parts, back to single characters or
+  bytes), and only the merges whose result stays: a byte-level BPE spells any text with its 256
+  byte symbols, so nothing becomes unknown.
 
 Ids keep their order (``[PAD]`` stays 0 when it was 0), so the trimmed model with the trimmed
 tokenizer computes, on every text of the train split, exactly what the original model computes
-with the original tokenizer: WordPiece's greedy longest match never chose a removed token there.
+with the original tokenizer: WordPiece's greedy longest match never chose a removed token there,
+and BPE never applied a removed merge there (every merge it applied built a kept token).
 The word-embedding rows are sliced, ``config.vocab_size`` (and the special token ids of the config)
 follow, the new shape goes into ``spec["shrunk"]`` (rebuilt by ``prune_shrink.apply_record``), and
 the tokenizer folder is rewritten: ``tokenizer.json`` through the ``tokenizers`` library's JSON
 (model vocabulary, ``added_tokens``, the post-processor's and the padding's ids), ``vocab.txt`` and
-``tokenizer_config.json``'s ``added_tokens_decoder``. Every write is atomic.
+``tokenizer_config.json``'s ``added_tokens_decoder`` (BPE: ``vocab.json`` and ``merges.txt``). Every
+write is atomic.
 
 Supported: Hugging Face models whose input embedding is not tied to an output layer (encoders with
-a classification or token head) with a WordPiece fast tokenizer (``tokenizer.json``). Anything else
+a classification or token head) with a WordPiece or BPE fast tokenizer (``tokenizer.json``). Anything else
 is FTP530 before anything is written. ``amount`` does not apply: the data decides what stays.
 """
 
@@ -42,7 +47,7 @@ from ftdsl.errors import StageError
 
 __all__ = ["SUPPORTED_MODELS", "Plan", "prepare", "trim"]
 
-SUPPORTED_MODELS = ("WordPiece",)  # tokenizers model types whose vocabulary ftdsl rewrites
+SUPPORTED_MODELS = ("WordPiece", "BPE")  # tokenizers model types whose vocabulary ftdsl rewrites
 _CONFIG_IDS = ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id",
                "unk_token_id", "mask_token_id")
 
@@ -133,11 +138,35 @@ def _special_ids(tj: dict, vocab: dict[str, int]) -> set[int]:
     return ids
 
 
+def _merge_parts(m: Any) -> tuple[str, str]:
+    """A BPE merge as ``(left, right)``: tokenizers writes ``["a", "b"]`` (>= 0.20) or ``"a b"``."""
+    if isinstance(m, str):
+        a, _, b = m.partition(" ")
+        return a, b
+    return str(m[0]), str(m[1])
+
+
+def _bpe_closure(model: dict, keep: set[int]) -> set[int]:
+    """``keep`` with every token a kept token is merged from: merges in reverse rank order (a
+    merge's parts are made by earlier merges), so one pass reaches single symbols."""
+    vocab = model["vocab"]
+    keep = set(keep)
+    for m in reversed(model.get("merges") or []):
+        a, b = _merge_parts(m)
+        if vocab.get(a + b) in keep:
+            keep.update(vocab[x] for x in (a, b) if x in vocab)
+    return keep
+
+
 def _remap_ids(tj: dict, new_id: dict[int, int]) -> dict:
     """The tokenizer JSON with its ids renumbered (``new_id``: old -> new; every id is kept)."""
     tj = copy.deepcopy(tj)
     vocab = tj["model"]["vocab"]
+    kept = {t for t, i in vocab.items() if i in new_id}
     tj["model"]["vocab"] = {t: new_id[i] for t, i in sorted(vocab.items(), key=lambda x: x[1]) if i in new_id}
+    if "merges" in tj["model"]:  # BPE: only the merges that build a kept token from kept parts
+        tj["model"]["merges"] = [m for m in tj["model"]["merges"]
+                                 if (lambda a, b: a in kept and b in kept and a + b in kept)(*_merge_parts(m))]
     for t in tj.get("added_tokens") or []:
         t["id"] = new_id[int(t["id"])]
 
@@ -179,8 +208,13 @@ def _write_tokenizer(plan: Plan, tj_new: dict, keep: list[int], new_id: dict[int
             continue
         elif name == "vocab.txt":
             write_text_atomic(dst / name, "".join(old_tokens[i] + "\n" for i in keep))
+        elif name == "vocab.json" and tj_new["model"]["type"] == "BPE":
+            write_text_atomic(dst / name, json.dumps(tj_new["model"]["vocab"], ensure_ascii=False))
+        elif name == "merges.txt" and tj_new["model"]["type"] == "BPE":
+            write_text_atomic(dst / name, "#version: 0.2\n" + "".join(
+                " ".join(_merge_parts(m)) + "\n" for m in tj_new["model"]["merges"]))
         elif name in ("vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model"):
-            continue  # another model's vocabulary: not used by a WordPiece tokenizer.json
+            continue  # another model's vocabulary: not what tokenizer.json uses
         elif name == "tokenizer_config.json":
             cfg = json.loads(src.read_text(encoding="utf-8"))
             dec = cfg.get("added_tokens_decoder")
@@ -218,13 +252,19 @@ def trim(module: nn.Module, plan: Plan, data: Any, dst: Path) -> tuple[dict, dic
     tj = plan.tok_json
     model = tj["model"]
     vocab: dict[str, int] = model["vocab"]
-    prefix = str(model.get("continuing_subword_prefix") or "##")
+    bpe = model.get("type") == "BPE"
+    prefix = str(model.get("continuing_subword_prefix") or ("" if bpe else "##"))
+    suffix = str(model.get("end_of_word_suffix") or "")
     rows = plan.embedding.num_embeddings
     tk = _tokenizer(tj)
     train_ids = _encode(tk, data.split("train"))
     used = {i for ids in train_ids for i in ids}
-    singles = {i for t, i in vocab.items() if len(t) == 1 or (t.startswith(prefix) and len(t) == len(prefix) + 1)}
-    keep = sorted(i for i in used | _special_ids(tj, vocab) | singles if i < rows)
+    singles = {i for t, i in vocab.items() if len(t) == 1 or (prefix and t.startswith(prefix) and len(t) == len(prefix) + 1)
+               or (suffix and t.endswith(suffix) and len(t) == len(suffix) + 1)}
+    keep_set = used | _special_ids(tj, vocab) | singles
+    if bpe:
+        keep_set = _bpe_closure(model, keep_set)
+    keep = sorted(i for i in keep_set if i < rows)
     new_id = {old: new for new, old in enumerate(keep)}
     if len(keep) == rows:
         raise StageError("FTP510", "structured(what = vocab): the train split uses every token of the vocabulary; "
@@ -247,9 +287,12 @@ def trim(module: nn.Module, plan: Plan, data: Any, dst: Path) -> tuple[dict, dic
     # characters an unseen word may need spelled alone: a word's first character as itself, a later
     # one as a continuation; the original vocabulary lacking such a piece is the only way to [UNK]
     added = {t["content"] for t in tj.get("added_tokens") or []}
-    first = {t[0] for t in vocab if t and not t.startswith(prefix) and t not in added}
-    later = {c for t in vocab if t not in added for c in (t[len(prefix):] if t.startswith(prefix) else t[1:])}
-    no_piece = sorted({c for c in first if c not in vocab} | {c for c in later if prefix + c not in vocab})
+    if bpe:  # merges start from single symbols: those the vocabulary lacks
+        no_piece = sorted({c for t in vocab if t not in added for c in t if c not in vocab})
+    else:
+        first = {t[0] for t in vocab if t and not t.startswith(prefix) and t not in added}
+        later = {c for t in vocab if t not in added for c in (t[len(prefix):] if t.startswith(prefix) else t[1:])}
+        no_piece = sorted({c for c in first if c not in vocab} | {c for c in later if prefix + c not in vocab})
 
     emb, dim = plan.embedding, plan.embedding.embedding_dim
     with torch.no_grad():

@@ -331,7 +331,7 @@ _CTORS: list[Ctor] = [
           "all",
           "what to remove: attention `heads` and `ffn` rows (BERT-like encoders), hidden `units` (mlp) and "
           "`channels` (cnn); `vocab`: keep only the embedding rows of tokens the training data uses, plus every "
-          "special and single-character token (pretrained WordPiece models; needs `recover.data`, whose train "
+          "special and single-character token (pretrained WordPiece or BPE models; needs `recover.data`, whose train "
           "split decides; rewrites the tokenizer; `amount` does not apply); `all`: every kind of unit the model "
           "has, never `vocab` (it changes the tokenizer, so it is asked for by name)"),
         F("criterion", Enum(("l2", "l1")), "l2", "rank units by the norm of their weights")),
