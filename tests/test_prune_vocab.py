@@ -192,6 +192,7 @@ prune small {{ from = t, method = structured(amount = 0.5, what = [heads, ffn, v
 prune lean {{ from = t, method = structured(amount = 0.5, what = [ffn, vocab]) , recover = {{ epochs = 1, data = d }} }}
 export e {{ from = small, format = onnx(), verify = true }}
 export h {{ from = lean, format = hf(), verify = true }}
+evaluate r {{ models = [t, small, lean, e], data = d.test, metrics = [accuracy] }}
 """
 
 
@@ -211,6 +212,8 @@ def test_cli_trimmed_model_exports_and_predicts(tmp_path, capsys):
         capsys.readouterr().err
     metrics = {s["name"]: s["metrics"] for s in json.loads((tmp_path / "s.json").read_text())["stages"]}
     assert metrics["e"]["verify.max_abs_diff"] < 1e-4 and metrics["small"]["removed.vocab"] > 0
+    acc = {k.split(".")[0]: v for k, v in metrics["r"].items() if k.endswith(".accuracy")}
+    assert set(acc) == {"t", "small", "lean", "e"} and acc["e"] == pytest.approx(acc["small"])
     report = json.loads((tmp_path / "out" / "small" / "prune.json").read_text())
     assert report["vocab"]["valid"]["rows"] == 3 and report["vocab"]["train_rows_changed"] == 0
     new = tmp_path / "new.csv"

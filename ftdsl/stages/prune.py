@@ -12,6 +12,8 @@ Methods (``method = ...``), all by ``torch.nn.utils.prune`` and made permanent w
   CNN channels (``ftdsl.stages.prune_structured`` / ``prune_shrink``): the artifact is a smaller
   dense model whose spec records its shapes (``spec["shrunk"]``), so it is smaller on disk and
   faster, and every later stage loads it like any model.
+  ``what = [..., vocab]`` also trims a pretrained model's vocabulary to what the train split of
+  ``recover.data`` uses, and its tokenizer with it (``ftdsl.stages.prune_vocab``; never in ``all``).
 
 ``magnitude`` and ``global_magnitude`` store the zeros densely: no runtime ftdsl exports to
 (PyTorch eager, ONNX Runtime on CPU) runs unstructured sparse weights faster, so the file keeps
