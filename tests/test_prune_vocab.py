@@ -279,3 +279,24 @@ def test_a_model_with_a_tied_output_layer_is_refused(src):
         prune_vocab.prepare(module, art.tokenizer_dir, _data())
     assert e.value.code == "FTP530" and "output layer" in e.value.message
     assert module.net.get_input_embeddings().num_embeddings == 50
+
+
+def test_a_vocabulary_the_train_split_uses_whole_is_left_as_it_is(tmp_path):
+    """Only special and single-character tokens: everything stays (no error after the upstream
+    stages ran), and prune.json says why."""
+    from ftdsl.stages import model as model_stage
+    from ftdsl.stages.tokenizer import train_wordpiece
+
+    folder = tmp_path / "bert"
+    train_wordpiece(TRAIN, 1, folder, max_length=16)  # the smallest vocabulary: specials and characters
+    n = len(json.loads((folder / "tokenizer.json").read_text())["model"]["vocab"])
+    cfg = transformers.BertConfig(vocab_size=n, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=32, max_position_embeddings=64, num_labels=2)
+    transformers.BertForSequenceClassification(cfg).save_pretrained(folder)
+    ctx = StageContext(name="m", kind="model", pipeline_dir=tmp_path, out_dir=tmp_path / "o-m", work_dir=tmp_path / "w")
+    base = model_stage.run({}, {"pretrained": "bert", "task": {"$call": "classify", "labels": 2}}, ctx)
+    art = base.with_module(base.build())
+    small, pctx = _prune(art, tmp_path, ["ffn", "vocab"], "n")
+    assert small.build().net.get_input_embeddings().num_embeddings == n and small.tokenizer_dir == art.tokenizer_dir
+    report = json.loads((pctx.out_dir / "prune.json").read_text())
+    assert report["vocab"]["after"] == n and "every token" in report["vocab"]["note"] and report["removed"]["ffn"] == 16

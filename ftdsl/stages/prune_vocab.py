@@ -247,8 +247,9 @@ def _retarget_config(net: nn.Module, rows: int, new_id: dict[int, int]) -> None:
 
 def trim(module: nn.Module, plan: Plan, data: Any, dst: Path) -> tuple[dict, dict, Path]:
     """Trim ``module``'s vocabulary to what ``data``'s train split uses (see the module docstring);
-    writes the trimmed tokenizer into ``dst``. Returns ``(record, report, dst)``: the record's
-    ``tensors`` give the embedding's new shape (names relative to ``module``)."""
+    writes the trimmed tokenizer into ``dst``. Returns ``(record, report, tokenizer folder)``: the
+    record's ``tensors`` give the embedding's new shape (names relative to ``module``); when the
+    train split uses every row, nothing changes (the original folder, an empty record)."""
     tj = plan.tok_json
     model = tj["model"]
     vocab: dict[str, int] = model["vocab"]
@@ -266,9 +267,9 @@ def trim(module: nn.Module, plan: Plan, data: Any, dst: Path) -> tuple[dict, dic
         keep_set = _bpe_closure(model, keep_set)
     keep = sorted(i for i in keep_set if i < rows)
     new_id = {old: new for new, old in enumerate(keep)}
-    if len(keep) == rows:
-        raise StageError("FTP510", "structured(what = vocab): the train split uses every token of the vocabulary; "
-                         "there is nothing to trim", hint="leave `vocab` out of `what`")
+    if len(keep) == rows:  # nothing to trim: the model and its tokenizer stay as they are
+        return {"tensors": {}}, {"before": rows, "after": rows, "embedding_params_removed": 0,
+                                 "train_tokens_used": len(used), "note": "the train split uses every token"}, plan.tok_dir
 
     tj_new = _remap_ids(tj, new_id)
     tk_new = _tokenizer(tj_new)
