@@ -167,7 +167,8 @@ def _remap_ids(tj: dict, new_id: dict[int, int]) -> dict:
     if "merges" in tj["model"]:  # BPE: only the merges that build a kept token from kept parts
         tj["model"]["merges"] = [m for m in tj["model"]["merges"]
                                  if (lambda a, b: a in kept and b in kept and a + b in kept)(*_merge_parts(m))]
-    for t in tj.get("added_tokens") or []:
+    tj["added_tokens"] = [t for t in tj.get("added_tokens") or [] if int(t["id"]) in new_id]  # past the table: gone
+    for t in tj["added_tokens"]:
         t["id"] = new_id[int(t["id"])]
 
     def walk(pp: Any) -> None:
@@ -276,7 +277,7 @@ def trim(module: nn.Module, plan: Plan, data: Any, dst: Path) -> tuple[dict, dic
     # the guarantee, checked: every train text gives the same tokens, renumbered
     again = _encode(tk_new, data.split("train"))
     outside = sum(1 for a, b in zip(train_ids, again) if [new_id.get(i, -1) for i in a] != b)
-    if outside:  # pragma: no cover - WordPiece's greedy match only chose kept tokens
+    if outside:  # pragma: no cover - the tokenizer chose only kept tokens there
         raise StageError("FTP530", f"structured(what = vocab): {outside} train texts tokenize differently after "
                          "trimming (a bug)", hint="leave `vocab` out of `what`")
     valid = None
