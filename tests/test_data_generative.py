@@ -389,8 +389,8 @@ def _use(data: str, model: str = LLAMA, m: str = "lm") -> str:
 
 @pytest.mark.parametrize("data_block", [
     'data d { source = jsonl("x.jsonl"), prompt = "p", response = "r", tokenizer = bpe(vocab = 300) }\n',
-    'data d { source = jsonl("x.jsonl"), messages = "m" }\n',
-    'data d { source = jsonl("x.jsonl"), text = "body" }\n',
+    'data d { source = jsonl("x.jsonl"), messages = "m", tokenizer = bpe(vocab = 300) }\n',
+    'data d { source = jsonl("x.jsonl"), text = "body", tokenizer = wordpiece(vocab = 300) }\n',
 ])
 def test_causal_lm_data_that_fits_lints_clean(data_block):
     assert [(d.code, d.message) for d in lint(_use(data_block))] == []
@@ -398,7 +398,7 @@ def test_causal_lm_data_that_fits_lints_clean(data_block):
 
 def test_seq2seq_and_token_classify_data_that_fits_lint_clean():
     t5 = "model s { arch = t5(layers = 1, heads = 2, width = 32), task = seq2seq() }\n"
-    assert lint(_use('data d { source = jsonl("x.jsonl"), text = "a", target = "b" }\n', t5, "s")) == []
+    assert lint(_use('data d { source = jsonl("x.jsonl"), text = "a", target = "b", tokenizer = bpe(vocab = 300) }\n', t5, "s")) == []
     tc = 'model k { pretrained = "bert-base-cased", task = token_classify(labels = ["O", "B-PER"]) }\n'
     diags = lint(_use('data d { source = jsonl("x.jsonl"), tokens = "w", tags = "t" }\n', tc, "k"))
     assert not [d for d in diags if d.code in ("FTP240", "FTP246", "FTP208", "FTP211")]
