@@ -136,7 +136,7 @@ def run(inputs: dict, attrs: dict, ctx):
 def _run_onnx(src, module, args, meta, settings, inputs, label, ctx) -> OnnxModel:
     from ftdsl.stages.onnx_utils import export_onnx, serialize
 
-    opset = int(args.get("opset") or 17)
+    opset = int(args["opset"])  # completed from the schema (`_format`): its default is the one declaration
     out = Path(ctx.out_dir)
     example = example_inputs(src, module, ctx.seed)
     names = list(module.input_names)

@@ -64,17 +64,18 @@ def legalize(proto) -> int:
     from onnx import helper, numpy_helper
     import numpy as np
 
-    dims = None
+    dims: dict | None = None
+    taken: set[str] = set()
     fixed = 0
-    taken = {i.name for i in proto.graph.initializer} | {n for node in proto.graph.node for n in node.output}
     for node in proto.graph.node:
         if node.op_type != "Split" or node.domain not in ("", "ai.onnx"):
             continue
         attrs = {a.name: a for a in node.attribute}
         if "num_outputs" not in attrs or (len(node.input) > 1 and node.input[1]):
             continue
-        if dims is None:
+        if dims is None:  # only graphs that have such a node pay for the look-ups
             dims = _dims(proto)
+            taken = {i.name for i in proto.graph.initializer} | {n for nd in proto.graph.node for n in nd.output}
         axis = int(helper.get_attribute_value(attrs["axis"])) if "axis" in attrs else 0
         n = int(helper.get_attribute_value(attrs["num_outputs"]))
         sizes = _sizes(node, axis, n, dims)
