@@ -263,7 +263,8 @@ def trim(module: nn.Module, plan: Plan, data: Any, dst: Path) -> tuple[dict, dic
     used = {i for ids in train_ids for i in ids}
     singles = {i for t, i in vocab.items() if len(t) == 1 or (prefix and t.startswith(prefix) and len(t) == len(prefix) + 1)
                or (suffix and t.endswith(suffix) and len(t) == len(suffix) + 1)}
-    keep_set = used | _special_ids(tj, vocab) | singles
+    specials = _special_ids(tj, vocab)
+    keep_set = used | specials | singles
     if bpe:
         keep_set = _bpe_closure(model, keep_set)
     keep = sorted(i for i in keep_set if i < rows)
@@ -307,7 +308,7 @@ def trim(module: nn.Module, plan: Plan, data: Any, dst: Path) -> tuple[dict, dic
     _write_tokenizer(plan, tj_new, keep, new_id, dst)
     record = {"tensors": {f"{plan.name}.weight": [len(keep), dim]}}
     report = {"before": rows, "after": len(keep), "embedding_params_removed": (rows - len(keep)) * dim,
-              "train_tokens_used": len(used), "kept_special": len(_special_ids(tj, vocab)),
+              "train_tokens_used": len(used), "kept_special": len(specials),
               "kept_single_char": len(singles), "train_rows_changed": outside, "valid": valid,
               "chars_without_piece": len(no_piece), "tokenizer": str(model.get("type"))}
     return record, report, dst
